@@ -1,0 +1,20 @@
+# Signals ETL — every set-up step a fresh machine needs is behind these targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test lint fmt build
+
+## Run the whole test suite (unit, integration, end-to-end) against real services.
+test:
+	$(CARGO) test --workspace --all-targets
+
+## Formatting and lints exactly as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build:
+	$(CARGO) build --workspace --release

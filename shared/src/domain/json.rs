@@ -1,0 +1,159 @@
+//! Lossless JSON for the push protocol (docs/push-protocol.md §Values).
+//!
+//! Integers within ±2^53 are numbers and beyond are strings; decimals are always strings (their
+//! scale is the value's); bytes are base64; NaN and ±Inf are strings; timestamps are RFC 3339 with
+//! their offset; JSON columns are their exact text as a string. Rows are written straight into a
+//! byte buffer so a batch body is built once, without an intermediate tree.
+
+use super::value::Value;
+use base64::Engine;
+use std::fmt::Write;
+
+const MAX_SAFE_INT: i64 = (1 << 53) - 1;
+
+fn write_str(out: &mut String, s: &str) {
+    // serde_json's escaping is the reference; this cannot fail for a String target.
+    let quoted = serde_json::to_string(s).expect("strings always serialise");
+    out.push_str(&quoted);
+}
+
+fn write_f64(out: &mut String, f: f64) {
+    if f.is_nan() {
+        out.push_str("\"NaN\"");
+    } else if f.is_infinite() {
+        out.push_str(if f > 0.0 {
+            "\"Infinity\""
+        } else {
+            "\"-Infinity\""
+        });
+    } else {
+        // Shortest text that round-trips (ryu, via serde_json).
+        out.push_str(&serde_json::to_string(&f).expect("finite floats serialise"));
+    }
+}
+
+/// Writes one value as JSON.
+pub fn write_value(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Int(i) if (-MAX_SAFE_INT..=MAX_SAFE_INT).contains(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Int(i) => {
+            let _ = write!(out, "\"{i}\"");
+        }
+        Value::Decimal(d) => {
+            let _ = write!(out, "\"{}\"", d.as_str());
+        }
+        Value::F32(f) => {
+            if f.is_finite() {
+                out.push_str(&serde_json::to_string(f).expect("finite floats serialise"));
+            } else {
+                write_f64(out, *f as f64);
+            }
+        }
+        Value::F64(f) => write_f64(out, *f),
+        Value::Text(s) | Value::Json(s) => write_str(out, s),
+        Value::Bytes(b) => {
+            out.push('"');
+            base64::engine::general_purpose::STANDARD.encode_string(b, out);
+            out.push('"');
+        }
+        Value::Date(d) => {
+            let _ = write!(out, "\"{}\"", d.format("%Y-%m-%d"));
+        }
+        Value::Time(t) => {
+            let _ = write!(out, "\"{}\"", t.format("%H:%M:%S%.f"));
+        }
+        Value::Timestamp(ts) => {
+            let _ = write!(out, "\"{}\"", ts.format("%Y-%m-%dT%H:%M:%S%.f"));
+        }
+        Value::TimestampTz(ts) => {
+            let _ = write!(out, "\"{}\"", ts.format("%Y-%m-%dT%H:%M:%S%.f%:z"));
+        }
+        Value::Uuid(u) => {
+            let _ = write!(out, "\"{}\"", uuid::Uuid::from_bytes(*u).hyphenated());
+        }
+    }
+}
+
+/// Writes `{"col":value,...}` for the given columns and values, in column order.
+pub fn write_object<'a>(
+    out: &mut String,
+    columns: impl IntoIterator<Item = &'a str>,
+    values: impl IntoIterator<Item = &'a Value>,
+) {
+    out.push('{');
+    for (i, (c, v)) in columns.into_iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str(out, c);
+        out.push(':');
+        write_value(out, v);
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::value::Decimal;
+    use chrono::{DateTime, NaiveDate};
+
+    fn j(v: Value) -> String {
+        let mut s = String::new();
+        write_value(&mut s, &v);
+        s
+    }
+
+    #[test]
+    fn values_are_lossless() {
+        assert_eq!(j(Value::Int(9_007_199_254_740_991)), "9007199254740991");
+        assert_eq!(j(Value::Int(9_007_199_254_740_992)), "\"9007199254740992\"");
+        assert_eq!(j(Value::Int(i64::MIN)), "\"-9223372036854775808\"");
+        assert_eq!(
+            j(Value::Decimal(Decimal::parse("1.50", None).unwrap())),
+            "\"1.50\""
+        );
+        assert_eq!(j(Value::F64(0.1)), "0.1");
+        assert_eq!(j(Value::F64(1e300)), "1e+300");
+        assert_eq!(j(Value::F64(f64::NAN)), "\"NaN\"");
+        assert_eq!(j(Value::F64(f64::NEG_INFINITY)), "\"-Infinity\"");
+        assert_eq!(j(Value::F32(0.1)), "0.1");
+        assert_eq!(j(Value::Bytes(vec![0, 255])), "\"AP8=\"");
+        assert_eq!(j(Value::Text("a\"\n☃".into())), "\"a\\\"\\n☃\"");
+        let ts = DateTime::parse_from_rfc3339("2024-01-02T03:04:05.250+05:30").unwrap();
+        assert_eq!(
+            j(Value::TimestampTz(ts)),
+            "\"2024-01-02T03:04:05.250+05:30\""
+        );
+        assert_eq!(
+            j(Value::Timestamp(ts.naive_local())),
+            "\"2024-01-02T03:04:05.250\""
+        );
+        let d = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
+        assert_eq!(j(Value::Date(d)), "\"2024-02-29\"");
+        assert_eq!(
+            j(Value::Uuid([0xAB; 16])),
+            "\"abababab-abab-abab-abab-abababababab\""
+        );
+        assert_eq!(j(Value::Json("{\"a\":1}".into())), "\"{\\\"a\\\":1}\"");
+    }
+
+    #[test]
+    fn floats_round_trip_through_serde() {
+        for f in [0.1, 1.0 / 3.0, -2.5e-308, 123456789.0] {
+            let back: f64 = serde_json::from_str(&j(Value::F64(f))).unwrap();
+            assert_eq!(back.to_bits(), f.to_bits());
+        }
+    }
+
+    #[test]
+    fn objects_keep_column_order() {
+        let mut s = String::new();
+        write_object(&mut s, ["b", "a"], &[Value::Int(1), Value::Null]);
+        assert_eq!(s, "{\"b\":1,\"a\":null}");
+    }
+}

@@ -1,0 +1,14 @@
+//! Pure domain rules: no I/O, no async. Everything here is tested next to the code.
+
+pub mod batching;
+pub mod config;
+pub mod diff;
+pub mod encoding;
+pub mod job;
+pub mod json;
+pub mod key;
+pub mod retry;
+pub mod schedule;
+pub mod schema;
+pub mod secret_ref;
+pub mod value;
