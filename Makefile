@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build
+.PHONY: test lint fmt build demo
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services.
 test:
@@ -18,3 +18,7 @@ fmt:
 
 build:
 	$(CARGO) build --workspace --release
+
+## The whole pipeline on embedded defaults: demo source, receiver, initial + interval sync, verify.
+demo:
+	$(CARGO) run --release -p signals -- demo

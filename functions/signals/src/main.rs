@@ -1,1 +1,5 @@
-fn main() {}
+//! `signals`: the operator CLI and single-process mode.
+
+fn main() -> std::process::ExitCode {
+    signals::cli::main()
+}

@@ -1,0 +1,143 @@
+//! Command-line interface.
+
+use crate::{app, commands, demo};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Signals ETL: keeps reporting datasets in sync with customers' databases.
+#[derive(Parser)]
+#[command(name = "signals", version, about)]
+struct Cli {
+    /// The store (SQLite file) holding config versions, runs, staging and the queue.
+    #[arg(
+        long,
+        global = true,
+        env = "SIGNALS_STORE",
+        default_value = "signals.db"
+    )]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Configuration versions.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Open initial runs for the data sources a tenant's reports need.
+    Onboard {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Report names, comma separated (default: every data source of the tenant).
+        #[arg(long, value_delimiter = ',')]
+        reports: Vec<String>,
+    },
+    /// Single-process mode: the timer and every stage on the table queue.
+    Run(commands::run::RunArgs),
+    /// Run history per tenant and data source.
+    Status {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Most runs shown.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Dead letters: list, show, retry.
+    Dlq {
+        #[command(subcommand)]
+        action: commands::dlq::DlqAction,
+    },
+    /// The reference receiver of the push protocol.
+    Receiver(commands::receiver::ReceiverArgs),
+    /// Compare a receiver's datasets with the sources, row for row.
+    Verify(commands::verify::VerifyArgs),
+    /// Run a cloud event file (events/) through the handlers.
+    Replay(commands::replay::ReplayArgs),
+    /// The whole pipeline on embedded defaults, end to end, verified.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a TOML file and store it as a new config version.
+    Apply {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Validate a TOML file without storing it.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// Parses arguments, runs the command, and maps errors to a message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo narrates on stdout; its logs only matter when something goes wrong.
+    signals_shared::telemetry::init(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let store = cli.store;
+    match cli.command {
+        Command::Config {
+            action: ConfigAction::Apply { file },
+        } => commands::config::apply(&store, &file).await,
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => commands::config::check(&file),
+        Command::Onboard { tenant, reports } => {
+            commands::config::onboard(&store, &tenant, reports).await
+        }
+        Command::Run(args) => commands::run::run(&store, args).await,
+        Command::Status {
+            tenant,
+            json,
+            limit,
+        } => commands::status::status(&store, tenant.as_deref(), json, limit).await,
+        Command::Dlq { action } => commands::dlq::dlq(&store, action).await,
+        Command::Receiver(args) => commands::receiver::receiver(args).await,
+        Command::Verify(args) => commands::verify::verify(&store, args).await,
+        Command::Replay(args) => commands::replay::replay(&store, args).await,
+        Command::Demo(args) => demo::demo(args).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+    .or_else(|e| match e.downcast_ref::<app::Exit>() {
+        Some(app::Exit(code)) => {
+            eprintln!("{e}");
+            Ok(ExitCode::from(*code))
+        }
+        None => Err(e),
+    })
+}

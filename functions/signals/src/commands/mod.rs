@@ -1,0 +1,9 @@
+//! One module per subcommand group.
+
+pub mod config;
+pub mod dlq;
+pub mod receiver;
+pub mod replay;
+pub mod run;
+pub mod status;
+pub mod verify;

@@ -1,0 +1,77 @@
+//! `signals run`: single-process mode — the timer and every stage on the SQLite table queue.
+
+use crate::app::{context, open_store};
+use clap::Args;
+use signals_shared::hosts::runner::{self, RunnerOptions};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Options of `signals run`.
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Apply this config file first (single-process mode may read the file directly).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Stop once nothing is queued, delayed or running (no timer).
+    #[arg(long)]
+    pub until_idle: bool,
+    /// Jobs handled at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Lease of a claimed job, renewed while it runs; a crashed process's jobs return after it.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// Seconds between timer ticks.
+    #[arg(long, default_value_t = 10)]
+    pub tick_secs: u64,
+    /// `jsonl:PATH` writes batches to a file instead of pushing them (dry run).
+    #[arg(long)]
+    pub sink: Option<String>,
+}
+
+/// Parses `--sink`.
+pub fn jsonl_sink(sink: &Option<String>) -> anyhow::Result<Option<PathBuf>> {
+    match sink.as_deref() {
+        None => Ok(None),
+        Some(s) => match s.strip_prefix("jsonl:") {
+            Some(p) if !p.is_empty() => Ok(Some(PathBuf::from(p))),
+            _ => anyhow::bail!("--sink must be `jsonl:PATH`, not `{s}`"),
+        },
+    }
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the pipeline in this process.
+pub async fn run(store_path: &Path, args: RunArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.config {
+        super::config::apply(store_path, file).await?;
+    }
+    let store = open_store(store_path)?;
+    let ctx = context(store.clone(), jsonl_sink(&args.sink)?);
+    let opts = RunnerOptions {
+        concurrency: args.concurrency.max(1),
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        tick_every: (!args.until_idle).then(|| Duration::from_secs(args.tick_secs.max(1))),
+        until_idle: args.until_idle,
+        ..RunnerOptions::default()
+    };
+    tracing::info!(store = %store_path.display(), concurrency = opts.concurrency, "single-process runner starting");
+    let stats = runner::run(ctx, store, opts, shutdown_signal()).await?;
+    tracing::info!(handled = stats.handled, "runner stopped");
+    Ok(())
+}

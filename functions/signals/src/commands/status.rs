@@ -1,0 +1,81 @@
+//! `signals status`: run history per tenant and data source.
+
+use crate::app::open_store;
+use signals_shared::ports::{DeadLetterStore, JobQueue, RunStore};
+use std::path::Path;
+
+/// Prints runs newest first (state incl. `blocked`, rows, changes, duration, last error).
+pub async fn status(
+    store: &Path,
+    tenant: Option<&str>,
+    json: bool,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let store = open_store(store)?;
+    let runs = store.runs(tenant, limit).await?;
+    let open_dl = store.dead_letters(true).await?.len();
+    let (depth, oldest) = store.depth().await?;
+    if json {
+        let out = serde_json::json!({
+            "runs": runs.iter().map(|r| {
+                let mut v = serde_json::to_value(r).expect("runs serialise");
+                v["state"] = r.display_state().into();
+                v.as_object_mut().map(|o| o.remove("schema"));
+                v
+            }).collect::<Vec<_>>(),
+            "open_dead_letters": open_dl,
+            "queue": { "depth": depth, "oldest_age_secs": oldest.map(|d| d.as_secs_f64()) },
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<16} {:<8} {:<12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}  last error",
+        "tenant",
+        "source",
+        "kind",
+        "state",
+        "rows",
+        "inserts",
+        "updates",
+        "deletes",
+        "batches",
+        "secs"
+    );
+    for r in &runs {
+        let secs = r
+            .finished_at
+            .map(|f| (f - r.created_at).num_milliseconds() as f64 / 1000.0);
+        println!(
+            "{:<12} {:<16} {:<8} {:<12} {:>9} {:>8} {:>8} {:>8} {:>4}/{:<4} {:>9}  {}",
+            r.tenant,
+            r.source,
+            r.kind.as_str(),
+            r.display_state(),
+            r.rows_read,
+            r.inserts,
+            r.updates,
+            r.deletes,
+            r.batches_delivered,
+            r.batches_total,
+            secs.map_or("-".into(), |s| format!("{s:.1}")),
+            r.last_error
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(100)
+                .collect::<String>()
+        );
+    }
+    println!(
+        "\nqueue: {depth} jobs{}; open dead letters: {open_dl}",
+        oldest.map_or(String::new(), |o| format!(
+            ", oldest visible {:.0}s",
+            o.as_secs_f64()
+        ))
+    );
+    if open_dl > 0 {
+        println!("blocked runs wait for `signals dlq retry ID` (see `signals dlq list`)");
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The default connectors: picks the source adapter for a tenant connection and the pusher for a
+//! destination, by what this build was compiled with.
+
+use crate::ctx::Connectors;
+use crate::domain::config::{Destination, Tenant};
+use crate::errors::{SourceError, StageError};
+use crate::ports::{Pusher, SnapshotSource};
+use crate::secrets::resolve;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Pushers by destination id, with the settings they were built from.
+type PusherCache = Mutex<HashMap<String, (Destination, Arc<dyn Pusher>)>>;
+
+/// Builds adapters from config; pushers are cached per destination (one HTTP connection pool).
+#[derive(Default)]
+pub struct DefaultConnectors {
+    /// Send every batch to this JSONL file instead of the destinations (dry run).
+    pub jsonl: Option<PathBuf>,
+    pushers: PusherCache,
+}
+
+impl DefaultConnectors {
+    /// Connectors, optionally in dry-run mode.
+    pub fn new(jsonl: Option<PathBuf>) -> DefaultConnectors {
+        DefaultConnectors {
+            jsonl,
+            pushers: Mutex::default(),
+        }
+    }
+}
+
+impl Connectors for DefaultConnectors {
+    fn source(
+        &self,
+        tenant_id: &str,
+        tenant: &Tenant,
+        connection: &str,
+    ) -> Result<Arc<dyn SnapshotSource>, StageError> {
+        let conn = tenant.connections.get(connection).ok_or_else(|| {
+            StageError::NotFound(format!(
+                "tenant `{tenant_id}` has no connection `{connection}`"
+            ))
+        })?;
+        if let Some(path) = &conn.sqlite_path {
+            #[cfg(feature = "sqlite")]
+            return Ok(Arc::new(crate::sqlite::source::SqliteSource::new(
+                path.clone(),
+                connection,
+            )));
+        }
+        let url = match &conn.url {
+            Some(r) => resolve(r)?,
+            None => unreachable!("validated: a connection has a path or a url"),
+        };
+        let scheme = url
+            .expose()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        #[cfg(feature = "sqlite")]
+        if scheme == "sqlite" {
+            let path = url.expose()["sqlite:".len()..].trim_start_matches("//");
+            return Ok(Arc::new(crate::sqlite::source::SqliteSource::new(
+                path.into(),
+                connection,
+            )));
+        }
+        Err(SourceError::Connect {
+            connection: connection.to_owned(),
+            detail: format!("this build has no source adapter for `{scheme}:` connections"),
+        }
+        .into())
+    }
+
+    fn pusher(
+        &self,
+        destination_id: &str,
+        destination: &Destination,
+    ) -> Result<Arc<dyn Pusher>, StageError> {
+        let mut cache = self.pushers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((d, p)) = cache.get(destination_id) {
+            if d == destination {
+                return Ok(p.clone());
+            }
+        }
+        let pusher: Arc<dyn Pusher> = match &self.jsonl {
+            Some(path) => Arc::new(crate::sink::jsonl::JsonlSink::new(path.clone())),
+            #[cfg(feature = "http-sink")]
+            None => Arc::new(crate::sink::http::HttpPusher::new(destination)?),
+            #[cfg(not(feature = "http-sink"))]
+            None => {
+                return Err(
+                    crate::errors::PushError::Setup("this build has no HTTP sink".into()).into(),
+                );
+            }
+        };
+        cache.insert(
+            destination_id.to_owned(),
+            (destination.clone(), pusher.clone()),
+        );
+        Ok(pusher)
+    }
+}

@@ -1,0 +1,124 @@
+//! What a stage handler gets: the store, the connectors, and config versions (cached, immutable).
+
+use crate::domain::config::{Config, DataSource, Destination, Tenant};
+use crate::domain::retry::RetryPolicy;
+use crate::errors::{StageError, StoreError};
+use crate::ports::{Pusher, SnapshotSource, SourceSpec, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Builds adapters for a tenant's connections and destinations.
+pub trait Connectors: Send + Sync {
+    /// The source behind a tenant connection.
+    fn source(
+        &self,
+        tenant_id: &str,
+        tenant: &Tenant,
+        connection: &str,
+    ) -> Result<Arc<dyn SnapshotSource>, StageError>;
+    /// The pusher for a destination.
+    fn pusher(
+        &self,
+        destination_id: &str,
+        destination: &Destination,
+    ) -> Result<Arc<dyn Pusher>, StageError>;
+}
+
+/// Retry policy of every stage but push (push follows its destination's settings).
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+};
+
+/// Shared by every job a host runs.
+pub struct Ctx {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Adapter factory.
+    pub connectors: Arc<dyn Connectors>,
+    /// Retry policy for non-push stages (tests shorten it).
+    pub retry: RetryPolicy,
+    configs: Mutex<HashMap<i64, Arc<Config>>>,
+}
+
+impl Ctx {
+    /// A context over a store and connectors.
+    pub fn new(store: Arc<dyn Store>, connectors: Arc<dyn Connectors>) -> Ctx {
+        Ctx {
+            store,
+            connectors,
+            retry: DEFAULT_RETRY,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A config version, parsed once and cached (versions never change).
+    pub async fn config(&self, version: i64) -> Result<Arc<Config>, StageError> {
+        if let Some(c) = self
+            .configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&version)
+        {
+            return Ok(c.clone());
+        }
+        let toml =
+            self.store
+                .config_version(version)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "config version",
+                    detail: format!("version {version} is not in the store"),
+                })?;
+        let config = Arc::new(Config::parse(&toml, &format!("config version {version}"))?);
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(version, config.clone());
+        Ok(config)
+    }
+
+    /// The latest config version, if any was applied.
+    pub async fn latest_config(&self) -> Result<Option<(i64, Arc<Config>)>, StageError> {
+        match self.store.latest_config().await? {
+            None => Ok(None),
+            Some((v, _)) => Ok(Some((v, self.config(v).await?))),
+        }
+    }
+
+    /// The source adapter and spec of a data source.
+    pub fn source_for(
+        &self,
+        config: &Config,
+        tenant: &str,
+        source: &str,
+        version: i64,
+    ) -> Result<(Arc<dyn SnapshotSource>, SourceSpec, DataSource), StageError> {
+        let t = config.tenant(tenant, version)?;
+        let ds = config.source(tenant, source, version)?.clone();
+        let src = self.connectors.source(tenant, t, &ds.connection)?;
+        let spec = SourceSpec {
+            table: ds.table.clone(),
+            query: ds.query.clone(),
+            key: ds.key.clone(),
+        };
+        Ok((src, spec, ds))
+    }
+
+    /// The destination of a tenant.
+    pub fn destination<'a>(
+        &self,
+        config: &'a Config,
+        tenant: &str,
+        version: i64,
+    ) -> Result<(&'a str, &'a Destination), StageError> {
+        let t = config.tenant(tenant, version)?;
+        let d = config
+            .destinations
+            .get_key_value(&t.destination)
+            .expect("validated: every tenant's destination exists");
+        Ok((d.0.as_str(), d.1))
+    }
+}

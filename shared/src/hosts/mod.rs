@@ -1,0 +1,126 @@
+//! Hosts: how a stage handler is invoked. Each host maps [`Outcome`] onto its own mechanism —
+//! the table-queue runner here; `lambda` (SQS partial batch failures) and `worker` later — so
+//! retry, dead-letter and tracing rules live once, in [`execute`].
+
+pub mod events;
+pub mod runner;
+
+use crate::ctx::Ctx;
+use crate::domain::job::{Job, Stage};
+use crate::domain::retry::{Decision, RetryPolicy};
+use crate::ports::JobQueue;
+use std::time::Duration;
+use tracing::Instrument;
+
+/// What a host must do with a message after its handler ran.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Enqueue these follow-up jobs, then acknowledge.
+    Done(Vec<Job>),
+    /// Make the message visible again after the delay.
+    Retry {
+        /// Wait before the next attempt.
+        delay: Duration,
+        /// The error of this attempt.
+        error: String,
+    },
+    /// Record a dead letter in the store, then acknowledge.
+    DeadLetter {
+        /// The final error.
+        error: String,
+    },
+}
+
+async fn policy(ctx: &Ctx, job: &Job) -> RetryPolicy {
+    if job.stage() != Stage::Push {
+        return ctx.retry;
+    }
+    let Some(tenant) = job.scope().0 else {
+        return ctx.retry;
+    };
+    match ctx.latest_config().await {
+        Ok(Some((v, config))) => match ctx.destination(&config, tenant, v) {
+            Ok((_, d)) => RetryPolicy {
+                max_attempts: d.max_attempts,
+                base: Duration::from_millis(d.backoff_base_ms),
+                cap: Duration::from_millis(d.backoff_cap_ms),
+            },
+            Err(_) => ctx.retry,
+        },
+        _ => ctx.retry,
+    }
+}
+
+/// Runs a job's handler inside a span naming tenant, source, run, stage and attempt, and decides
+/// what the host does next. Never panics on a handler's error.
+pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
+    let (tenant, source, run) = job.scope();
+    let span = tracing::info_span!("job", stage = %job.stage(), tenant = tenant.unwrap_or(""),
+        source = source.unwrap_or(""), run = run.unwrap_or(""), attempt = job.attempt,
+        trace_id = job.trace_id().unwrap_or(""));
+    async {
+        let started = std::time::Instant::now();
+        match crate::stages::handle(ctx, job).await {
+            Ok(next) => {
+                tracing::debug!(next = next.len(), ms = started.elapsed().as_millis() as u64, "job done");
+                Outcome::Done(next)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                let p = policy(ctx, job).await;
+                match p.decide(job.attempt.max(1), e.retryable(), e.retry_after(), fastrand::f64()) {
+                    Decision::RetryAfter(delay) => {
+                        tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "job failed; will retry");
+                        if let Some(run) = run {
+                            let _ = ctx.store.note_error(run, &error).await;
+                        }
+                        Outcome::Retry { delay, error }
+                    }
+                    Decision::DeadLetter => {
+                        tracing::error!(%error, retryable = e.retryable(), "job failed; dead-lettering");
+                        Outcome::DeadLetter { error }
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Applies an outcome through a queue and the store's dead letters; errors here are logged and
+/// leave the message to be redelivered when its lease runs out.
+pub async fn settle(
+    ctx: &Ctx,
+    queue: &dyn JobQueue,
+    claimed: &crate::ports::Claimed,
+    job: &Job,
+    outcome: Outcome,
+) {
+    let result = async {
+        match outcome {
+            Outcome::Done(next) => {
+                queue.enqueue(&next, Duration::ZERO).await?;
+                crate::crash::point("after_enqueue_before_ack");
+                queue.ack(claimed).await
+            }
+            Outcome::Retry { delay, error } => queue.retry_later(claimed, delay, &error).await,
+            Outcome::DeadLetter { error } => {
+                ctx.store
+                    .dead_letter(
+                        Some(job),
+                        &claimed.body,
+                        job.stage().as_str(),
+                        &error,
+                        claimed.attempts,
+                    )
+                    .await?;
+                queue.ack(claimed).await
+            }
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "could not settle a job; it will be redelivered after its lease");
+    }
+}

@@ -1,0 +1,135 @@
+//! The single-process runner: every stage plus the timer in one process, on the table queue.
+//! A killed process loses nothing: claimed messages come back when their lease runs out.
+
+use super::{execute, settle};
+use crate::ctx::Ctx;
+use crate::domain::job::{Job, Task};
+use crate::errors::StoreError;
+use crate::ports::{Claimed, JobQueue};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// How the runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunnerOptions {
+    /// Jobs handled at once.
+    pub concurrency: usize,
+    /// Lease (visibility timeout) of a claimed message; renewed every third of it while running.
+    pub lease: Duration,
+    /// Pause between polls of an empty queue.
+    pub poll: Duration,
+    /// Enqueue a timer tick this often (`None`: no timer).
+    pub tick_every: Option<Duration>,
+    /// Return once nothing is queued, delayed or running.
+    pub until_idle: bool,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            concurrency: 4,
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(200),
+            tick_every: None,
+            until_idle: false,
+        }
+    }
+}
+
+/// Counts of what a runner did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunnerStats {
+    /// Messages handled.
+    pub handled: u64,
+}
+
+async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, lease: Duration) {
+    let mut job = match Job::decode(claimed.body.as_bytes()) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable message: dead-lettering it");
+            let dl = ctx
+                .store
+                .dead_letter(
+                    None,
+                    &claimed.body,
+                    "unknown",
+                    &e.to_string(),
+                    claimed.attempts,
+                )
+                .await;
+            if dl.is_ok() {
+                let _ = queue.ack(&claimed).await;
+            }
+            return;
+        }
+    };
+    job.attempt = claimed.attempts;
+    let heartbeat = {
+        let (queue, claimed) = (queue.clone(), claimed.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                if let Err(e) = queue.extend(&claimed, lease).await {
+                    tracing::warn!(error = %e, "could not extend a lease");
+                }
+            }
+        })
+    };
+    let outcome = execute(&ctx, &job).await;
+    heartbeat.abort();
+    settle(&ctx, queue.as_ref(), &claimed, &job, outcome).await;
+}
+
+/// Runs until `shutdown` resolves (or until idle, with `until_idle`), then drains in-flight jobs.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    queue: Arc<dyn JobQueue>,
+    opts: RunnerOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunnerStats, StoreError> {
+    tokio::pin!(shutdown);
+    let mut inflight = JoinSet::new();
+    let mut stats = RunnerStats::default();
+    let mut next_tick = Instant::now();
+    loop {
+        if let Some(every) = opts.tick_every {
+            if Instant::now() >= next_tick {
+                queue
+                    .enqueue(&[Job::new(Task::Tick)], Duration::ZERO)
+                    .await?;
+                next_tick = Instant::now() + every;
+            }
+        }
+        let free = opts.concurrency.saturating_sub(inflight.len());
+        let claimed = if free > 0 {
+            queue.claim(free, opts.lease).await?
+        } else {
+            Vec::new()
+        };
+        let got = claimed.len();
+        for c in claimed {
+            stats.handled += 1;
+            inflight.spawn(process(ctx.clone(), queue.clone(), c, opts.lease));
+        }
+        if got > 0 {
+            continue;
+        }
+        if opts.until_idle && inflight.is_empty() && queue.depth().await?.0 == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            _ = tokio::time::sleep(opts.poll) => {}
+        }
+    }
+    while let Some(r) = inflight.join_next().await {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "a job task failed");
+        }
+    }
+    Ok(stats)
+}

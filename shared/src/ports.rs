@@ -1,0 +1,460 @@
+//! Ports: the narrow traits stages use. Adapters (SQLite today; PostgreSQL, SQL Server, SQS,
+//! Azure later) implement them; stages and hosts know nothing else.
+
+use crate::domain::{diff::Op, encoding::RowHash, job::Job, schema::TableSchema, value::Value};
+use crate::errors::{PushError, SourceError, StoreError};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+
+/// A stream of batches of items; an error ends the stream. Bounded channels keep memory flat.
+pub type Batches<T, E> = Receiver<Result<Vec<T>, E>>;
+
+/// What to read: a table or a query, and its key columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// Table name (`schema.table` allowed).
+    pub table: Option<String>,
+    /// Query whose result is read like a table.
+    pub query: Option<String>,
+    /// Key columns in order.
+    pub key: Vec<String>,
+}
+
+/// A key range `[lo, hi)` in encoded key bytes; `None` is unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyRange {
+    /// Inclusive lower bound.
+    pub lo: Option<Vec<u8>>,
+    /// Exclusive upper bound.
+    pub hi: Option<Vec<u8>>,
+}
+
+/// Reads a data source in key order, in key-range chunks, with bounded memory.
+#[async_trait]
+pub trait SnapshotSource: Send + Sync {
+    /// The source's columns mapped onto canonical types; fails if a key column is missing.
+    async fn describe(&self, spec: &SourceSpec) -> Result<TableSchema, SourceError>;
+    /// Chunk boundaries (encoded keys, ascending) so each chunk holds about `chunk_rows` rows.
+    async fn split(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        chunk_rows: u64,
+    ) -> Result<Vec<Vec<u8>>, SourceError>;
+    /// Streams the rows of `range` in ascending key order, values in schema column order.
+    fn read(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<Vec<Value>, SourceError>;
+}
+
+/// Run kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// First sync of a data source: staging is empty, every row is an insert.
+    Initial,
+    /// A periodic sync: only what changed.
+    Interval,
+}
+
+impl RunKind {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Initial => "initial",
+            RunKind::Interval => "interval",
+        }
+    }
+}
+
+/// Progress states of a run; `blocked` is shown on top while a dead letter holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Opened; chunks not planned yet.
+    Planning,
+    /// Chunks being diffed.
+    Snapshotting,
+    /// Every chunk's delta written.
+    Snapshotted,
+    /// Delta committed to staging; change records numbered.
+    Merged,
+    /// Batches cut; being pushed.
+    Batched,
+    /// Every batch delivered.
+    Done,
+}
+
+impl RunState {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Planning => "planning",
+            RunState::Snapshotting => "snapshotting",
+            RunState::Snapshotted => "snapshotted",
+            RunState::Merged => "merged",
+            RunState::Batched => "batched",
+            RunState::Done => "done",
+        }
+    }
+    /// From a stored name.
+    pub fn parse(s: &str) -> Option<RunState> {
+        [
+            RunState::Planning,
+            RunState::Snapshotting,
+            RunState::Snapshotted,
+            RunState::Merged,
+            RunState::Batched,
+            RunState::Done,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A run of one data source, with its counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    /// Run id.
+    pub id: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Data source id.
+    pub source: String,
+    /// Initial or interval.
+    pub kind: RunKind,
+    /// Progress state.
+    pub state: RunState,
+    /// Open dead letters holding the run (then it shows as `blocked`).
+    pub dead_letters: i64,
+    /// Config version the run started with.
+    pub config_version: i64,
+    /// Opened at.
+    pub created_at: DateTime<Utc>,
+    /// Finished at, when done.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Chunks planned.
+    pub chunks_total: i64,
+    /// Chunks whose delta is written.
+    pub chunks_done: i64,
+    /// Source rows read.
+    pub rows_read: i64,
+    /// Inserts found.
+    pub inserts: i64,
+    /// Updates found.
+    pub updates: i64,
+    /// Deletes found.
+    pub deletes: i64,
+    /// Batches cut.
+    pub batches_total: i64,
+    /// Batches delivered.
+    pub batches_delivered: i64,
+    /// Bytes of change records pushed.
+    pub bytes: i64,
+    /// The shape read (set when planned).
+    pub schema: Option<TableSchema>,
+    /// Every row re-sent (accepted drift).
+    pub force_all: bool,
+    /// Last error seen by any job of the run.
+    pub last_error: Option<String>,
+}
+
+impl Run {
+    /// State as shown to operators: `blocked` while a dead letter holds the run.
+    pub fn display_state(&self) -> &'static str {
+        if self.dead_letters > 0 {
+            "blocked"
+        } else {
+            self.state.as_str()
+        }
+    }
+    /// Changes found.
+    pub fn changes(&self) -> i64 {
+        self.inserts + self.updates + self.deletes
+    }
+}
+
+/// One chunk of a run.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Chunk number.
+    pub no: u32,
+    /// Its key range.
+    pub range: KeyRange,
+    /// Whether its delta is complete.
+    pub done: bool,
+}
+
+/// One row of a chunk's delta.
+#[derive(Debug, Clone)]
+pub struct DeltaRow {
+    /// Encoded key.
+    pub key: Vec<u8>,
+    /// What changed.
+    pub op: Op,
+    /// New row hash (none for deletes).
+    pub hash: Option<RowHash>,
+    /// Row JSON for inserts/updates, key JSON for deletes.
+    pub payload: String,
+}
+
+/// Counts one chunk contributes to its run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkStats {
+    /// Rows read from the source.
+    pub rows_read: i64,
+    /// Inserts.
+    pub inserts: i64,
+    /// Updates.
+    pub updates: i64,
+    /// Deletes.
+    pub deletes: i64,
+}
+
+/// A batch cut from a run's change records, its request body built once.
+#[derive(Debug, Clone)]
+pub struct BatchRecord {
+    /// Deterministic id (run + sequence range).
+    pub id: String,
+    /// Run id.
+    pub run_id: String,
+    /// First sequence number.
+    pub seq_first: i64,
+    /// Last sequence number.
+    pub seq_last: i64,
+    /// Records in the batch.
+    pub rows: i64,
+    /// Request body.
+    pub body: Vec<u8>,
+    /// Delivered already.
+    pub delivered: bool,
+}
+
+/// One delivery attempt, for the ledger.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// Batch id.
+    pub batch_id: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// HTTP status, if a response came.
+    pub status: Option<u16>,
+    /// Error or response excerpt.
+    pub detail: String,
+    /// Request id from the response, if any.
+    pub request_id: Option<String>,
+    /// Time the attempt took.
+    pub duration: Duration,
+}
+
+/// A job that could not be completed, kept until an operator retries or drops it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Id for `signals dlq`.
+    pub id: i64,
+    /// Tenant, when the job has one.
+    pub tenant: Option<String>,
+    /// Data source, when the job has one.
+    pub source: Option<String>,
+    /// Run, when the job has one.
+    pub run_id: Option<String>,
+    /// Stage.
+    pub stage: String,
+    /// The job message (or the raw text of one that could not be decoded).
+    pub message: String,
+    /// The final error.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// `open`, `retried` or `dropped`.
+    pub state: String,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Config versions.
+#[async_trait]
+pub trait ConfigStore: Send + Sync {
+    /// Stores a new version unless identical to the latest; returns (version, was_new).
+    async fn apply_config(&self, toml: &str, origin: &str) -> Result<(i64, bool), StoreError>;
+    /// The latest version and its TOML.
+    async fn latest_config(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// A given version's TOML.
+    async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError>;
+}
+
+/// Runs and their chunks.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Opens a run unless one is active for the data source (then `None`).
+    async fn open_run(
+        &self,
+        tenant: &str,
+        source: &str,
+        kind: RunKind,
+        config_version: i64,
+    ) -> Result<Option<Run>, StoreError>;
+    /// A run by id, scoped to its tenant.
+    async fn run(&self, tenant: &str, run_id: &str) -> Result<Option<Run>, StoreError>;
+    /// Runs, newest first, optionally for one tenant.
+    async fn runs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Run>, StoreError>;
+    /// When the latest run of each data source of a tenant started, and whether one is active.
+    async fn source_clocks(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError>;
+    /// `planning → snapshotting`: records shape, chunks and config version; false if already planned.
+    async fn plan_run(
+        &self,
+        run: &Run,
+        schema: &TableSchema,
+        force_all: bool,
+        config_version: i64,
+        chunks: &[KeyRange],
+    ) -> Result<bool, StoreError>;
+    /// The run's chunks.
+    async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
+    /// Records an error against a run (shown in status).
+    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
+}
+
+/// Staging state and deltas.
+#[async_trait]
+pub trait StagingStore: Send + Sync {
+    /// The data source's shape as of its last merged run.
+    async fn staged_schema(
+        &self,
+        tenant: &str,
+        source: &str,
+    ) -> Result<Option<TableSchema>, StoreError>;
+    /// Staging's (key, hash) in `range`, ascending.
+    fn staging(
+        &self,
+        tenant: &str,
+        source: &str,
+        range: &KeyRange,
+    ) -> Batches<(Vec<u8>, RowHash), StoreError>;
+    /// Removes whatever an earlier attempt of this chunk wrote.
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError>;
+    /// Appends delta rows of one chunk.
+    async fn write_delta(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        rows: Vec<DeltaRow>,
+    ) -> Result<(), StoreError>;
+    /// Marks the chunk done (once) and adds its counts; returns true when every chunk is done.
+    async fn finish_chunk(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        stats: ChunkStats,
+    ) -> Result<bool, StoreError>;
+    /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
+    async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
+    /// The run's change records in sequence order: (op, payload).
+    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError>;
+}
+
+/// Batches and the delivery ledger.
+#[async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Saves batches (ignoring ones already saved).
+    async fn save_batches(&self, batches: Vec<BatchRecord>) -> Result<(), StoreError>;
+    /// `merged → batched` with the batch count and bytes; `total == 0` finishes the run.
+    async fn finish_batching(&self, run: &Run, total: i64, bytes: i64) -> Result<(), StoreError>;
+    /// Ids of the run's batches not yet delivered.
+    async fn pending_batches(&self, run_id: &str) -> Result<Vec<String>, StoreError>;
+    /// A batch.
+    async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError>;
+    /// Records an attempt in the ledger.
+    async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError>;
+    /// Records a delivered attempt and marks the batch delivered (once); finishes the run after
+    /// the last batch. Returns true if this call finished the run.
+    async fn mark_delivered(&self, run: &Run, attempt: &Attempt) -> Result<bool, StoreError>;
+}
+
+/// The one dead-letter model, whatever the queue.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// Records a dead letter (once per message id).
+    async fn dead_letter(
+        &self,
+        job: Option<&Job>,
+        raw: &str,
+        stage: &str,
+        error: &str,
+        attempts: u32,
+    ) -> Result<i64, StoreError>;
+    /// Dead letters, newest first, optionally only open ones.
+    async fn dead_letters(&self, open_only: bool) -> Result<Vec<DeadLetter>, StoreError>;
+    /// One dead letter.
+    async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
+    /// Marks it retried (open → retried); false if it was not open.
+    async fn resolve_dead_letter(&self, id: i64, state: &str) -> Result<bool, StoreError>;
+}
+
+/// A message claimed from a queue.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Queue-specific handle (row id, receipt handle…).
+    pub handle: String,
+    /// The raw message body.
+    pub body: String,
+    /// Deliveries so far, this one included.
+    pub attempts: u32,
+}
+
+/// A queue of job messages with leases (visibility timeouts).
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Enqueues jobs, visible after `delay`.
+    async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError>;
+    /// Claims up to `max` visible messages for `lease`.
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
+    /// Extends a lease while work goes on.
+    async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError>;
+    /// Removes a finished message.
+    async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError>;
+    /// Makes a message visible again after `delay`, noting the error.
+    async fn retry_later(
+        &self,
+        claimed: &Claimed,
+        delay: Duration,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// (messages in the queue, age of the oldest visible one).
+    async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError>;
+}
+
+/// Every store port together: what a host hands to the stages.
+pub trait Store: ConfigStore + RunStore + StagingStore + BatchStore + DeadLetterStore {
+    /// Rows this process has written to the store (for the "no changes ⇒ almost no writes" check).
+    fn rows_written(&self) -> u64;
+}
+
+/// What the destination said to one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct PushResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// First bytes of the response body.
+    pub excerpt: String,
+    /// Request id the destination assigned.
+    pub request_id: Option<String>,
+}
+
+/// Delivers one batch body.
+#[async_trait]
+pub trait Pusher: Send + Sync {
+    /// Sends the body with the batch id as `Idempotency-Key`; transport failures are errors.
+    async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError>;
+}

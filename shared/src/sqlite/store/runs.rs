@@ -1,0 +1,197 @@
+//! Runs and chunks in SQLite.
+
+use super::{from_ms, now_ms, SqliteStore};
+use crate::domain::schema::TableSchema;
+use crate::errors::StoreError;
+use crate::ports::{Chunk, KeyRange, Run, RunKind, RunState, RunStore};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, OptionalExtension};
+
+/// Columns read for a [`Run`], in `map_run` order.
+pub(super) const RUN_COLS: &str = "id, tenant, source, kind, state, config_version, created_at, finished_at, \
+    chunks_total, chunks_done, rows_read, inserts, updates, deletes, batches_total, batches_delivered, bytes, \
+    schema_json, force_all, last_error, \
+    (SELECT COUNT(*) FROM dead_letters d WHERE d.run_id = runs.id AND d.state = 'open')";
+
+fn corrupt(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
+}
+
+pub(super) fn map_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    let kind: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    let schema: Option<String> = r.get(17)?;
+    Ok(Run {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        source: r.get(2)?,
+        kind: if kind == "initial" {
+            RunKind::Initial
+        } else {
+            RunKind::Interval
+        },
+        state: RunState::parse(&state).ok_or_else(|| corrupt("run state"))?,
+        config_version: r.get(5)?,
+        created_at: from_ms(r.get(6)?),
+        finished_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+        chunks_total: r.get(8)?,
+        chunks_done: r.get(9)?,
+        rows_read: r.get(10)?,
+        inserts: r.get(11)?,
+        updates: r.get(12)?,
+        deletes: r.get(13)?,
+        batches_total: r.get(14)?,
+        batches_delivered: r.get(15)?,
+        bytes: r.get(16)?,
+        schema: match schema {
+            Some(s) => Some(serde_json::from_str(&s).map_err(|_| corrupt("run schema"))?),
+            None => None,
+        },
+        force_all: r.get(18)?,
+        last_error: r.get(19)?,
+        dead_letters: r.get(20)?,
+    })
+}
+
+pub(super) fn load_run(c: &rusqlite::Connection, run_id: &str) -> rusqlite::Result<Option<Run>> {
+    c.query_row(
+        &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
+        [run_id],
+        map_run,
+    )
+    .optional()
+}
+
+#[async_trait]
+impl RunStore for SqliteStore {
+    async fn open_run(
+        &self,
+        tenant: &str,
+        source: &str,
+        kind: RunKind,
+        config_version: i64,
+    ) -> Result<Option<Run>, StoreError> {
+        let (tenant, source) = (tenant.to_owned(), source.to_owned());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.db
+            .write("open run", move |tx| {
+                let now = now_ms();
+                let n = tx.execute(
+                    "INSERT INTO runs (id, tenant, source, kind, state, config_version, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, 'planning', ?5, ?6, ?6) ON CONFLICT DO NOTHING",
+                    params![id, tenant, source, kind.as_str(), config_version, now],
+                )?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                load_run(tx, &id)
+            })
+            .await
+    }
+
+    async fn run(&self, tenant: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
+        let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
+        let run = self
+            .db
+            .read("load run", move |c| load_run(c, &run_id))
+            .await?;
+        // Scoped by tenant: one tenant's job can never see another's run.
+        Ok(run.filter(|r| r.tenant == tenant))
+    }
+
+    async fn runs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Run>, StoreError> {
+        let tenant = tenant.map(str::to_owned);
+        self.db
+            .read("list runs", move |c| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE (?1 IS NULL OR tenant = ?1) \
+                     ORDER BY created_at DESC, rowid DESC LIMIT ?2"
+                ))?;
+                let rows = stmt.query_map(params![tenant, limit as i64], map_run)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn source_clocks(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.db
+            .read("source clocks", move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT source, MAX(created_at), MAX(state <> 'done') FROM runs WHERE tenant = ?1 GROUP BY source",
+                )?;
+                let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, from_ms(r.get(1)?), r.get(2)?)))?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn plan_run(
+        &self,
+        run: &Run,
+        schema: &TableSchema,
+        force_all: bool,
+        config_version: i64,
+        chunks: &[KeyRange],
+    ) -> Result<bool, StoreError> {
+        let run_id = run.id.clone();
+        let schema = serde_json::to_string(schema).expect("schemas serialise");
+        let chunks = chunks.to_vec();
+        self.db
+            .write("plan run", move |tx| {
+                let n = tx.execute(
+                    "UPDATE runs SET state = 'snapshotting', schema_json = ?2, force_all = ?3, config_version = ?4, \
+                     chunks_total = ?5, updated_at = ?6 WHERE id = ?1 AND state = 'planning'",
+                    params![run_id, schema, force_all, config_version, chunks.len() as i64, now_ms()],
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                let mut ins = tx.prepare("INSERT INTO chunks (run_id, chunk_no, lo, hi) VALUES (?1, ?2, ?3, ?4)")?;
+                for (i, c) in chunks.iter().enumerate() {
+                    ins.execute(params![run_id, i as i64, c.lo, c.hi])?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .read("list chunks", move |c| {
+                let mut stmt = c.prepare(
+                    "SELECT chunk_no, lo, hi, done FROM chunks WHERE run_id = ?1 ORDER BY chunk_no",
+                )?;
+                let rows = stmt.query_map([run_id], |r| {
+                    Ok(Chunk {
+                        no: r.get(0)?,
+                        range: KeyRange {
+                            lo: r.get(1)?,
+                            hi: r.get(2)?,
+                        },
+                        done: r.get(3)?,
+                    })
+                })?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
+        let (run_id, error) = (run_id.to_owned(), error.to_owned());
+        self.db
+            .write("note run error", move |tx| {
+                tx.execute(
+                    "UPDATE runs SET last_error = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![run_id, error, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}

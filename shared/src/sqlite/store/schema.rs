@@ -1,0 +1,137 @@
+//! The store's schema, created and migrated by the program (`PRAGMA user_version` counts steps).
+
+use rusqlite::Connection;
+
+/// Migrations in order; each runs once, in its own transaction.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE config_versions (
+    version    INTEGER PRIMARY KEY AUTOINCREMENT,
+    toml       TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    applied_at INTEGER NOT NULL
+);
+CREATE TABLE runs (
+    id                TEXT PRIMARY KEY,
+    tenant            TEXT NOT NULL,
+    source            TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    config_version    INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    finished_at       INTEGER,
+    chunks_total      INTEGER NOT NULL DEFAULT 0,
+    chunks_done       INTEGER NOT NULL DEFAULT 0,
+    rows_read         INTEGER NOT NULL DEFAULT 0,
+    inserts           INTEGER NOT NULL DEFAULT 0,
+    updates           INTEGER NOT NULL DEFAULT 0,
+    deletes           INTEGER NOT NULL DEFAULT 0,
+    batches_total     INTEGER NOT NULL DEFAULT 0,
+    batches_delivered INTEGER NOT NULL DEFAULT 0,
+    bytes             INTEGER NOT NULL DEFAULT 0,
+    schema_json       TEXT,
+    force_all         INTEGER NOT NULL DEFAULT 0,
+    last_error        TEXT
+);
+-- Runs of one data source never overlap: at most one run that is not done.
+CREATE UNIQUE INDEX runs_one_active ON runs(tenant, source) WHERE state <> 'done';
+CREATE INDEX runs_by_source ON runs(tenant, source, created_at);
+CREATE TABLE chunks (
+    run_id    TEXT NOT NULL,
+    chunk_no  INTEGER NOT NULL,
+    lo        BLOB,
+    hi        BLOB,
+    done      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, chunk_no)
+) WITHOUT ROWID;
+CREATE TABLE staging (
+    tenant TEXT NOT NULL,
+    source TEXT NOT NULL,
+    key    BLOB NOT NULL,
+    hash   BLOB NOT NULL,
+    PRIMARY KEY (tenant, source, key)
+) WITHOUT ROWID;
+CREATE TABLE staged_schemas (
+    tenant      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    schema_json TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+-- A run's delta: one row per changed key (a run holds each key at most once). After merge these
+-- are the run's change records; their sequence number is their rank in key order.
+CREATE TABLE deltas (
+    run_id   TEXT NOT NULL,
+    key      BLOB NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    op       INTEGER NOT NULL,
+    hash     BLOB,
+    payload  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE batches (
+    id           TEXT PRIMARY KEY,
+    run_id       TEXT NOT NULL,
+    seq_first    INTEGER NOT NULL,
+    seq_last     INTEGER NOT NULL,
+    rows         INTEGER NOT NULL,
+    body         BLOB,
+    delivered_at INTEGER
+);
+CREATE INDEX batches_by_run ON batches(run_id, seq_first);
+CREATE TABLE deliveries (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    batch_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      INTEGER,
+    detail      TEXT NOT NULL,
+    request_id  TEXT
+);
+CREATE INDEX deliveries_by_batch ON deliveries(batch_id);
+CREATE TABLE dead_letters (
+    id          INTEGER PRIMARY KEY,
+    message_id  TEXT UNIQUE,
+    tenant      TEXT,
+    source      TEXT,
+    run_id      TEXT,
+    stage       TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'open',
+    created_at  INTEGER NOT NULL,
+    resolved_at INTEGER
+);
+CREATE INDEX dead_letters_open ON dead_letters(run_id) WHERE state = 'open';
+-- The table queue: a message is visible when visible_at has passed and no live lease holds it.
+CREATE TABLE jobs (
+    id          INTEGER PRIMARY KEY,
+    stage       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    enqueued_at INTEGER NOT NULL,
+    visible_at  INTEGER NOT NULL,
+    lease_token TEXT,
+    last_error  TEXT
+);
+CREATE INDEX jobs_visible ON jobs(visible_at);
+"#];
+
+/// Brings the schema up to date.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now <= i {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! Staging state and deltas in SQLite: range streams, chunk deltas, and the set-based merge.
+
+use super::{now_ms, SqliteStore};
+use crate::domain::{diff::Op, encoding::RowHash, schema::TableSchema};
+use crate::errors::StoreError;
+use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use async_trait::async_trait;
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, OptionalExtension};
+
+/// `AND key >= ? AND key < ?` for the bounds that exist, appending their parameters.
+fn range_sql(range: &KeyRange, params: &mut Vec<Sql>) -> String {
+    let mut sql = String::new();
+    if let Some(lo) = &range.lo {
+        params.push(Sql::Blob(lo.clone()));
+        sql.push_str(&format!(" AND key >= ?{}", params.len()));
+    }
+    if let Some(hi) = &range.hi {
+        params.push(Sql::Blob(hi.clone()));
+        sql.push_str(&format!(" AND key < ?{}", params.len()));
+    }
+    sql
+}
+
+fn hash_of(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RowHash> {
+    let b: Vec<u8> = r.get(i)?;
+    b.try_into().map_err(|_| {
+        rusqlite::Error::InvalidColumnType(i, "hash".into(), rusqlite::types::Type::Blob)
+    })
+}
+
+#[async_trait]
+impl StagingStore for SqliteStore {
+    async fn staged_schema(
+        &self,
+        tenant: &str,
+        source: &str,
+    ) -> Result<Option<TableSchema>, StoreError> {
+        let (tenant, source) = (tenant.to_owned(), source.to_owned());
+        let json: Option<String> = self
+            .db
+            .read("staged schema", move |c| {
+                c.query_row(
+                    "SELECT schema_json FROM staged_schemas WHERE tenant = ?1 AND source = ?2",
+                    params![tenant, source],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .await?;
+        json.map(|j| {
+            serde_json::from_str(&j).map_err(|e| StoreError::Corrupt {
+                what: "staged schema",
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    fn staging(
+        &self,
+        tenant: &str,
+        source: &str,
+        range: &KeyRange,
+    ) -> Batches<(Vec<u8>, RowHash), StoreError> {
+        let mut p = vec![Sql::Text(tenant.to_owned()), Sql::Text(source.to_owned())];
+        let cond = range_sql(range, &mut p);
+        let sql = format!(
+            "SELECT key, hash FROM staging WHERE tenant = ?1 AND source = ?2{cond} ORDER BY key"
+        );
+        self.db
+            .stream("read staging", sql, p, |r| Ok((r.get(0)?, hash_of(r, 1)?)))
+    }
+
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
+        let mut p = vec![Sql::Text(run_id.to_owned())];
+        let cond = range_sql(&chunk.range, &mut p);
+        self.db
+            .write("reset chunk", move |tx| {
+                tx.execute(
+                    &format!("DELETE FROM deltas WHERE run_id = ?1{cond}"),
+                    rusqlite::params_from_iter(p),
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn write_delta(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        rows: Vec<DeltaRow>,
+    ) -> Result<(), StoreError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .write("write delta", move |tx| {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO deltas (run_id, key, chunk_no, op, hash, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                for r in rows {
+                    ins.execute(params![run_id, r.key, chunk, r.op.code(), r.hash.map(|h| h.to_vec()), r.payload])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn finish_chunk(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        s: ChunkStats,
+    ) -> Result<bool, StoreError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .write("finish chunk", move |tx| {
+                let first = tx.execute(
+                    "UPDATE chunks SET done = 1 WHERE run_id = ?1 AND chunk_no = ?2 AND done = 0",
+                    params![run_id, chunk],
+                )? == 1;
+                if first {
+                    tx.execute(
+                        "UPDATE runs SET chunks_done = chunks_done + 1, rows_read = rows_read + ?2, \
+                         inserts = inserts + ?3, updates = updates + ?4, deletes = deletes + ?5, updated_at = ?6 \
+                         WHERE id = ?1",
+                        params![run_id, s.rows_read, s.inserts, s.updates, s.deletes, now_ms()],
+                    )?;
+                }
+                let all: bool = tx.query_row(
+                    "SELECT chunks_done >= chunks_total FROM runs WHERE id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )?;
+                if all {
+                    tx.execute(
+                        "UPDATE runs SET state = 'snapshotted', updated_at = ?2 WHERE id = ?1 AND state = 'snapshotting'",
+                        params![run_id, now_ms()],
+                    )?;
+                }
+                Ok(all)
+            })
+            .await
+    }
+
+    async fn merge(&self, run: &Run) -> Result<bool, StoreError> {
+        let run = run.clone();
+        let schema = run
+            .schema
+            .as_ref()
+            .map(|s| serde_json::to_string(s).expect("schemas serialise"));
+        self.db
+            .write("merge", move |tx| {
+                let n = tx.execute(
+                    "UPDATE runs SET state = 'merged', updated_at = ?2 WHERE id = ?1 AND state = 'snapshotted'",
+                    params![run.id, now_ms()],
+                )?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                tx.execute(
+                    "INSERT INTO staging (tenant, source, key, hash) \
+                     SELECT ?1, ?2, key, hash FROM deltas WHERE run_id = ?3 AND op IN (1, 2) \
+                     ON CONFLICT (tenant, source, key) DO UPDATE SET hash = excluded.hash",
+                    params![run.tenant, run.source, run.id],
+                )?;
+                tx.execute(
+                    "DELETE FROM staging WHERE tenant = ?1 AND source = ?2 AND key IN \
+                     (SELECT key FROM deltas WHERE run_id = ?3 AND op = 3)",
+                    params![run.tenant, run.source, run.id],
+                )?;
+                if let Some(schema) = schema {
+                    tx.execute(
+                        "INSERT INTO staged_schemas (tenant, source, schema_json, run_id) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (tenant, source) DO UPDATE SET schema_json = excluded.schema_json, run_id = excluded.run_id",
+                        params![run.tenant, run.source, schema, run.id],
+                    )?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
+        self.db.stream(
+            "read changes",
+            "SELECT op, payload FROM deltas WHERE run_id = ?1 ORDER BY key".to_owned(),
+            vec![Sql::Text(run_id.to_owned())],
+            |r| {
+                let op = Op::from_code(r.get(0)?).ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(
+                        0,
+                        "op".into(),
+                        rusqlite::types::Type::Integer,
+                    )
+                })?;
+                Ok((op, r.get(1)?))
+            },
+        )
+    }
+}

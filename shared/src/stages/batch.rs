@@ -1,0 +1,99 @@
+//! Batch: numbers the run's change records in key order and cuts them into batches with
+//! deterministic ids, building each request body once. One push job per batch.
+
+use super::cursor::Cursor;
+use super::run_task;
+use crate::ctx::Ctx;
+use crate::domain::batching::{batch_id, BatchLimits, Cutter};
+use crate::domain::job::{Job, Task};
+use crate::errors::StageError;
+use crate::ports::{BatchRecord, Run, RunState};
+use crate::protocol::{BatchHeader, BodyBuilder, RECORD_OVERHEAD};
+
+/// Batches saved per store call (bodies are large; keep memory to a few batches).
+const SAVE_EVERY: usize = 4;
+
+/// Cuts batches once, then emits a push job for every batch not yet delivered.
+pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
+    match run.state {
+        RunState::Merged => cut(ctx, run).await?,
+        RunState::Batched => {}
+        _ => return Ok(Vec::new()),
+    }
+    Ok(ctx
+        .store
+        .pending_batches(&run.id)
+        .await?
+        .into_iter()
+        .map(|batch_id| {
+            job.next(run_task(run, |tenant, source, run_id| Task::Push {
+                tenant,
+                source,
+                run_id,
+                batch_id,
+            }))
+        })
+        .collect())
+}
+
+async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
+    let config = ctx.config(run.config_version).await?;
+    let (_, dest) = ctx.destination(&config, &run.tenant, run.config_version)?;
+    let ds = config.source(&run.tenant, &run.source, run.config_version)?;
+    let schema = run
+        .schema
+        .as_ref()
+        .ok_or_else(|| StageError::NotFound(format!("run `{}` has no schema", run.id)))?;
+    let header = BatchHeader {
+        tenant: &run.tenant,
+        dataset: ds.dataset_name(&run.source),
+        run_id: &run.id,
+        run_kind: run.kind,
+        schema,
+    };
+    let mut cutter = Cutter::new(BatchLimits {
+        max_rows: dest.batch_max_rows,
+        max_bytes: dest.batch_max_bytes,
+    });
+    let mut changes = Cursor::new(ctx.store.changes(&run.id));
+    let (mut seq, mut total, mut bytes) = (0u64, 0i64, 0i64);
+    let mut body: Option<BodyBuilder> = None;
+    let mut ready: Vec<BatchRecord> = Vec::new();
+    let close = |b: BodyBuilder| {
+        let (first, last) = b.range();
+        let id = batch_id(&run.id, first, last);
+        let rows = b.rows() as i64;
+        BatchRecord {
+            body: b.finish(&id),
+            id,
+            run_id: run.id.clone(),
+            seq_first: first as i64,
+            seq_last: last as i64,
+            rows,
+            delivered: false,
+        }
+    };
+    while let Some((op, payload)) = changes.next().await? {
+        seq += 1;
+        if cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) {
+            if let Some(b) = body.take() {
+                ready.push(close(b));
+            }
+        }
+        body.get_or_insert_with(|| BodyBuilder::new(&header))
+            .push(seq, op, &payload);
+        if ready.len() >= SAVE_EVERY {
+            total += ready.len() as i64;
+            bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();
+            ctx.store.save_batches(std::mem::take(&mut ready)).await?;
+        }
+    }
+    if let Some(b) = body.take() {
+        ready.push(close(b));
+    }
+    total += ready.len() as i64;
+    bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();
+    ctx.store.save_batches(ready).await?;
+    ctx.store.finish_batching(run, total, bytes).await?;
+    Ok(())
+}

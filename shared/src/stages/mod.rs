@@ -1,0 +1,63 @@
+//! Stage handlers: `handle(ctx, job) -> next jobs`. Each is idempotent (DESIGN.md §2), so a
+//! redelivered or duplicated message is harmless; none knows which host or queue invoked it.
+
+mod batch;
+mod cursor;
+mod merge;
+mod push;
+mod scheduler;
+mod snapshot;
+
+use crate::ctx::Ctx;
+use crate::domain::job::{Job, Task};
+use crate::errors::StageError;
+use crate::ports::Run;
+
+/// Runs one job through its stage.
+pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
+    match &job.task {
+        Task::Tick => scheduler::tick(ctx, job).await,
+        Task::Onboard { tenant, reports } => scheduler::onboard(ctx, job, tenant, reports).await,
+        Task::Plan { tenant, run_id, .. } => {
+            snapshot::plan(ctx, job, &load_run(ctx, tenant, run_id).await?).await
+        }
+        Task::Chunk {
+            tenant,
+            run_id,
+            chunk,
+            ..
+        } => snapshot::chunk(ctx, job, &load_run(ctx, tenant, run_id).await?, *chunk).await,
+        Task::Merge { tenant, run_id, .. } => {
+            merge::merge(ctx, job, &load_run(ctx, tenant, run_id).await?).await
+        }
+        Task::Batch { tenant, run_id, .. } => {
+            batch::batch(ctx, job, &load_run(ctx, tenant, run_id).await?).await
+        }
+        Task::Push {
+            tenant,
+            run_id,
+            batch_id,
+            ..
+        } => {
+            push::push(
+                ctx,
+                &load_run(ctx, tenant, run_id).await?,
+                batch_id,
+                job.attempt,
+            )
+            .await
+        }
+    }
+}
+
+async fn load_run(ctx: &Ctx, tenant: &str, run_id: &str) -> Result<Run, StageError> {
+    ctx.store
+        .run(tenant, run_id)
+        .await?
+        .ok_or_else(|| StageError::NotFound(format!("tenant `{tenant}` has no run `{run_id}`")))
+}
+
+/// A follow-up task of the same run.
+fn run_task(run: &Run, make: impl FnOnce(String, String, String) -> Task) -> Task {
+    make(run.tenant.clone(), run.source.clone(), run.id.clone())
+}

@@ -1,0 +1,82 @@
+//! Push: sends one batch with its id as `Idempotency-Key` and records every attempt in the
+//! delivery ledger. A batch is marked delivered only after a 2xx; the last one finishes the run.
+
+use crate::ctx::Ctx;
+use crate::domain::job::Job;
+use crate::domain::retry::{classify_status, StatusClass};
+use crate::errors::StageError;
+use crate::ports::{Attempt, Run};
+use std::time::Instant;
+
+/// Delivers the batch unless it was delivered already.
+pub(super) async fn push(
+    ctx: &Ctx,
+    run: &Run,
+    batch_id: &str,
+    attempt: u32,
+) -> Result<Vec<Job>, StageError> {
+    let batch = ctx.store.batch(&run.id, batch_id).await?.ok_or_else(|| {
+        StageError::NotFound(format!("run `{}` has no batch `{batch_id}`", run.id))
+    })?;
+    if batch.delivered {
+        return Ok(Vec::new()); // a delivered batch is never resent
+    }
+    let config = ctx.config(run.config_version).await?;
+    let (dest_id, dest) = ctx.destination(&config, &run.tenant, run.config_version)?;
+    let pusher = ctx.connectors.pusher(dest_id, dest)?;
+    let started = Instant::now();
+    let result = pusher.push(batch_id, &batch.body).await;
+    let mut record = Attempt {
+        batch_id: batch_id.to_owned(),
+        attempt,
+        status: None,
+        detail: String::new(),
+        request_id: None,
+        duration: started.elapsed(),
+    };
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            record.detail = e.to_string();
+            ctx.store.record_attempt(&run.id, &record).await?;
+            return Err(e.into());
+        }
+    };
+    record.status = Some(resp.status);
+    record.detail = resp.excerpt.clone();
+    record.request_id = resp.request_id.clone();
+    tracing::info!(
+        batch = batch_id,
+        status = resp.status,
+        request_id = resp.request_id.as_deref().unwrap_or(""),
+        duration_ms = record.duration.as_millis() as u64,
+        rows = batch.rows,
+        "pushed batch"
+    );
+    match classify_status(resp.status) {
+        StatusClass::Success => {
+            crate::crash::point("after_push_2xx");
+            if ctx.store.mark_delivered(run, &record).await? {
+                tracing::info!(tenant = %run.tenant, source = %run.source, run = %run.id, "run done");
+            }
+            Ok(Vec::new())
+        }
+        StatusClass::Retry => {
+            ctx.store.record_attempt(&run.id, &record).await?;
+            Err(StageError::PushRetry {
+                batch_id: batch_id.to_owned(),
+                status: resp.status,
+                excerpt: resp.excerpt,
+                retry_after: resp.retry_after,
+            })
+        }
+        StatusClass::Reject => {
+            ctx.store.record_attempt(&run.id, &record).await?;
+            Err(StageError::PushRejected {
+                batch_id: batch_id.to_owned(),
+                status: resp.status,
+                excerpt: resp.excerpt,
+            })
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Scheduler: opens interval runs for due data sources on a tick, and initial runs on onboarding.
+
+use crate::ctx::Ctx;
+use crate::domain::job::{Job, Task};
+use crate::domain::schedule::{due, Due, SourceClock};
+use crate::errors::StageError;
+use crate::ports::{Run, RunKind};
+use chrono::Utc;
+use std::collections::HashMap;
+
+fn plan_job(job: &Job, run: &Run) -> Job {
+    job.next(super::run_task(run, |tenant, source, run_id| Task::Plan {
+        tenant,
+        source,
+        run_id,
+    }))
+}
+
+/// Opens an interval run for every data source whose interval has elapsed.
+pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
+    let Some((version, config)) = ctx.latest_config().await? else {
+        tracing::warn!("tick with no configuration applied: run `signals config apply FILE`");
+        return Ok(Vec::new());
+    };
+    let now = Utc::now();
+    let mut next = Vec::new();
+    for (tid, tenant) in &config.tenants {
+        let clocks: HashMap<String, _> = ctx
+            .store
+            .source_clocks(tid)
+            .await?
+            .into_iter()
+            .map(|(s, at, active)| (s, (at, active)))
+            .collect();
+        for (sid, source) in &tenant.sources {
+            let clock = SourceClock {
+                interval_secs: source.interval_secs,
+                last_started: clocks.get(sid).map(|c| c.0),
+                active: clocks.get(sid).is_some_and(|c| c.1),
+                paused: tenant.paused || source.paused,
+            };
+            match due(&clock, now) {
+                Due::Yes => {
+                    if let Some(run) = ctx
+                        .store
+                        .open_run(tid, sid, RunKind::Interval, version)
+                        .await?
+                    {
+                        tracing::info!(tenant = %tid, source = %sid, run = %run.id, "opened interval run");
+                        next.push(plan_job(job, &run));
+                    }
+                }
+                Due::Busy => {
+                    tracing::debug!(tenant = %tid, source = %sid, "previous run still active; waiting")
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Opens initial runs for exactly the data sources the reports need, each once; sources that
+/// were already onboarded (by another report) are in sync already and are skipped.
+pub(super) async fn onboard(
+    ctx: &Ctx,
+    job: &Job,
+    tenant: &str,
+    reports: &[String],
+) -> Result<Vec<Job>, StageError> {
+    let Some((version, config)) = ctx.latest_config().await? else {
+        return Err(StageError::NotFound(
+            "no configuration applied: run `signals config apply FILE`".into(),
+        ));
+    };
+    config.tenant(tenant, version)?;
+    let sources = config
+        .sources_for_reports(tenant, reports, version)
+        .map_err(StageError::NotFound)?;
+    let known: HashMap<String, _> = ctx
+        .store
+        .source_clocks(tenant)
+        .await?
+        .into_iter()
+        .map(|(s, ..)| (s, ()))
+        .collect();
+    let mut next = Vec::new();
+    for sid in sources {
+        if known.contains_key(&sid) {
+            tracing::info!(tenant, source = %sid, "already onboarded; skipping");
+            continue;
+        }
+        if let Some(run) = ctx
+            .store
+            .open_run(tenant, &sid, RunKind::Initial, version)
+            .await?
+        {
+            tracing::info!(tenant, source = %sid, run = %run.id, "opened initial run");
+            next.push(plan_job(job, &run));
+        }
+    }
+    Ok(next)
+}
