@@ -1,7 +1,13 @@
 //! Ports: the narrow traits stages use. Adapters (SQLite today; PostgreSQL, SQL Server, SQS,
 //! Azure later) implement them; stages and hosts know nothing else.
 
-use crate::domain::{diff::Op, encoding::RowHash, job::Job, schema::TableSchema, value::Value};
+use crate::domain::{
+    diff::Op,
+    encoding::RowHash,
+    job::{Job, Stage},
+    schema::TableSchema,
+    value::Value,
+};
 use crate::errors::{PushError, SourceError, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -416,8 +422,13 @@ pub struct Claimed {
 pub trait JobQueue: Send + Sync {
     /// Enqueues jobs, visible after `delay`.
     async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError>;
-    /// Claims up to `max` visible messages for `lease`.
-    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError>;
+    /// Claims up to `max` visible messages of the given stages (all when empty) for `lease`.
+    async fn claim(
+        &self,
+        max: usize,
+        lease: Duration,
+        stages: &[Stage],
+    ) -> Result<Vec<Claimed>, StoreError>;
     /// Extends a lease while work goes on.
     async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError>;
     /// Removes a finished message.

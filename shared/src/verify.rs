@@ -31,6 +31,39 @@ impl VerifyReport {
     }
 }
 
+/// Compares every data source of a tenant (or of all tenants) with a receiver database, using
+/// the latest config: one report per (tenant, data source).
+#[cfg(feature = "receiver")]
+pub async fn verify_receiver(
+    ctx: &crate::ctx::Ctx,
+    receiver: &crate::receiver::db::ReceiverDb,
+    tenant: Option<&str>,
+) -> Result<Vec<(String, String, VerifyReport)>, crate::errors::StageError> {
+    let (version, config) = ctx
+        .latest_config()
+        .await?
+        .ok_or_else(|| crate::errors::StageError::NotFound("no configuration applied".into()))?;
+    let mut out = Vec::new();
+    for (tid, t) in config
+        .tenants
+        .iter()
+        .filter(|(id, _)| tenant.is_none_or(|w| w == id.as_str()))
+    {
+        for (sid, ds) in &t.sources {
+            let (src, spec, _) = ctx.source_for(&config, tid, sid, version)?;
+            let rows = receiver.rows(tid, ds.dataset_name(sid)).map_err(|e| {
+                crate::errors::StoreError::Db {
+                    context: "read receiver",
+                    detail: e.to_string(),
+                }
+            })?;
+            let report = compare(src.as_ref(), &spec, rows.into_iter().collect()).await?;
+            out.push((tid.clone(), sid.clone(), report));
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the whole source and compares it with `destination` (key text → row JSON).
 pub async fn compare(
     source: &dyn SnapshotSource,

@@ -1,1 +1,5 @@
-fn main() {}
+//! The snapshot function: a thin binary around the shared snapshot handler.
+
+fn main() -> std::process::ExitCode {
+    signals_shared::hosts::function::main(signals_shared::domain::job::Stage::Snapshot)
+}

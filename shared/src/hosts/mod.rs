@@ -3,6 +3,8 @@
 //! retry, dead-letter and tracing rules live once, in [`execute`].
 
 pub mod events;
+pub mod function;
+pub mod replay;
 pub mod runner;
 
 use crate::ctx::Ctx;

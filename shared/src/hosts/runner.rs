@@ -3,7 +3,7 @@
 
 use super::{execute, settle};
 use crate::ctx::Ctx;
-use crate::domain::job::{Job, Task};
+use crate::domain::job::{Job, Stage, Task};
 use crate::errors::StoreError;
 use crate::ports::{Claimed, JobQueue};
 use std::future::Future;
@@ -24,6 +24,8 @@ pub struct RunnerOptions {
     pub tick_every: Option<Duration>,
     /// Return once nothing is queued, delayed or running.
     pub until_idle: bool,
+    /// Only jobs of these stages (all when empty): one function binary per stage.
+    pub stages: Vec<Stage>,
 }
 
 impl Default for RunnerOptions {
@@ -34,6 +36,7 @@ impl Default for RunnerOptions {
             poll: Duration::from_millis(200),
             tick_every: None,
             until_idle: false,
+            stages: Vec::new(),
         }
     }
 }
@@ -105,7 +108,7 @@ pub async fn run(
         }
         let free = opts.concurrency.saturating_sub(inflight.len());
         let claimed = if free > 0 {
-            queue.claim(free, opts.lease).await?
+            queue.claim(free, opts.lease, &opts.stages).await?
         } else {
             Vec::new()
         };

@@ -21,8 +21,13 @@ pub(super) async fn push(
     if batch.delivered {
         return Ok(Vec::new()); // a delivered batch is never resent
     }
-    let config = ctx.config(run.config_version).await?;
-    let (dest_id, dest) = ctx.destination(&config, &run.tenant, run.config_version)?;
+    // Delivery settings come from the latest config, so a fixed URL or a rotated credential
+    // applies to batches already cut; what was read and how it was cut stays the run's version.
+    let (version, config) = ctx
+        .latest_config()
+        .await?
+        .ok_or_else(|| StageError::NotFound("no configuration applied".into()))?;
+    let (dest_id, dest) = ctx.destination(&config, &run.tenant, version)?;
     let pusher = ctx.connectors.pusher(dest_id, dest)?;
     let started = Instant::now();
     let result = pusher.push(batch_id, &batch.body).await;

@@ -2,7 +2,9 @@
 
 use crate::app::{context, open_store};
 use clap::Args;
+use signals_shared::domain::job::{Job, Task};
 use signals_shared::hosts::runner::{self, RunnerOptions};
+use signals_shared::ports::JobQueue;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +17,9 @@ pub struct RunArgs {
     /// Stop once nothing is queued, delayed or running (no timer).
     #[arg(long)]
     pub until_idle: bool,
+    /// Enqueue one timer tick first (with --until-idle: one interval round, then stop).
+    #[arg(long)]
+    pub tick: bool,
     /// Jobs handled at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -63,6 +68,11 @@ pub async fn run(store_path: &Path, args: RunArgs) -> anyhow::Result<()> {
     }
     let store = open_store(store_path)?;
     let ctx = context(store.clone(), jsonl_sink(&args.sink)?);
+    if args.tick {
+        store
+            .enqueue(&[Job::new(Task::Tick)], Duration::ZERO)
+            .await?;
+    }
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
         lease: Duration::from_secs(args.lease_secs.max(1)),

@@ -2,7 +2,7 @@
 //! expired lease makes the message visible again by itself (like an SQS visibility timeout).
 
 use super::{now_ms, SqliteStore};
-use crate::domain::job::Job;
+use crate::domain::job::{Job, Stage};
 use crate::errors::StoreError;
 use crate::ports::{Claimed, JobQueue};
 use async_trait::async_trait;
@@ -38,16 +38,28 @@ impl JobQueue for SqliteStore {
             .await
     }
 
-    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim(
+        &self,
+        max: usize,
+        lease: Duration,
+        stages: &[Stage],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // Stage names are our own constants, never input.
+        let filter = if stages.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<String> = stages.iter().map(|s| format!("'{}'", s.as_str())).collect();
+            format!(" AND stage IN ({})", names.join(", "))
+        };
         self.db
             .write("claim", move |tx| {
                 let now = now_ms();
                 let token = uuid::Uuid::new_v4().simple().to_string();
-                let mut stmt = tx.prepare_cached(
+                let mut stmt = tx.prepare_cached(&format!(
                     "UPDATE jobs SET visible_at = ?1, lease_token = ?2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3 ORDER BY visible_at, id LIMIT ?4) \
-                     RETURNING id, body, attempts",
-                )?;
+                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3{filter} ORDER BY visible_at, id LIMIT ?4) \
+                     RETURNING id, body, attempts"
+                ))?;
                 let rows = stmt.query_map(params![now + lease.as_millis() as i64, token, now, max as i64], |r| {
                     Ok(Claimed {
                         handle: format!("{}:{token}", r.get::<_, i64>(0)?),

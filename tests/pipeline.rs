@@ -1,0 +1,86 @@
+//! The pipeline end to end on embedded defaults: initial sync, interval sync with inserts, updates
+//! and deletes, and an interval sync with no changes.
+
+use signals_shared::ports::Store;
+use signals_tests::{create_items, items_source, mutate_items, Harness};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 5_000);
+    h.apply(&h.config(&items_source(1_000))).await;
+    h.onboard().await;
+    let runs = h.runs().await;
+    assert_eq!(runs.len(), 1);
+    let initial = &runs[0];
+    assert_eq!(
+        (
+            initial.display_state(),
+            initial.inserts,
+            initial.chunks_total
+        ),
+        ("done", 5_000, 5)
+    );
+    h.assert_in_sync().await;
+
+    mutate_items(&h.src(), 5_000);
+    h.interval().await;
+    let run = &h.runs().await[0];
+    assert_eq!(run.display_state(), "done");
+    // 51 ids are multiples of 97, but the 5 that are multiples of 970 have a NULL name that the
+    // edit leaves NULL: 46 real updates. 56 multiples of 89 deleted; 25 new rows.
+    assert_eq!((run.inserts, run.updates, run.deletes), (25, 46, 56));
+    h.assert_in_sync().await;
+
+    // Nothing changed: nothing is pushed and the store sees only run bookkeeping, not rows.
+    let batches_before = h.stats().batches;
+    let written_before = h.store.rows_written();
+    h.interval().await;
+    let run = &h.runs().await[0];
+    assert_eq!(
+        (run.display_state(), run.changes(), run.batches_total),
+        ("done", 0, 0)
+    );
+    assert_eq!(
+        h.stats().batches,
+        batches_before,
+        "no batch is pushed when nothing changed"
+    );
+    let written = h.store.rows_written() - written_before;
+    assert!(
+        written < 60,
+        "a no-change sync of 5,000 rows wrote {written} store rows"
+    );
+    h.assert_in_sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_share_data_sources_and_each_syncs_once() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 300);
+    h.src()
+        .execute_batch(
+            "CREATE TABLE tags (sku TEXT, site INTEGER, label TEXT, PRIMARY KEY (sku, site)); \
+        INSERT INTO tags VALUES ('a', 1, 'x'), ('a', 2, 'y'), ('ab', 1, 'z'), ('b', 0, NULL);",
+        )
+        .unwrap();
+    let sources = format!(
+        "{}\n[tenants.t.sources.tags]\nconnection = \"db\"\ntable = \"tags\"\nkey = [\"sku\", \"site\"]\n\n\
+         [tenants.t.reports]\nsales = [\"items\"]\nstock = [\"items\", \"tags\"]\n",
+        items_source(1_000)
+    );
+    h.apply(&h.config(&sources)).await;
+    let onboard = |reports: Vec<&str>| {
+        signals_shared::domain::job::Job::new(signals_shared::domain::job::Task::Onboard {
+            tenant: "t".into(),
+            reports: reports.into_iter().map(String::from).collect(),
+        })
+    };
+    h.run_job(onboard(vec!["sales"])).await;
+    assert_eq!(h.runs().await.len(), 1);
+    h.run_job(onboard(vec!["sales", "stock"])).await;
+    let runs = h.runs().await;
+    assert_eq!(runs.len(), 2, "items is onboarded once; only tags is new");
+    assert_eq!(runs[0].source, "tags");
+    h.assert_in_sync().await;
+}
