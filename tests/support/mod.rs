@@ -91,7 +91,7 @@ impl Harness {
     /// A config with a given destination URL and extra destination lines.
     pub fn config_with(&self, url: &str, destination_extra: &str, sources: &str) -> String {
         format!(
-            "[destinations.platform]\nurl = \"{url}\"\nmax_attempts = 3\nbackoff_base_ms = 10\nbackoff_cap_ms = 50\n{destination_extra}\n\
+            "[destinations.platform]\nurl = \"{url}\"\nbatch_max_rows = 500\nmax_attempts = 3\nbackoff_base_ms = 10\nbackoff_cap_ms = 50\n{destination_extra}\n\
              [tenants.t]\ndestination = \"platform\"\n\n[tenants.t.connections.db]\nsqlite_path = \"{}\"\n\n{sources}",
             self.source.display()
         )
@@ -220,4 +220,34 @@ pub fn mutate_items(conn: &Connection, n: i64) {
          INSERT INTO items SELECT id + {n}, 'new ' || id, '1.50', '2026-01-01T00:00:00+00:00', 1, NULL FROM items WHERE id <= 25;"
     ))
     .expect("mutate");
+}
+
+/// Runs a CLI binary with the harness's store; returns (status, stdout + stderr).
+pub fn run_cli(
+    bin: &str,
+    h: &Harness,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(bin)
+        .arg("--store")
+        .arg(&h.store_path)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("SIGNALS_LOG_FORMAT", "json")
+        .output()
+        .expect("run the signals binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// Writes a config file into the harness directory and returns its path as a string.
+pub fn write_config(h: &Harness, toml: &str) -> String {
+    let path = h.dir.path().join("signals.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path.display().to_string()
 }
