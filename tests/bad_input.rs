@@ -46,10 +46,7 @@ async fn malformed_events_and_messages_are_refused_clearly() {
     .await
     .unwrap_err();
     assert!(matches!(err, ReplayError::Event(_)));
-    assert!(
-        err.to_string().starts_with("event is not valid JSON"),
-        "{err}"
-    );
+    assert!(err.to_string().starts_with("event is not valid JSON"), "{err}");
 
     let failed = replay(
         h.ctx.clone(),
@@ -62,23 +59,13 @@ async fn malformed_events_and_messages_are_refused_clearly() {
     .unwrap();
     assert_eq!(failed, 1);
     let d = only_dead_letter(&h).await;
-    assert!(
-        d.error.contains("job message is not valid JSON"),
-        "{}",
-        d.error
-    );
+    assert!(d.error.contains("job message is not valid JSON"), "{}", d.error);
     assert_eq!(d.message, "{oops", "the raw message is kept for inspection");
 
     let v2 = r#"{"v":2,"id":"x","task":"tick","created_at":"2026-01-01T00:00:00Z"}"#;
-    replay(
-        h.ctx.clone(),
-        h.store.clone(),
-        h.store.clone(),
-        &sqs_event(v2),
-        false,
-    )
-    .await
-    .unwrap();
+    replay(h.ctx.clone(), h.store.clone(), h.store.clone(), &sqs_event(v2), false)
+        .await
+        .unwrap();
     let all = h.store.dead_letters(true).await.unwrap();
     assert!(
         all[0]
@@ -129,11 +116,7 @@ async fn unknown_tenants_sources_and_key_columns_are_named() {
     }))
     .await;
     let d = only_dead_letter(&h).await;
-    assert!(
-        d.error.contains("tenant `t` has no data source `ghost`"),
-        "{}",
-        d.error
-    );
+    assert!(d.error.contains("tenant `t` has no data source `ghost`"), "{}", d.error);
     h.store.resolve_dead_letter(d.id, "dropped").await.unwrap();
 
     // A job naming another tenant's run finds nothing: tenants never see each other's runs.
@@ -169,16 +152,8 @@ async fn duplicate_and_null_keys_fail_the_chunk_by_name() {
             .error
             .clone()
     };
-    assert!(
-        by("dups").contains("duplicate key [2] in the source"),
-        "{}",
-        by("dups")
-    );
-    assert!(
-        by("nulls").contains("key column `id` is NULL"),
-        "{}",
-        by("nulls")
-    );
+    assert!(by("dups").contains("duplicate key [2] in the source"), "{}", by("dups"));
+    assert!(by("nulls").contains("key column `id` is NULL"), "{}", by("nulls"));
     assert_eq!(h.stats().batches, 0, "nothing half-applied");
 }
 
@@ -191,10 +166,18 @@ async fn schema_drift_fails_with_the_columns_named_unless_accepted() {
     h.assert_in_sync().await;
     let before = h.stats();
 
-    h.src().execute_batch("ALTER TABLE items ADD COLUMN color TEXT DEFAULT 'red'; ALTER TABLE items DROP COLUMN flag;").unwrap();
+    h.src()
+        .execute_batch("ALTER TABLE items ADD COLUMN color TEXT DEFAULT 'red'; ALTER TABLE items DROP COLUMN flag;")
+        .unwrap();
     h.interval().await;
     let d = only_dead_letter(&h).await;
-    assert!(d.error.contains("schema drift in tenant `t`, data source `items`: added: color; dropped: flag; nothing was applied"), "{}", d.error);
+    assert!(
+        d.error.contains(
+            "schema drift in tenant `t`, data source `items`: added: color; dropped: flag; nothing was applied"
+        ),
+        "{}",
+        d.error
+    );
     assert_eq!(h.stats().batches, before.batches, "nothing was pushed");
     assert_eq!(h.runs().await[0].display_state(), "blocked");
 
@@ -203,10 +186,7 @@ async fn schema_drift_fails_with_the_columns_named_unless_accepted() {
         .await;
     retry_all(&h).await;
     let run = &h.runs().await[0];
-    assert_eq!(
-        (run.display_state(), run.updates, run.force_all),
-        ("done", 1_200, true)
-    );
+    assert_eq!((run.display_state(), run.updates, run.force_all), ("done", 1_200, true));
     h.assert_in_sync().await;
 }
 
@@ -223,8 +203,7 @@ async fn an_unreachable_push_url_dead_letters_and_loses_nothing() {
     for d in &dead {
         assert_eq!(d.attempts, 3);
         assert!(
-            d.error
-                .contains("push to http://127.0.0.1:9/v1/batches failed"),
+            d.error.contains("push to http://127.0.0.1:9/v1/batches failed"),
             "{}",
             d.error
         );
@@ -236,4 +215,22 @@ async fn an_unreachable_push_url_dead_letters_and_loses_nothing() {
     retry_all(&h).await;
     assert_eq!(h.runs().await[0].display_state(), "done");
     h.assert_in_sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_is_retried_then_dead_lettered_by_name() {
+    let h = Harness::new().await;
+    let toml = h
+        .config(&items_source(1_000))
+        .replace(&h.source.display().to_string(), "/nonexistent/erp.db");
+    h.apply(&toml).await;
+    h.onboard().await;
+    let d = only_dead_letter(&h).await;
+    assert_eq!(d.attempts, 3, "a connection failure is retried");
+    assert!(
+        d.error
+            .contains("cannot connect to source `db`: no database file at /nonexistent/erp.db"),
+        "{}",
+        d.error
+    );
 }

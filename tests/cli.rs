@@ -9,13 +9,22 @@ const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_errors_name_the_file_tenant_source_and_field() {
     let h = Harness::new().await;
-    let bad = h.config(&items_source(1_000)).replace("key = [\"id\"]", "key = []").replace("interval_secs = 1", "interval_secs = 0");
+    let bad = h
+        .config(&items_source(1_000))
+        .replace("key = [\"id\"]", "key = []")
+        .replace("interval_secs = 1", "interval_secs = 0");
     let path = write_config(&h, &bad);
     let (status, out) = run_cli(BIN, &h, &["config", "apply", &path], &[]);
     assert_eq!(status.code(), Some(1));
     assert!(out.contains(&format!("{path}: invalid configuration")), "{out}");
-    assert!(out.contains("tenant `t`, data source `items`, field `key`: name at least one key column"), "{out}");
-    assert!(out.contains("tenant `t`, data source `items`, field `interval_secs`"), "{out}");
+    assert!(
+        out.contains("tenant `t`, data source `items`, field `key`: name at least one key column"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tenant `t`, data source `items`, field `interval_secs`"),
+        "{out}"
+    );
     let (status, out) = run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]);
     assert!(!status.success() && out.contains("no configuration applied"), "{out}");
 }
@@ -27,7 +36,13 @@ async fn a_refused_batch_is_shown_blocked_and_recovers_with_dlq_retry() {
     let path = write_config(&h, &h.config(&items_source(1_000)));
     assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
     assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
-    h.receiver.faults.push(Fault { status: 400, times: 1, dataset: None, retry_after_secs: None, body: Some("price must be positive".into()) });
+    h.receiver.faults.push(Fault {
+        status: 400,
+        times: 1,
+        dataset: None,
+        retry_after_secs: None,
+        body: Some("price must be positive".into()),
+    });
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
 
     let (_, status) = run_cli(BIN, &h, &["status"], &[]);
@@ -35,17 +50,41 @@ async fn a_refused_batch_is_shown_blocked_and_recovers_with_dlq_retry() {
     let (_, list) = run_cli(BIN, &h, &["dlq", "list"], &[]);
     assert!(list.contains("push") && list.contains("400"), "{list}");
     let (_, show) = run_cli(BIN, &h, &["dlq", "show", "1"], &[]);
-    assert!(show.contains("price must be positive"), "the response body is in dlq show: {show}");
-    let (status, out) = run_cli(BIN, &h, &["verify", "--receiver-db", &h.dir.path().join("receiver.db").display().to_string()], &[]);
+    assert!(
+        show.contains("price must be positive"),
+        "the response body is in dlq show: {show}"
+    );
+    let (status, out) = run_cli(
+        BIN,
+        &h,
+        &[
+            "verify",
+            "--receiver-db",
+            &h.dir.path().join("receiver.db").display().to_string(),
+        ],
+        &[],
+    );
     assert_eq!(status.code(), Some(2), "verify fails while a batch is missing: {out}");
     assert!(out.contains("DIFFERENT"), "{out}");
 
     let (status, out) = run_cli(BIN, &h, &["dlq", "retry", "1"], &[]);
     assert!(status.success() && out.contains("push job re-queued"), "{out}");
     let (status, out) = run_cli(BIN, &h, &["dlq", "retry", "1"], &[]);
-    assert!(!status.success() && out.contains("dead letter 1 is retried, not open"), "{out}");
+    assert!(
+        !status.success() && out.contains("dead letter 1 is retried, not open"),
+        "{out}"
+    );
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
-    let (status, out) = run_cli(BIN, &h, &["verify", "--receiver-db", &h.dir.path().join("receiver.db").display().to_string()], &[]);
+    let (status, out) = run_cli(
+        BIN,
+        &h,
+        &[
+            "verify",
+            "--receiver-db",
+            &h.dir.path().join("receiver.db").display().to_string(),
+        ],
+        &[],
+    );
     assert!(status.success() && out.contains("t/items: EQUAL"), "{out}");
     h.assert_in_sync().await;
 }
@@ -57,14 +96,21 @@ async fn the_jsonl_sink_writes_batches_instead_of_pushing() {
     let path = write_config(&h, &h.config(&items_source(1_000)));
     let out_file = h.dir.path().join("batches.jsonl");
     let sink = format!("jsonl:{}", out_file.display());
-    assert!(run_cli(BIN, &h, &["run", "--config", &path, "--until-idle"], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["run", "--config", &path, "--until-idle"], &[])
+        .0
+        .success());
     assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
     let (status, out) = run_cli(BIN, &h, &["run", "--until-idle", "--sink", &sink], &[]);
     assert!(status.success(), "{out}");
     let text = std::fs::read_to_string(&out_file).unwrap();
     let changes: usize = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["changes"].as_array().unwrap().len())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["changes"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!((text.lines().count(), changes), (3, 1_100));
     assert_eq!(h.stats().batches, 0, "nothing reached the receiver");

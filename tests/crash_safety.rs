@@ -5,14 +5,7 @@ use signals_tests::{create_items, items_source, mutate_items, run_cli, write_con
 use std::os::unix::process::ExitStatusExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
-const RUN: &[&str] = &[
-    "run",
-    "--until-idle",
-    "--lease-secs",
-    "1",
-    "--concurrency",
-    "3",
-];
+const RUN: &[&str] = &["run", "--until-idle", "--lease-secs", "1", "--concurrency", "3"];
 
 /// Runs with a crash point and expects death by SIGKILL, then restarts and expects success.
 fn crash_then_recover(h: &Harness, point: &str, extra: &[&str]) {
@@ -31,12 +24,8 @@ async fn scenario(point: &str) {
     let h = Harness::new().await;
     create_items(&h.src(), 3_000);
     let config = write_config(&h, &h.config(&items_source(1_000)));
-    assert!(run_cli(BIN, &h, &["config", "apply", &config], &[])
-        .0
-        .success());
-    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[])
-        .0
-        .success());
+    assert!(run_cli(BIN, &h, &["config", "apply", &config], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
 
     crash_then_recover(&h, point, &[]);
     assert!(

@@ -47,11 +47,7 @@ async fn a_rejected_batch_blocks_the_source_until_retried() {
     mutate_items(&h.src(), 2_000);
     h.interval().await;
     let runs = h.runs().await;
-    assert_eq!(
-        runs.len(),
-        1,
-        "no new run opens while the source is blocked"
-    );
+    assert_eq!(runs.len(), 1, "no new run opens while the source is blocked");
     assert_eq!(runs[0].display_state(), "blocked");
 
     // The receiver is fixed (the fault was one-shot); the operator retries.

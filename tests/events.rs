@@ -7,7 +7,11 @@ use std::path::PathBuf;
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
 
 fn event(path: &str) -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events").join(path).display().to_string()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(path)
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -34,7 +38,10 @@ async fn replaying_an_onboard_event_with_follow_syncs_the_tenant() {
     assert!(status.success(), "{out}");
     assert!(out.contains("scheduler job done, 1 next"), "{out}");
     let (status, out) = run_cli(BIN, &h, &["status"], &[]);
-    assert!(status.success() && out.contains("demo") && out.contains("done"), "{out}");
+    assert!(
+        status.success() && out.contains("demo") && out.contains("done"),
+        "{out}"
+    );
     assert_eq!(h.stats().changes, 1_200);
 
     let (status, out) = run_cli(BIN, &h, &["replay", &event("scheduled/tick.json")], &[]);
@@ -51,5 +58,8 @@ async fn a_malformed_message_is_an_error_and_a_dead_letter() {
     let (_, out) = run_cli(BIN, &h, &["dlq", "list"], &[]);
     assert!(out.contains("unknown") && out.contains("not valid JSON"), "{out}");
     let (status, out) = run_cli(BIN, &h, &["replay", "/nonexistent/event.json"], &[]);
-    assert!(!status.success() && out.contains("cannot read /nonexistent/event.json"), "{out}");
+    assert!(
+        !status.success() && out.contains("cannot read /nonexistent/event.json"),
+        "{out}"
+    );
 }

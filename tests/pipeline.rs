@@ -14,11 +14,7 @@ async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source() {
     assert_eq!(runs.len(), 1);
     let initial = &runs[0];
     assert_eq!(
-        (
-            initial.display_state(),
-            initial.inserts,
-            initial.chunks_total
-        ),
+        (initial.display_state(), initial.inserts, initial.chunks_total),
         ("done", 5_000, 5)
     );
     h.assert_in_sync().await;
@@ -37,10 +33,7 @@ async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source() {
     let written_before = h.store.rows_written();
     h.interval().await;
     let run = &h.runs().await[0];
-    assert_eq!(
-        (run.display_state(), run.changes(), run.batches_total),
-        ("done", 0, 0)
-    );
+    assert_eq!((run.display_state(), run.changes(), run.batches_total), ("done", 0, 0));
     assert_eq!(
         h.stats().batches,
         batches_before,

@@ -10,9 +10,7 @@ const WRONG: &str = "wr0ng-DUMMY-4410";
 fn assert_absent(what: &str, haystack: &[u8]) {
     for secret in [TOKEN, WRONG] {
         assert!(
-            !haystack
-                .windows(secret.len())
-                .any(|w| w == secret.as_bytes()),
+            !haystack.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "secret `{secret}` found in {what}"
         );
     }
@@ -54,10 +52,7 @@ async fn dummy_secrets_appear_in_no_log_error_status_or_stored_row() {
         assert!(status.success(), "{args:?}: {out}");
         transcript.push_str(&out);
     }
-    assert!(
-        transcript.contains("401"),
-        "the 401 is reported:\n{transcript}"
-    );
+    assert!(transcript.contains("401"), "the 401 is reported:\n{transcript}");
     assert!(
         transcript.contains("blocked"),
         "the source shows as blocked:\n{transcript}"

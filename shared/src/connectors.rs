@@ -38,11 +38,10 @@ impl Connectors for DefaultConnectors {
         tenant: &Tenant,
         connection: &str,
     ) -> Result<Arc<dyn SnapshotSource>, StageError> {
-        let conn = tenant.connections.get(connection).ok_or_else(|| {
-            StageError::NotFound(format!(
-                "tenant `{tenant_id}` has no connection `{connection}`"
-            ))
-        })?;
+        let conn = tenant
+            .connections
+            .get(connection)
+            .ok_or_else(|| StageError::NotFound(format!("tenant `{tenant_id}` has no connection `{connection}`")))?;
         if let Some(path) = &conn.sqlite_path {
             #[cfg(feature = "sqlite")]
             return Ok(Arc::new(crate::sqlite::source::SqliteSource::new(
@@ -54,12 +53,7 @@ impl Connectors for DefaultConnectors {
             Some(r) => resolve(r)?,
             None => unreachable!("validated: a connection has a path or a url"),
         };
-        let scheme = url
-            .expose()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let scheme = url.expose().split(':').next().unwrap_or("").to_ascii_lowercase();
         #[cfg(feature = "sqlite")]
         if scheme == "sqlite" {
             let path = url.expose()["sqlite:".len()..].trim_start_matches("//");
@@ -75,11 +69,7 @@ impl Connectors for DefaultConnectors {
         .into())
     }
 
-    fn pusher(
-        &self,
-        destination_id: &str,
-        destination: &Destination,
-    ) -> Result<Arc<dyn Pusher>, StageError> {
+    fn pusher(&self, destination_id: &str, destination: &Destination) -> Result<Arc<dyn Pusher>, StageError> {
         let mut cache = self.pushers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((d, p)) = cache.get(destination_id) {
             if d == destination {
@@ -92,15 +82,10 @@ impl Connectors for DefaultConnectors {
             None => Arc::new(crate::sink::http::HttpPusher::new(destination)?),
             #[cfg(not(feature = "http-sink"))]
             None => {
-                return Err(
-                    crate::errors::PushError::Setup("this build has no HTTP sink".into()).into(),
-                );
+                return Err(crate::errors::PushError::Setup("this build has no HTTP sink".into()).into());
             }
         };
-        cache.insert(
-            destination_id.to_owned(),
-            (destination.clone(), pusher.clone()),
-        );
+        cache.insert(destination_id.to_owned(), (destination.clone(), pusher.clone()));
         Ok(pusher)
     }
 }

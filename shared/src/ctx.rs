@@ -11,18 +11,10 @@ use std::time::Duration;
 /// Builds adapters for a tenant's connections and destinations.
 pub trait Connectors: Send + Sync {
     /// The source behind a tenant connection.
-    fn source(
-        &self,
-        tenant_id: &str,
-        tenant: &Tenant,
-        connection: &str,
-    ) -> Result<Arc<dyn SnapshotSource>, StageError>;
+    fn source(&self, tenant_id: &str, tenant: &Tenant, connection: &str)
+        -> Result<Arc<dyn SnapshotSource>, StageError>;
     /// The pusher for a destination.
-    fn pusher(
-        &self,
-        destination_id: &str,
-        destination: &Destination,
-    ) -> Result<Arc<dyn Pusher>, StageError>;
+    fn pusher(&self, destination_id: &str, destination: &Destination) -> Result<Arc<dyn Pusher>, StageError>;
 }
 
 /// Retry policy of every stage but push (push follows its destination's settings).
@@ -56,22 +48,17 @@ impl Ctx {
 
     /// A config version, parsed once and cached (versions never change).
     pub async fn config(&self, version: i64) -> Result<Arc<Config>, StageError> {
-        if let Some(c) = self
-            .configs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&version)
-        {
+        if let Some(c) = self.configs.lock().unwrap_or_else(|p| p.into_inner()).get(&version) {
             return Ok(c.clone());
         }
-        let toml =
-            self.store
-                .config_version(version)
-                .await?
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: "config version",
-                    detail: format!("version {version} is not in the store"),
-                })?;
+        let toml = self
+            .store
+            .config_version(version)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt {
+                what: "config version",
+                detail: format!("version {version} is not in the store"),
+            })?;
         let config = Arc::new(Config::parse(&toml, &format!("config version {version}"))?);
         self.configs
             .lock()

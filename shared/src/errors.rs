@@ -67,10 +67,7 @@ pub enum SourceError {
 impl SourceError {
     /// Whether trying again later may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            SourceError::Connect { .. } | SourceError::Query { .. }
-        )
+        matches!(self, SourceError::Connect { .. } | SourceError::Query { .. })
     }
 }
 
@@ -180,9 +177,7 @@ impl StageError {
     pub fn retryable(&self) -> bool {
         match self {
             StageError::Source(e) => e.retryable(),
-            StageError::Store(_)
-            | StageError::Push(PushError::Transport { .. })
-            | StageError::PushRetry { .. } => true,
+            StageError::Store(_) | StageError::Push(PushError::Transport { .. }) | StageError::PushRetry { .. } => true,
             _ => false,
         }
     }

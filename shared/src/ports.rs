@@ -51,12 +51,7 @@ pub trait SnapshotSource: Send + Sync {
         chunk_rows: u64,
     ) -> Result<Vec<Vec<u8>>, SourceError>;
     /// Streams the rows of `range` in ascending key order, values in schema column order.
-    fn read(
-        &self,
-        spec: &SourceSpec,
-        schema: &TableSchema,
-        range: &KeyRange,
-    ) -> Batches<Vec<Value>, SourceError>;
+    fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError>;
 }
 
 /// Run kinds.
@@ -311,10 +306,7 @@ pub trait RunStore: Send + Sync {
     /// Runs, newest first, optionally for one tenant.
     async fn runs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Run>, StoreError>;
     /// When the latest run of each data source of a tenant started, and whether one is active.
-    async fn source_clocks(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError>;
+    async fn source_clocks(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError>;
     /// `planning → snapshotting`: records shape, chunks and config version; false if already planned.
     async fn plan_run(
         &self,
@@ -334,34 +326,15 @@ pub trait RunStore: Send + Sync {
 #[async_trait]
 pub trait StagingStore: Send + Sync {
     /// The data source's shape as of its last merged run.
-    async fn staged_schema(
-        &self,
-        tenant: &str,
-        source: &str,
-    ) -> Result<Option<TableSchema>, StoreError>;
+    async fn staged_schema(&self, tenant: &str, source: &str) -> Result<Option<TableSchema>, StoreError>;
     /// Staging's (key, hash) in `range`, ascending.
-    fn staging(
-        &self,
-        tenant: &str,
-        source: &str,
-        range: &KeyRange,
-    ) -> Batches<(Vec<u8>, RowHash), StoreError>;
+    fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError>;
     /// Removes whatever an earlier attempt of this chunk wrote.
     async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError>;
     /// Appends delta rows of one chunk.
-    async fn write_delta(
-        &self,
-        run_id: &str,
-        chunk: u32,
-        rows: Vec<DeltaRow>,
-    ) -> Result<(), StoreError>;
+    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError>;
     /// Marks the chunk done (once) and adds its counts; returns true when every chunk is done.
-    async fn finish_chunk(
-        &self,
-        run_id: &str,
-        chunk: u32,
-        stats: ChunkStats,
-    ) -> Result<bool, StoreError>;
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
     async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
     /// The run's change records in sequence order: (op, payload).
@@ -423,23 +396,13 @@ pub trait JobQueue: Send + Sync {
     /// Enqueues jobs, visible after `delay`.
     async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError>;
     /// Claims up to `max` visible messages of the given stages (all when empty) for `lease`.
-    async fn claim(
-        &self,
-        max: usize,
-        lease: Duration,
-        stages: &[Stage],
-    ) -> Result<Vec<Claimed>, StoreError>;
+    async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError>;
     /// Extends a lease while work goes on.
     async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError>;
     /// Removes a finished message.
     async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError>;
     /// Makes a message visible again after `delay`, noting the error.
-    async fn retry_later(
-        &self,
-        claimed: &Claimed,
-        delay: Duration,
-        error: &str,
-    ) -> Result<(), StoreError>;
+    async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError>;
     /// (messages in the queue, age of the oldest visible one).
     async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError>;
 }

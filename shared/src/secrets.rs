@@ -55,13 +55,9 @@ pub enum SecretError {
 /// Resolves a reference now (values are not cached: rotation takes effect on the next job).
 pub fn resolve(r: &SecretRef) -> Result<Secret, SecretError> {
     match r {
-        SecretRef::Env(name) => {
-            std::env::var(name)
-                .map(Secret)
-                .map_err(|_| SecretError::EnvMissing {
-                    reference: r.to_string(),
-                })
-        }
+        SecretRef::Env(name) => std::env::var(name).map(Secret).map_err(|_| SecretError::EnvMissing {
+            reference: r.to_string(),
+        }),
         SecretRef::File(path) => std::fs::read_to_string(path)
             .map(|s| Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
             .map_err(|source| SecretError::File {

@@ -51,12 +51,12 @@ pub async fn verify_receiver(
     {
         for (sid, ds) in &t.sources {
             let (src, spec, _) = ctx.source_for(&config, tid, sid, version)?;
-            let rows = receiver.rows(tid, ds.dataset_name(sid)).map_err(|e| {
-                crate::errors::StoreError::Db {
+            let rows = receiver
+                .rows(tid, ds.dataset_name(sid))
+                .map_err(|e| crate::errors::StoreError::Db {
                     context: "read receiver",
                     detail: e.to_string(),
-                }
-            })?;
+                })?;
             let report = compare(src.as_ref(), &spec, rows.into_iter().collect()).await?;
             out.push((tid.clone(), sid.clone(), report));
         }
@@ -99,8 +99,7 @@ pub async fn compare(
                     }
                 }
                 Some(dest) => {
-                    let a: serde_json::Value =
-                        serde_json::from_str(&row).expect("we wrote valid JSON");
+                    let a: serde_json::Value = serde_json::from_str(&row).expect("we wrote valid JSON");
                     let b: Option<serde_json::Value> = serde_json::from_str(&dest).ok();
                     if b.as_ref() != Some(&a) {
                         report.different += 1;
@@ -113,10 +112,7 @@ pub async fn compare(
         }
     }
     report.extra = destination.len() as u64;
-    for k in destination
-        .keys()
-        .take(5usize.saturating_sub(report.examples.len()))
-    {
+    for k in destination.keys().take(5usize.saturating_sub(report.examples.len())) {
         report.examples.push(format!("extra {k}"));
     }
     Ok(report)

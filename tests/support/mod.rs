@@ -61,9 +61,7 @@ impl Harness {
             ReceiverDb::open(&dir.path().join("receiver.db")).expect("receiver db"),
             auth,
         ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(serve(listener, receiver.clone(), std::future::pending()));
         Harness {
@@ -99,19 +97,12 @@ impl Harness {
 
     /// Applies a config version.
     pub async fn apply(&self, toml: &str) -> i64 {
-        self.store
-            .apply_config(toml, "test")
-            .await
-            .expect("apply")
-            .0
+        self.store.apply_config(toml, "test").await.expect("apply").0
     }
 
     /// Enqueues a job and runs the pipeline until nothing is left.
     pub async fn run_job(&self, job: Job) {
-        self.store
-            .enqueue(&[job], Duration::ZERO)
-            .await
-            .expect("enqueue");
+        self.store.enqueue(&[job], Duration::ZERO).await.expect("enqueue");
         self.run_until_idle().await;
     }
 
@@ -125,12 +116,7 @@ impl Harness {
         };
         tokio::time::timeout(
             Duration::from_secs(120),
-            runner::run(
-                self.ctx.clone(),
-                self.store.clone(),
-                opts,
-                std::future::pending(),
-            ),
+            runner::run(self.ctx.clone(), self.store.clone(), opts, std::future::pending()),
         )
         .await
         .expect("pipeline finished within 120 s")
@@ -223,12 +209,7 @@ pub fn mutate_items(conn: &Connection, n: i64) {
 }
 
 /// Runs a CLI binary with the harness's store; returns (status, stdout + stderr).
-pub fn run_cli(
-    bin: &str,
-    h: &Harness,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (std::process::ExitStatus, String) {
+pub fn run_cli(bin: &str, h: &Harness, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(bin)
         .arg("--store")
         .arg(&h.store_path)

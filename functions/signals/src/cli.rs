@@ -10,12 +10,7 @@ use std::process::ExitCode;
 #[command(name = "signals", version, about)]
 struct Cli {
     /// The store (SQLite file) holding config versions, runs, staging and the queue.
-    #[arg(
-        long,
-        global = true,
-        env = "SIGNALS_STORE",
-        default_value = "signals.db"
-    )]
+    #[arg(long, global = true, env = "SIGNALS_STORE", default_value = "signals.db")]
     store: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -89,10 +84,7 @@ pub fn main() -> ExitCode {
     } else {
         "info"
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -117,15 +109,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             action: ConfigAction::Check { file },
         } => commands::config::check(&file),
-        Command::Onboard { tenant, reports } => {
-            commands::config::onboard(&store, &tenant, reports).await
-        }
+        Command::Onboard { tenant, reports } => commands::config::onboard(&store, &tenant, reports).await,
         Command::Run(args) => commands::run::run(&store, args).await,
-        Command::Status {
-            tenant,
-            json,
-            limit,
-        } => commands::status::status(&store, tenant.as_deref(), json, limit).await,
+        Command::Status { tenant, json, limit } => {
+            commands::status::status(&store, tenant.as_deref(), json, limit).await
+        }
         Command::Dlq { action } => commands::dlq::dlq(&store, action).await,
         Command::Receiver(args) => commands::receiver::receiver(args).await,
         Command::Verify(args) => commands::verify::verify(&store, args).await,

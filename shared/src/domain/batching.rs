@@ -30,8 +30,7 @@ impl Cutter {
 
     /// Whether a record of `len` bytes must start a new batch; then counts it in.
     pub fn starts_new_batch(&mut self, len: usize) -> bool {
-        let cut = self.rows > 0
-            && (self.rows + 1 > self.limits.max_rows || self.bytes + len > self.limits.max_bytes);
+        let cut = self.rows > 0 && (self.rows + 1 > self.limits.max_rows || self.bytes + len > self.limits.max_bytes);
         if cut {
             self.rows = 0;
             self.bytes = 0;
@@ -69,10 +68,7 @@ mod tests {
             max_rows: 2,
             max_bytes: 1000,
         };
-        assert_eq!(
-            cut(l, &[1, 1, 1, 1, 1]),
-            vec![vec![1, 1], vec![1, 1], vec![1]]
-        );
+        assert_eq!(cut(l, &[1, 1, 1, 1, 1]), vec![vec![1, 1], vec![1, 1], vec![1]]);
     }
 
     #[test]

@@ -276,17 +276,13 @@ impl Config {
                 p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
             }
             if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
-                p.push(format!(
-                    "{at}, field `url`: must start with http:// or https://"
-                ));
+                p.push(format!("{at}, field `url`: must start with http:// or https://"));
             }
             if d.batch_max_rows == 0 {
                 p.push(format!("{at}, field `batch_max_rows`: must be at least 1"));
             }
             if d.batch_max_bytes < 1024 {
-                p.push(format!(
-                    "{at}, field `batch_max_bytes`: must be at least 1024"
-                ));
+                p.push(format!("{at}, field `batch_max_bytes`: must be at least 1024"));
             }
             if d.max_attempts == 0 {
                 p.push(format!("{at}, field `max_attempts`: must be at least 1"));
@@ -298,10 +294,7 @@ impl Config {
                 p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
             }
             if !self.destinations.contains_key(&t.destination) {
-                p.push(format!(
-                    "{at}, field `destination`: no destination `{}`",
-                    t.destination
-                ));
+                p.push(format!("{at}, field `destination`: no destination `{}`", t.destination));
             }
             for (cid, c) in &t.connections {
                 if c.sqlite_path.is_some() == c.url.is_some() {
@@ -317,10 +310,7 @@ impl Config {
                     p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
                 }
                 if !t.connections.contains_key(&s.connection) {
-                    p.push(format!(
-                        "{at}, field `connection`: no connection `{}`",
-                        s.connection
-                    ));
+                    p.push(format!("{at}, field `connection`: no connection `{}`", s.connection));
                 }
                 if s.table.is_some() == s.query.is_some() {
                     p.push(format!("{at}: set exactly one of `table` and `query`"));
@@ -354,21 +344,14 @@ impl Config {
 
     /// The tenant, or an error naming it.
     pub fn tenant(&self, tenant: &str, version: i64) -> Result<&Tenant, ConfigError> {
-        self.tenants
-            .get(tenant)
-            .ok_or_else(|| ConfigError::UnknownTenant {
-                tenant: tenant.to_owned(),
-                version,
-            })
+        self.tenants.get(tenant).ok_or_else(|| ConfigError::UnknownTenant {
+            tenant: tenant.to_owned(),
+            version,
+        })
     }
 
     /// The data source, or an error naming what is missing.
-    pub fn source(
-        &self,
-        tenant: &str,
-        source: &str,
-        version: i64,
-    ) -> Result<&DataSource, ConfigError> {
+    pub fn source(&self, tenant: &str, source: &str, version: i64) -> Result<&DataSource, ConfigError> {
         self.tenant(tenant, version)?
             .sources
             .get(source)
@@ -380,12 +363,7 @@ impl Config {
     }
 
     /// The data sources a set of reports needs, each once (all of the tenant's when `reports` is empty).
-    pub fn sources_for_reports(
-        &self,
-        tenant: &str,
-        reports: &[String],
-        version: i64,
-    ) -> Result<Vec<String>, String> {
+    pub fn sources_for_reports(&self, tenant: &str, reports: &[String], version: i64) -> Result<Vec<String>, String> {
         let t = self.tenant(tenant, version).map_err(|e| e.to_string())?;
         if reports.is_empty() {
             return Ok(t.sources.keys().cloned().collect());
@@ -458,9 +436,7 @@ key = ["sku", "site"]
         let err = Config::parse(&bad, "acme.toml").unwrap_err().to_string();
         assert!(err.starts_with("acme.toml: invalid configuration"), "{err}");
         assert!(
-            err.contains(
-                "tenant `acme`, data source `customers`, field `connection`: no connection `crm`"
-            ),
+            err.contains("tenant `acme`, data source `customers`, field `connection`: no connection `crm`"),
             "{err}"
         );
         assert!(
@@ -471,12 +447,9 @@ key = ["sku", "site"]
 
     #[test]
     fn unknown_fields_and_bad_secret_refs_are_refused() {
-        let err = Config::parse(
-            &GOOD.replace("interval_secs = 60", "interval = 60"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Config::parse(&GOOD.replace("interval_secs = 60", "interval = 60"), "x.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `interval`"), "{err}");
         let err = Config::parse(
             &GOOD.replace("env:ACME_ERP_URL", "Server=db;Password=hunter2"),
@@ -485,9 +458,6 @@ key = ["sku", "site"]
         .unwrap_err()
         .to_string();
         assert!(err.contains("secret reference"), "{err}");
-        assert!(
-            !err.contains("hunter2"),
-            "a secret value leaked into an error: {err}"
-        );
+        assert!(!err.contains("hunter2"), "a secret value leaked into an error: {err}");
     }
 }

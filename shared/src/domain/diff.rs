@@ -56,11 +56,7 @@ impl Op {
 
 /// Decides the next step given the heads of both sides. With `force`, unchanged rows are sent
 /// as updates (an accepted schema drift or a resync re-sends every row in its current shape).
-pub fn step(
-    source: Option<(&[u8], &RowHash)>,
-    staging: Option<(&[u8], &RowHash)>,
-    force: bool,
-) -> Step {
+pub fn step(source: Option<(&[u8], &RowHash)>, staging: Option<(&[u8], &RowHash)>, force: bool) -> Step {
     match (source, staging) {
         (None, None) => Step::Done,
         (Some(_), None) => Step::Insert,
@@ -92,11 +88,7 @@ pub enum OrderError {
 }
 
 /// Checks that `next` follows `prev` strictly; `render` formats the key for the error only.
-pub fn check_order(
-    prev: &[u8],
-    next: &[u8],
-    render: impl FnOnce() -> String,
-) -> Result<(), OrderError> {
+pub fn check_order(prev: &[u8], next: &[u8], render: impl FnOnce() -> String) -> Result<(), OrderError> {
     match prev.cmp(next) {
         Ordering::Less => Ok(()),
         Ordering::Equal => Err(OrderError::Duplicate { key: render() }),

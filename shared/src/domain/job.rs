@@ -157,9 +157,7 @@ pub enum EnvelopeError {
 }
 
 fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect()
+    (0..bytes).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
 }
 
 impl Job {
@@ -186,20 +184,15 @@ impl Job {
 
     /// The trace id from the trace context, if any.
     pub fn trace_id(&self) -> Option<&str> {
-        self.traceparent
-            .as_deref()
-            .and_then(|t| t.split('-').nth(1))
+        self.traceparent.as_deref().and_then(|t| t.split('-').nth(1))
     }
 
     /// Parses a message, checking the envelope version first so the error says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Job, EnvelopeError> {
-        let raw: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(EnvelopeError::NotJson)?;
+        let raw: serde_json::Value = serde_json::from_slice(bytes).map_err(EnvelopeError::NotJson)?;
         match raw.get("v").and_then(|v| v.as_u64()) {
             None => Err(EnvelopeError::NoVersion),
-            Some(v) if v != ENVELOPE_VERSION as u64 => {
-                Err(EnvelopeError::UnsupportedVersion { found: v })
-            }
+            Some(v) if v != ENVELOPE_VERSION as u64 => Err(EnvelopeError::UnsupportedVersion { found: v }),
             Some(_) => serde_json::from_value(raw).map_err(EnvelopeError::Invalid),
         }
     }
@@ -225,32 +218,14 @@ impl Job {
         match &self.task {
             Task::Tick => (None, None, None),
             Task::Onboard { tenant, .. } => (Some(tenant), None, None),
-            Task::Plan {
-                tenant,
-                source,
-                run_id,
-            }
+            Task::Plan { tenant, source, run_id }
             | Task::Chunk {
-                tenant,
-                source,
-                run_id,
-                ..
+                tenant, source, run_id, ..
             }
-            | Task::Merge {
-                tenant,
-                source,
-                run_id,
-            }
-            | Task::Batch {
-                tenant,
-                source,
-                run_id,
-            }
+            | Task::Merge { tenant, source, run_id }
+            | Task::Batch { tenant, source, run_id }
             | Task::Push {
-                tenant,
-                source,
-                run_id,
-                ..
+                tenant, source, run_id, ..
             } => (Some(tenant), Some(source), Some(run_id)),
         }
     }

@@ -21,11 +21,7 @@ fn write_f64(out: &mut String, f: f64) {
     if f.is_nan() {
         out.push_str("\"NaN\"");
     } else if f.is_infinite() {
-        out.push_str(if f > 0.0 {
-            "\"Infinity\""
-        } else {
-            "\"-Infinity\""
-        });
+        out.push_str(if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
     } else {
         // Shortest text that round-trips (ryu, via serde_json).
         out.push_str(&serde_json::to_string(&f).expect("finite floats serialise"));
@@ -113,10 +109,7 @@ mod tests {
         assert_eq!(j(Value::Int(9_007_199_254_740_991)), "9007199254740991");
         assert_eq!(j(Value::Int(9_007_199_254_740_992)), "\"9007199254740992\"");
         assert_eq!(j(Value::Int(i64::MIN)), "\"-9223372036854775808\"");
-        assert_eq!(
-            j(Value::Decimal(Decimal::parse("1.50", None).unwrap())),
-            "\"1.50\""
-        );
+        assert_eq!(j(Value::Decimal(Decimal::parse("1.50", None).unwrap())), "\"1.50\"");
         assert_eq!(j(Value::F64(0.1)), "0.1");
         assert_eq!(j(Value::F64(1e300)), "1e+300");
         assert_eq!(j(Value::F64(f64::NAN)), "\"NaN\"");
@@ -125,20 +118,11 @@ mod tests {
         assert_eq!(j(Value::Bytes(vec![0, 255])), "\"AP8=\"");
         assert_eq!(j(Value::Text("a\"\n☃".into())), "\"a\\\"\\n☃\"");
         let ts = DateTime::parse_from_rfc3339("2024-01-02T03:04:05.250+05:30").unwrap();
-        assert_eq!(
-            j(Value::TimestampTz(ts)),
-            "\"2024-01-02T03:04:05.250+05:30\""
-        );
-        assert_eq!(
-            j(Value::Timestamp(ts.naive_local())),
-            "\"2024-01-02T03:04:05.250\""
-        );
+        assert_eq!(j(Value::TimestampTz(ts)), "\"2024-01-02T03:04:05.250+05:30\"");
+        assert_eq!(j(Value::Timestamp(ts.naive_local())), "\"2024-01-02T03:04:05.250\"");
         let d = NaiveDate::from_ymd_opt(2024, 2, 29).unwrap();
         assert_eq!(j(Value::Date(d)), "\"2024-02-29\"");
-        assert_eq!(
-            j(Value::Uuid([0xAB; 16])),
-            "\"abababab-abab-abab-abab-abababababab\""
-        );
+        assert_eq!(j(Value::Uuid([0xAB; 16])), "\"abababab-abab-abab-abab-abababababab\"");
         assert_eq!(j(Value::Json("{\"a\":1}".into())), "\"{\\\"a\\\":1}\"");
     }
 

@@ -58,18 +58,10 @@ fn flip_i64(i: i64) -> [u8; 8] {
 }
 
 /// Encodes a key tuple; `columns` names the key columns for error messages.
-pub fn encode_key(
-    out: &mut Vec<u8>,
-    values: &[&Value],
-    columns: &[String],
-) -> Result<(), KeyError> {
+pub fn encode_key(out: &mut Vec<u8>, values: &[&Value], columns: &[String]) -> Result<(), KeyError> {
     for (v, col) in values.iter().zip(columns) {
         match v {
-            Value::Null => {
-                return Err(KeyError::Null {
-                    column: col.clone(),
-                })
-            }
+            Value::Null => return Err(KeyError::Null { column: col.clone() }),
             Value::Bool(b) => out.extend_from_slice(&[T_BOOL, *b as u8]),
             Value::Int(i) => {
                 out.push(T_INT);
@@ -140,9 +132,7 @@ impl<'a> Reader<'a> {
         Ok((u64::from_be_bytes(b) ^ (1 << 63)) as i64)
     }
     fn u32(&mut self) -> Result<u32, KeyError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn escaped(&mut self) -> Result<Vec<u8>, KeyError> {
         let mut out = Vec::new();
@@ -155,11 +145,7 @@ impl<'a> Reader<'a> {
             match self.take(1)?[0] {
                 0xFF => out.push(0),
                 0x01 => return Ok(out),
-                _ => {
-                    return Err(KeyError::Malformed {
-                        offset: self.pos - 1,
-                    })
-                }
+                _ => return Err(KeyError::Malformed { offset: self.pos - 1 }),
             }
         }
     }

@@ -63,20 +63,12 @@ const MAX_SERVER_WAIT: Duration = Duration::from_secs(3600);
 impl RetryPolicy {
     /// Full-jitter backoff for the given attempt (1-based), using `unit` ∈ [0,1) as the random draw.
     pub fn backoff(&self, attempt: u32, unit: f64) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         exp.min(self.cap).mul_f64(unit.clamp(0.0, 1.0))
     }
 
     /// Decides after attempt `attempt` failed; `retryable` from the error's class.
-    pub fn decide(
-        &self,
-        attempt: u32,
-        retryable: bool,
-        retry_after: Option<Duration>,
-        unit: f64,
-    ) -> Decision {
+    pub fn decide(&self, attempt: u32, retryable: bool, retry_after: Option<Duration>, unit: f64) -> Decision {
         if !retryable || attempt >= self.max_attempts {
             return Decision::DeadLetter;
         }
@@ -136,10 +128,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
             Some(Duration::from_secs(60))

@@ -63,12 +63,7 @@ impl TableSchema {
     pub fn key_indexes(&self) -> Vec<usize> {
         self.key
             .iter()
-            .map(|k| {
-                self.columns
-                    .iter()
-                    .position(|c| &c.name == k)
-                    .expect("validated key")
-            })
+            .map(|k| self.columns.iter().position(|c| &c.name == k).expect("validated key"))
             .collect()
     }
 
@@ -98,9 +93,9 @@ impl Drift {
         for c in &new.columns {
             match old.columns.iter().find(|o| o.name == c.name) {
                 None => d.added.push(c.name.clone()),
-                Some(o) if o.ty != c.ty || o.scale != c.scale => d
-                    .retyped
-                    .push(format!("{}: {} -> {}", c.name, o.native, c.native)),
+                Some(o) if o.ty != c.ty || o.scale != c.scale => {
+                    d.retyped.push(format!("{}: {} -> {}", c.name, o.native, c.native))
+                }
                 Some(_) => {}
             }
         }
@@ -115,10 +110,7 @@ impl Drift {
 
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty()
-            && self.dropped.is_empty()
-            && self.retyped.is_empty()
-            && !self.key_changed
+        self.added.is_empty() && self.dropped.is_empty() && self.retyped.is_empty() && !self.key_changed
     }
 }
 
@@ -173,10 +165,7 @@ mod tests {
             key: vec!["id".into()],
         };
         let d = Drift::between(&old, &new);
-        assert_eq!(
-            d.to_string(),
-            "added: c; dropped: a; retyped: b: int -> text"
-        );
+        assert_eq!(d.to_string(), "added: c; dropped: a; retyped: b: int -> text");
         assert!(Drift::between(&old, &old).is_empty());
     }
 }

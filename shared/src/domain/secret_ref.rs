@@ -26,8 +26,7 @@ impl TryFrom<String> for SecretRef {
             // Never echo the text: it may be the secret itself pasted by mistake.
             _ => {
                 return Err(
-                    "expected a secret reference (`env:NAME`, `file:PATH` or `aws-sm:ARN`), not a value"
-                        .to_owned(),
+                    "expected a secret reference (`env:NAME`, `file:PATH` or `aws-sm:ARN`), not a value".to_owned(),
                 )
             }
         };

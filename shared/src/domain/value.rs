@@ -20,9 +20,7 @@ pub struct DecimalError {
 impl Decimal {
     /// Parses decimal text; with `scale`, pads or checks the fractional digits to exactly that scale.
     pub fn parse(text: &str, scale: Option<u32>) -> Result<Self, DecimalError> {
-        let err = || DecimalError {
-            text: text.to_owned(),
-        };
+        let err = || DecimalError { text: text.to_owned() };
         let t = text.trim();
         let (negative, body) = match t.as_bytes().first() {
             Some(b'-') => (true, &t[1..]),

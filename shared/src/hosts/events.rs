@@ -89,10 +89,7 @@ mod tests {
         let sched = r#"{"version":"0","id":"e1","detail-type":"Scheduled Event","source":"aws.events","account":"1","time":"2026-01-01T00:00:00Z","region":"eu-west-1","resources":[],"detail":{}}"#;
         let m = parse_event(sched).unwrap();
         assert_eq!(Job::decode(m[0].body.as_bytes()).unwrap().task, Task::Tick);
-        assert!(matches!(
-            parse_event("{\"foo\":1}"),
-            Err(EventError::UnknownShape)
-        ));
+        assert!(matches!(parse_event("{\"foo\":1}"), Err(EventError::UnknownShape)));
         assert!(matches!(parse_event("{"), Err(EventError::NotJson(_))));
     }
 }

@@ -15,8 +15,7 @@ const USAGE: &str = "usage: signals-STAGE [--store PATH] (replay EVENT_FILE | po
 pub fn main(stage: Stage) -> ExitCode {
     crate::telemetry::init("info");
     let mut args = std::env::args().skip(1).peekable();
-    let mut store =
-        PathBuf::from(std::env::var("SIGNALS_STORE").unwrap_or_else(|_| "signals.db".into()));
+    let mut store = PathBuf::from(std::env::var("SIGNALS_STORE").unwrap_or_else(|_| "signals.db".into()));
     if args.peek().map(String::as_str) == Some("--store") {
         args.next();
         match args.next() {
@@ -25,10 +24,7 @@ pub fn main(stage: Stage) -> ExitCode {
         }
     }
     let (cmd, rest): (Option<String>, Vec<String>) = (args.next(), args.collect());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
@@ -37,10 +33,7 @@ pub fn main(stage: Stage) -> ExitCode {
             Ok(s) => Arc::new(s),
             Err(e) => return fail(&e.to_string()),
         };
-        let ctx = Arc::new(Ctx::new(
-            store.clone(),
-            Arc::new(DefaultConnectors::default()),
-        ));
+        let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
         match (cmd.as_deref(), rest.as_slice()) {
             (Some("replay"), [file]) => {
                 let text = match std::fs::read_to_string(file) {

@@ -92,13 +92,7 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
 
 /// Applies an outcome through a queue and the store's dead letters; errors here are logged and
 /// leave the message to be redelivered when its lease runs out.
-pub async fn settle(
-    ctx: &Ctx,
-    queue: &dyn JobQueue,
-    claimed: &crate::ports::Claimed,
-    job: &Job,
-    outcome: Outcome,
-) {
+pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Claimed, job: &Job, outcome: Outcome) {
     let result = async {
         match outcome {
             Outcome::Done(next) => {
@@ -109,13 +103,7 @@ pub async fn settle(
             Outcome::Retry { delay, error } => queue.retry_later(claimed, delay, &error).await,
             Outcome::DeadLetter { error } => {
                 ctx.store
-                    .dead_letter(
-                        Some(job),
-                        &claimed.body,
-                        job.stage().as_str(),
-                        &error,
-                        claimed.attempts,
-                    )
+                    .dead_letter(Some(job), &claimed.body, job.stage().as_str(), &error, claimed.attempts)
                     .await?;
                 queue.ack(claimed).await
             }

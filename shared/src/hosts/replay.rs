@@ -48,12 +48,7 @@ pub async fn replay(
         job.attempt = m.attempts;
         match execute(&ctx, &job).await {
             Outcome::Done(next) => {
-                println!(
-                    "{}: {} job done, {} next",
-                    m.origin,
-                    job.stage(),
-                    next.len()
-                );
+                println!("{}: {} job done, {} next", m.origin, job.stage(), next.len());
                 for n in &next {
                     println!("  {}", n.encode());
                 }
@@ -72,13 +67,7 @@ pub async fn replay(
             Outcome::DeadLetter { error } => {
                 failed += 1;
                 let id = store
-                    .dead_letter(
-                        Some(&job),
-                        &m.body,
-                        job.stage().as_str(),
-                        &error,
-                        m.attempts,
-                    )
+                    .dead_letter(Some(&job), &m.body, job.stage().as_str(), &error, m.attempts)
                     .await?;
                 eprintln!("{}: dead-lettered as {id}: {error}", m.origin);
             }

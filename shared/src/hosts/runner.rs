@@ -55,13 +55,7 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
             tracing::error!(error = %e, "undecodable message: dead-lettering it");
             let dl = ctx
                 .store
-                .dead_letter(
-                    None,
-                    &claimed.body,
-                    "unknown",
-                    &e.to_string(),
-                    claimed.attempts,
-                )
+                .dead_letter(None, &claimed.body, "unknown", &e.to_string(), claimed.attempts)
                 .await;
             if dl.is_ok() {
                 let _ = queue.ack(&claimed).await;
@@ -100,9 +94,7 @@ pub async fn run(
     loop {
         if let Some(every) = opts.tick_every {
             if Instant::now() >= next_tick {
-                queue
-                    .enqueue(&[Job::new(Task::Tick)], Duration::ZERO)
-                    .await?;
+                queue.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
                 next_tick = Instant::now() + every;
             }
         }

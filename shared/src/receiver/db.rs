@@ -58,9 +58,7 @@ impl ReceiverDb {
     pub fn open(path: &Path) -> rusqlite::Result<ReceiverDb> {
         let conn = crate::sqlite::db::connect(path, false)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(ReceiverDb {
-            conn: Mutex::new(conn),
-        })
+        Ok(ReceiverDb { conn: Mutex::new(conn) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -69,8 +67,7 @@ impl ReceiverDb {
 
     /// Applies a batch once per idempotency key. Returns (response body, replayed).
     pub fn apply(&self, idempotency_key: &str, body: &[u8]) -> Result<(String, bool), ApplyError> {
-        let batch: Value =
-            serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON: {e}")))?;
+        let batch: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON: {e}")))?;
         let s = |f: &str| {
             batch
                 .get(f)
@@ -78,15 +75,10 @@ impl ReceiverDb {
                 .ok_or_else(|| invalid(format!("missing string field `{f}`")))
         };
         if s("protocol")? != crate::protocol::PROTOCOL {
-            return Err(invalid(format!(
-                "unsupported protocol `{}`",
-                s("protocol")?
-            )));
+            return Err(invalid(format!("unsupported protocol `{}`", s("protocol")?)));
         }
         let (tenant, dataset, run_id) = (s("tenant")?, s("dataset")?, s("run_id")?);
-        let schema = batch
-            .get("schema")
-            .ok_or_else(|| invalid("missing `schema`"))?;
+        let schema = batch.get("schema").ok_or_else(|| invalid("missing `schema`"))?;
         let key_cols: Vec<&str> = schema
             .get("key")
             .and_then(Value::as_array)
@@ -142,44 +134,31 @@ impl ReceiverDb {
                     .ok_or_else(|| invalid(format!("change {i}: missing `seq`")))?;
                 let op = c.get("op").and_then(Value::as_str).unwrap_or("");
                 let field = if op == "delete" { "key" } else { "row" };
-                let obj = c.get(field).and_then(Value::as_object).ok_or_else(|| {
-                    invalid(format!(
-                        "change {i} (seq {seq}): `{op}` needs an object `{field}`"
-                    ))
-                })?;
+                let obj = c
+                    .get(field)
+                    .and_then(Value::as_object)
+                    .ok_or_else(|| invalid(format!("change {i} (seq {seq}): `{op}` needs an object `{field}`")))?;
                 let key_values = key_cols
                     .iter()
                     .map(|k| {
-                        obj.get(*k).ok_or_else(|| {
-                            invalid(format!("change {i} (seq {seq}): key column `{k}` missing"))
-                        })
+                        obj.get(*k)
+                            .ok_or_else(|| invalid(format!("change {i} (seq {seq}): key column `{k}` missing")))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let key = key_text(key_values);
                 match op {
                     "insert" | "update" => {
-                        upsert.execute(params![
-                            key,
-                            Value::Object(obj.clone()).to_string(),
-                            run_id,
-                            seq as i64
-                        ])?;
+                        upsert.execute(params![key, Value::Object(obj.clone()).to_string(), run_id, seq as i64])?;
                     }
                     "delete" => {
                         delete.execute([&key])?;
                     }
-                    other => {
-                        return Err(invalid(format!(
-                            "change {i} (seq {seq}): unknown op `{other}`"
-                        )))
-                    }
+                    other => return Err(invalid(format!("change {i} (seq {seq}): unknown op `{other}`"))),
                 }
                 count.execute(params![tenant, dataset, run_id, seq as i64])?;
             }
         }
-        let resp =
-            serde_json::json!({ "batch_id": batch.get("batch_id"), "applied": changes.len() })
-                .to_string();
+        let resp = serde_json::json!({ "batch_id": batch.get("batch_id"), "applied": changes.len() }).to_string();
         tx.execute(
             "INSERT INTO idempotency (key, response, at) VALUES (?1, ?2, ?3)",
             params![idempotency_key, resp, chrono::Utc::now().timestamp_millis()],

@@ -44,10 +44,7 @@ pub struct Faults(Mutex<VecDeque<Fault>>);
 impl Faults {
     /// Adds a failure.
     pub fn push(&self, f: Fault) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(f);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(f);
     }
     /// Removes every failure.
     pub fn clear(&self) {
@@ -95,11 +92,7 @@ fn json_error(status: StatusCode, msg: &str) -> Response {
     (status, Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-async fn batches(
-    State(st): State<Arc<ReceiverState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn batches(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> Response {
     let n = st.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let request_id = format!("rcv-{n}");
     let mut resp = handle_batch(&st, &headers, body).await;
@@ -148,10 +141,7 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
         }
         Ok(Err(ApplyError::Invalid(msg))) => json_error(StatusCode::BAD_REQUEST, &msg),
         Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        Err(e) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("receiver task failed: {e}"),
-        ),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("receiver task failed: {e}")),
     }
 }
 

@@ -60,16 +60,13 @@ impl Pusher for HttpPusher {
         let secret_err = |e: crate::secrets::SecretError| PushError::Setup(e.to_string());
         req = match &self.auth {
             None => req,
-            Some(Auth::Bearer { token }) => {
-                req.bearer_auth(resolve(token).map_err(secret_err)?.expose())
-            }
+            Some(Auth::Bearer { token }) => req.bearer_auth(resolve(token).map_err(secret_err)?.expose()),
             Some(Auth::Header { name, value }) => {
                 req.header(name.as_str(), resolve(value).map_err(secret_err)?.expose())
             }
-            Some(Auth::Basic { username, password }) => req.basic_auth(
-                username,
-                Some(resolve(password).map_err(secret_err)?.expose()),
-            ),
+            Some(Auth::Basic { username, password }) => {
+                req.basic_auth(username, Some(resolve(password).map_err(secret_err)?.expose()))
+            }
         };
         // reqwest's error text names the URL only, never headers, so no credential can leak.
         let transport = |e: reqwest::Error| PushError::Transport {
@@ -82,14 +79,8 @@ impl Pusher for HttpPusher {
         };
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let retry_after =
-            header("retry-after").and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
+        let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         let request_id = header("x-request-id");
         let text = resp.text().await.map_err(transport)?;
         Ok(PushResponse {

@@ -27,10 +27,7 @@ impl JsonlSink {
 impl Pusher for JsonlSink {
     async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         f.write_all(body)?;
         f.write_all(b"\n")?;
         f.sync_data()?;

@@ -25,9 +25,7 @@ pub fn connect(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(60))?;
@@ -49,10 +47,7 @@ pub struct Db {
 
 impl Db {
     /// Opens (creating if needed) and runs `migrate` on the writer connection.
-    pub fn open(
-        path: &Path,
-        migrate: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
-    ) -> Result<Db, StoreError> {
+    pub fn open(path: &Path, migrate: impl FnOnce(&mut Connection) -> rusqlite::Result<()>) -> Result<Db, StoreError> {
         let mut conn = connect(path, false).map_err(db_err("open"))?;
         migrate(&mut conn).map_err(db_err("migrate"))?;
         Ok(Db {
@@ -86,10 +81,7 @@ impl Db {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let out = f(&tx)?;
             tx.commit()?;
-            written.fetch_add(
-                conn.total_changes().saturating_sub(before),
-                Ordering::Relaxed,
-            );
+            written.fetch_add(conn.total_changes().saturating_sub(before), Ordering::Relaxed);
             Ok(out)
         })
         .await

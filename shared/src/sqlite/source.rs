@@ -36,9 +36,7 @@ fn object_name(spec: &SourceSpec) -> String {
 }
 
 fn query_err(e: rusqlite::Error) -> SourceError {
-    SourceError::Query {
-        detail: e.to_string(),
-    }
+    SourceError::Query { detail: e.to_string() }
 }
 
 impl SqliteSource {
@@ -65,14 +63,10 @@ impl SqliteSource {
 
     fn describe_on(conn: &Connection, spec: &SourceSpec) -> Result<TableSchema, SourceError> {
         let sql = format!("SELECT * FROM {} LIMIT 0", from_clause(spec));
-        let stmt = conn
-            .prepare(&sql)
-            .map_err(|e| match (&spec.table, e.to_string()) {
-                (Some(t), msg) if msg.contains("no such table") => {
-                    SourceError::NoSuchTable { table: t.clone() }
-                }
-                (_, detail) => SourceError::Query { detail },
-            })?;
+        let stmt = conn.prepare(&sql).map_err(|e| match (&spec.table, e.to_string()) {
+            (Some(t), msg) if msg.contains("no such table") => SourceError::NoSuchTable { table: t.clone() },
+            (_, detail) => SourceError::Query { detail },
+        })?;
         let mut columns = Vec::new();
         for c in stmt.columns() {
             let native = c.decl_type().unwrap_or("").to_owned();
@@ -96,11 +90,7 @@ impl SqliteSource {
                 return Err(SourceError::MissingKeyColumn {
                     object: object_name(spec),
                     column: k.clone(),
-                    available: columns
-                        .iter()
-                        .map(|c| c.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    available: columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
                 });
             }
         }
@@ -121,10 +111,7 @@ fn order_by(schema: &TableSchema) -> String {
 }
 
 /// `WHERE (k1, k2) >= (?, ?) AND (k1, k2) < (?, ?)` for the bounds that exist.
-fn range_where(
-    schema: &TableSchema,
-    range: &KeyRange,
-) -> Result<(String, Vec<rusqlite::types::Value>), SourceError> {
+fn range_where(schema: &TableSchema, range: &KeyRange) -> Result<(String, Vec<rusqlite::types::Value>), SourceError> {
     let tuple = format!(
         "({})",
         schema
@@ -193,12 +180,7 @@ impl SnapshotSource for SqliteSource {
         let conn = self.open()?;
         let (spec, schema) = (spec.clone(), schema.clone());
         tokio::task::spawn_blocking(move || {
-            let keys = schema
-                .key
-                .iter()
-                .map(|k| quote_ident(k))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let keys = schema.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ");
             let sql = format!(
                 "SELECT {keys} FROM {} ORDER BY {}",
                 from_clause(&spec),
@@ -232,12 +214,7 @@ impl SnapshotSource for SqliteSource {
         })?
     }
 
-    fn read(
-        &self,
-        spec: &SourceSpec,
-        schema: &TableSchema,
-        range: &KeyRange,
-    ) -> Batches<Vec<Value>, SourceError> {
+    fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let conn = self.open();
         let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
@@ -251,11 +228,7 @@ impl SnapshotSource for SqliteSource {
                         detail: drift.to_string(),
                     });
                 }
-                let cols = schema
-                    .column_names()
-                    .map(quote_ident)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let cols = schema.column_names().map(quote_ident).collect::<Vec<_>>().join(", ");
                 let (cond, params) = range_where(&schema, &range)?;
                 let sql = format!(
                     "SELECT {cols} FROM {}{cond} ORDER BY {}",
@@ -263,9 +236,7 @@ impl SnapshotSource for SqliteSource {
                     order_by(&schema)
                 );
                 let mut stmt = conn.prepare(&sql).map_err(query_err)?;
-                let mut rows = stmt
-                    .query(rusqlite::params_from_iter(params))
-                    .map_err(query_err)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(query_err)?;
                 let mut batch = Vec::with_capacity(STREAM_BATCH);
                 while let Some(row) = rows.next().map_err(query_err)? {
                     batch.push(row_values(row, &schema)?);

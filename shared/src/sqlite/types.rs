@@ -124,8 +124,7 @@ pub fn to_value(v: ValueRef<'_>, ty: ColumnType, scale: Option<u32>) -> Result<V
                 _ => text(&v).ok_or_else(|| want("a decimal"))?.to_owned(),
             };
             Value::Decimal(
-                Decimal::parse(&t, scale)
-                    .map_err(|_| want(&format!("a decimal with scale {}", scale.unwrap_or(0))))?,
+                Decimal::parse(&t, scale).map_err(|_| want(&format!("a decimal with scale {}", scale.unwrap_or(0))))?,
             )
         }
         ColumnType::Float64 | ColumnType::Float32 => match v {
@@ -201,21 +200,12 @@ mod tests {
     fn declared_types_map() {
         assert_eq!(map_decl("INTEGER"), Some((ColumnType::Int, None)));
         assert_eq!(map_decl("bigint"), Some((ColumnType::Int, None)));
-        assert_eq!(
-            map_decl("DECIMAL(12, 2)"),
-            Some((ColumnType::Decimal, Some(2)))
-        );
-        assert_eq!(
-            map_decl("NUMERIC(10)"),
-            Some((ColumnType::Decimal, Some(0)))
-        );
+        assert_eq!(map_decl("DECIMAL(12, 2)"), Some((ColumnType::Decimal, Some(2))));
+        assert_eq!(map_decl("NUMERIC(10)"), Some((ColumnType::Decimal, Some(0))));
         assert_eq!(map_decl("NUMERIC"), Some((ColumnType::Decimal, None)));
         assert_eq!(map_decl("VARCHAR(20)"), Some((ColumnType::Text, None)));
         assert_eq!(map_decl("BOOLEAN"), Some((ColumnType::Bool, None)));
-        assert_eq!(
-            map_decl("TIMESTAMPTZ"),
-            Some((ColumnType::Timestamptz, None))
-        );
+        assert_eq!(map_decl("TIMESTAMPTZ"), Some((ColumnType::Timestamptz, None)));
         assert_eq!(map_decl("DATETIME"), Some((ColumnType::Timestamp, None)));
         assert_eq!(map_decl("DATE"), Some((ColumnType::Date, None)));
         assert_eq!(map_decl("BLOB"), Some((ColumnType::Bytes, None)));
@@ -235,10 +225,7 @@ mod tests {
         let e = to_value(ValueRef::Text(b"2024-13-45"), ColumnType::Date, None).unwrap_err();
         assert_eq!(e, "expected a date YYYY-MM-DD, found text `2024-13-45`");
         assert!(to_value(ValueRef::Text(b"x"), ColumnType::Int, None).is_err());
-        assert_eq!(
-            to_value(ValueRef::Null, ColumnType::Int, None),
-            Ok(Value::Null)
-        );
+        assert_eq!(to_value(ValueRef::Null, ColumnType::Int, None), Ok(Value::Null));
         let tz = to_value(
             ValueRef::Text(b"2024-01-02 03:04:05.5+02:00"),
             ColumnType::Timestamptz,

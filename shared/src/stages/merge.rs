@@ -16,11 +16,9 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
         RunState::Merged => {} // merged before a crash; the batch job may be missing
         _ => return Ok(Vec::new()),
     }
-    Ok(vec![job.next(run_task(run, |tenant, source, run_id| {
-        Task::Batch {
-            tenant,
-            source,
-            run_id,
-        }
+    Ok(vec![job.next(run_task(run, |tenant, source, run_id| Task::Batch {
+        tenant,
+        source,
+        run_id,
     }))])
 }

@@ -18,35 +18,18 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     match &job.task {
         Task::Tick => scheduler::tick(ctx, job).await,
         Task::Onboard { tenant, reports } => scheduler::onboard(ctx, job, tenant, reports).await,
-        Task::Plan { tenant, run_id, .. } => {
-            snapshot::plan(ctx, job, &load_run(ctx, tenant, run_id).await?).await
-        }
+        Task::Plan { tenant, run_id, .. } => snapshot::plan(ctx, job, &load_run(ctx, tenant, run_id).await?).await,
         Task::Chunk {
-            tenant,
-            run_id,
-            chunk,
-            ..
+            tenant, run_id, chunk, ..
         } => snapshot::chunk(ctx, job, &load_run(ctx, tenant, run_id).await?, *chunk).await,
-        Task::Merge { tenant, run_id, .. } => {
-            merge::merge(ctx, job, &load_run(ctx, tenant, run_id).await?).await
-        }
-        Task::Batch { tenant, run_id, .. } => {
-            batch::batch(ctx, job, &load_run(ctx, tenant, run_id).await?).await
-        }
+        Task::Merge { tenant, run_id, .. } => merge::merge(ctx, job, &load_run(ctx, tenant, run_id).await?).await,
+        Task::Batch { tenant, run_id, .. } => batch::batch(ctx, job, &load_run(ctx, tenant, run_id).await?).await,
         Task::Push {
             tenant,
             run_id,
             batch_id,
             ..
-        } => {
-            push::push(
-                ctx,
-                &load_run(ctx, tenant, run_id).await?,
-                batch_id,
-                job.attempt,
-            )
-            .await
-        }
+        } => push::push(ctx, &load_run(ctx, tenant, run_id).await?, batch_id, job.attempt).await,
     }
 }
 

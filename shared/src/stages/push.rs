@@ -9,15 +9,12 @@ use crate::ports::{Attempt, Run};
 use std::time::Instant;
 
 /// Delivers the batch unless it was delivered already.
-pub(super) async fn push(
-    ctx: &Ctx,
-    run: &Run,
-    batch_id: &str,
-    attempt: u32,
-) -> Result<Vec<Job>, StageError> {
-    let batch = ctx.store.batch(&run.id, batch_id).await?.ok_or_else(|| {
-        StageError::NotFound(format!("run `{}` has no batch `{batch_id}`", run.id))
-    })?;
+pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> Result<Vec<Job>, StageError> {
+    let batch = ctx
+        .store
+        .batch(&run.id, batch_id)
+        .await?
+        .ok_or_else(|| StageError::NotFound(format!("run `{}` has no batch `{batch_id}`", run.id)))?;
     if batch.delivered {
         return Ok(Vec::new()); // a delivered batch is never resent
     }

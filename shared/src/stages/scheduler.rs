@@ -41,11 +41,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
             };
             match due(&clock, now) {
                 Due::Yes => {
-                    if let Some(run) = ctx
-                        .store
-                        .open_run(tid, sid, RunKind::Interval, version)
-                        .await?
-                    {
+                    if let Some(run) = ctx.store.open_run(tid, sid, RunKind::Interval, version).await? {
                         tracing::info!(tenant = %tid, source = %sid, run = %run.id, "opened interval run");
                         next.push(plan_job(job, &run));
                     }
@@ -62,12 +58,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
 
 /// Opens initial runs for exactly the data sources the reports need, each once; sources that
 /// were already onboarded (by another report) are in sync already and are skipped.
-pub(super) async fn onboard(
-    ctx: &Ctx,
-    job: &Job,
-    tenant: &str,
-    reports: &[String],
-) -> Result<Vec<Job>, StageError> {
+pub(super) async fn onboard(ctx: &Ctx, job: &Job, tenant: &str, reports: &[String]) -> Result<Vec<Job>, StageError> {
     let Some((version, config)) = ctx.latest_config().await? else {
         return Err(StageError::NotFound(
             "no configuration applied: run `signals config apply FILE`".into(),
@@ -90,11 +81,7 @@ pub(super) async fn onboard(
             tracing::info!(tenant, source = %sid, "already onboarded; skipping");
             continue;
         }
-        if let Some(run) = ctx
-            .store
-            .open_run(tenant, &sid, RunKind::Initial, version)
-            .await?
-        {
+        if let Some(run) = ctx.store.open_run(tenant, &sid, RunKind::Initial, version).await? {
             tracing::info!(tenant, source = %sid, run = %run.id, "opened initial run");
             next.push(plan_job(job, &run));
         }

@@ -88,9 +88,7 @@ pub(super) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, St
         lo = Some(b);
     }
     ranges.push(KeyRange { lo, hi: None });
-    ctx.store
-        .plan_run(run, &schema, force_all, version, &ranges)
-        .await?;
+    ctx.store.plan_run(run, &schema, force_all, version, &ranges).await?;
     chunk_jobs(ctx, job, run).await
 }
 
@@ -114,12 +112,7 @@ fn render_key(values: &[&Value]) -> String {
 }
 
 /// Diffs one chunk and writes its delta; the last chunk to finish emits the merge job.
-pub(super) async fn chunk(
-    ctx: &Ctx,
-    job: &Job,
-    run: &Run,
-    chunk_no: u32,
-) -> Result<Vec<Job>, StageError> {
+pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Snapshotting => {}
         RunState::Snapshotted => return Ok(vec![merge_job(job, run)]),
@@ -213,11 +206,7 @@ async fn diff_chunk(
             Step::Done => break,
             Step::Insert | Step::Update => {
                 let k = s_head.take().expect("step saw a source row");
-                let op = if st == Step::Insert {
-                    Op::Insert
-                } else {
-                    Op::Update
-                };
+                let op = if st == Step::Insert { Op::Insert } else { Op::Update };
                 if st == Step::Insert {
                     stats.inserts += 1;
                 } else {

@@ -11,12 +11,9 @@ use std::time::Duration;
 /// Validates a file and stores it as a new version (unless identical to the latest).
 pub async fn apply(store: &Path, file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let store = open_store(store)?;
-    let (version, new) = store
-        .apply_config(&text, &file.display().to_string())
-        .await?;
+    let (version, new) = store.apply_config(&text, &file.display().to_string()).await?;
     let tenants = config.tenants.len();
     let sources: usize = config.tenants.values().map(|t| t.sources.len()).sum();
     if new {

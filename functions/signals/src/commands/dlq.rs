@@ -45,10 +45,7 @@ pub async fn dlq(store: &Path, action: DlqAction) -> anyhow::Result<()> {
                 "{:>5} {:<8} {:<12} {:<16} {:<8} {:>8}  error",
                 "id", "state", "tenant", "source", "stage", "attempts"
             );
-            for d in list
-                .iter()
-                .filter(|d| tenant.is_none() || d.tenant == tenant)
-            {
+            for d in list.iter().filter(|d| tenant.is_none() || d.tenant == tenant) {
                 println!(
                     "{:>5} {:<8} {:<12} {:<16} {:<8} {:>8}  {}",
                     d.id,
@@ -70,12 +67,7 @@ pub async fn dlq(store: &Path, action: DlqAction) -> anyhow::Result<()> {
         }
         DlqAction::Retry { ids, all } => {
             let ids = if all {
-                store
-                    .dead_letters(true)
-                    .await?
-                    .into_iter()
-                    .map(|d| d.id)
-                    .collect()
+                store.dead_letters(true).await?.into_iter().map(|d| d.id).collect()
             } else {
                 ids
             };
@@ -85,14 +77,9 @@ pub async fn dlq(store: &Path, action: DlqAction) -> anyhow::Result<()> {
                     .dead_letter_by_id(id)
                     .await?
                     .with_context(|| format!("no dead letter {id}"))?;
-                anyhow::ensure!(
-                    d.state == "open",
-                    "dead letter {id} is {}, not open",
-                    d.state
-                );
-                let job = Job::decode(d.message.as_bytes()).with_context(|| {
-                    format!("dead letter {id} holds no decodable job; it cannot be retried")
-                })?;
+                anyhow::ensure!(d.state == "open", "dead letter {id} is {}, not open", d.state);
+                let job = Job::decode(d.message.as_bytes())
+                    .with_context(|| format!("dead letter {id} holds no decodable job; it cannot be retried"))?;
                 // A fresh message id and attempt count; the task (run, batch) is the same.
                 let mut retry = job.next(job.task.clone());
                 retry.traceparent = job.traceparent.clone();

@@ -23,13 +23,11 @@ pub struct ReceiverArgs {
 
 /// Serves until SIGINT/SIGTERM.
 pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<()> {
-    let db =
-        ReceiverDb::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
+    let db = ReceiverDb::open(&args.db).with_context(|| format!("cannot open {}", args.db.display()))?;
     let expect = match &args.bearer_env {
         Some(name) => Some(format!(
             "Bearer {}",
-            std::env::var(name)
-                .with_context(|| format!("environment variable {name} is not set"))?
+            std::env::var(name).with_context(|| format!("environment variable {name} is not set"))?
         )),
         None => None,
     };

@@ -20,14 +20,12 @@ pub struct ReplayArgs {
 
 /// Replays the file; exits 1 if any message failed.
 pub async fn replay(store_path: &Path, args: ReplayArgs) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let store = open_store(store_path)?;
     let ctx = context(store.clone(), super::run::jsonl_sink(&args.sink)?);
-    let failed =
-        signals_shared::hosts::replay::replay(ctx, store.clone(), store, &text, args.follow)
-            .await
-            .with_context(|| args.file.display().to_string())?;
+    let failed = signals_shared::hosts::replay::replay(ctx, store.clone(), store, &text, args.follow)
+        .await
+        .with_context(|| args.file.display().to_string())?;
     if failed > 0 {
         return Err(Exit(1).into());
     }

@@ -50,11 +50,10 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -69,9 +68,7 @@ pub async fn run(store_path: &Path, args: RunArgs) -> anyhow::Result<()> {
     let store = open_store(store_path)?;
     let ctx = context(store.clone(), jsonl_sink(&args.sink)?);
     if args.tick {
-        store
-            .enqueue(&[Job::new(Task::Tick)], Duration::ZERO)
-            .await?;
+        store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
     }
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),

@@ -5,12 +5,7 @@ use signals_shared::ports::{DeadLetterStore, JobQueue, RunStore};
 use std::path::Path;
 
 /// Prints runs newest first (state incl. `blocked`, rows, changes, duration, last error).
-pub async fn status(
-    store: &Path,
-    tenant: Option<&str>,
-    json: bool,
-    limit: usize,
-) -> anyhow::Result<()> {
+pub async fn status(store: &Path, tenant: Option<&str>, json: bool, limit: usize) -> anyhow::Result<()> {
     let store = open_store(store)?;
     let runs = store.runs(tenant, limit).await?;
     let open_dl = store.dead_letters(true).await?.len();
@@ -31,16 +26,7 @@ pub async fn status(
     }
     println!(
         "{:<12} {:<16} {:<8} {:<12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}  last error",
-        "tenant",
-        "source",
-        "kind",
-        "state",
-        "rows",
-        "inserts",
-        "updates",
-        "deletes",
-        "batches",
-        "secs"
+        "tenant", "source", "kind", "state", "rows", "inserts", "updates", "deletes", "batches", "secs"
     );
     for r in &runs {
         let secs = r
@@ -69,10 +55,7 @@ pub async fn status(
     }
     println!(
         "\nqueue: {depth} jobs{}; open dead letters: {open_dl}",
-        oldest.map_or(String::new(), |o| format!(
-            ", oldest visible {:.0}s",
-            o.as_secs_f64()
-        ))
+        oldest.map_or(String::new(), |o| format!(", oldest visible {:.0}s", o.as_secs_f64()))
     );
     if open_dl > 0 {
         println!("blocked runs wait for `signals dlq retry ID` (see `signals dlq list`)");

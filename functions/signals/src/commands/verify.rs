@@ -25,8 +25,7 @@ pub async fn verify_all(
     tenant: Option<&str>,
 ) -> anyhow::Result<Vec<(String, String, VerifyReport)>> {
     let ctx = context(open_store(store)?, None);
-    let db = ReceiverDb::open(receiver_db)
-        .with_context(|| format!("cannot open {}", receiver_db.display()))?;
+    let db = ReceiverDb::open(receiver_db).with_context(|| format!("cannot open {}", receiver_db.display()))?;
     Ok(verify_receiver(&ctx, &db, tenant).await?)
 }
 
@@ -52,7 +51,11 @@ pub fn print_reports(reports: &[(String, String, VerifyReport)]) {
             r.missing,
             r.extra,
             r.different,
-            if r.examples.is_empty() { String::new() } else { format!(" (e.g. {})", r.examples.join("; ")) }
+            if r.examples.is_empty() {
+                String::new()
+            } else {
+                format!(" (e.g. {})", r.examples.join("; "))
+            }
         );
     }
 }

@@ -71,18 +71,10 @@ fn ts(i: i64) -> String {
 }
 
 fn customer(c: &Connection, i: i64, salt: i64) -> rusqlite::Result<usize> {
-    let name = format!(
-        "{} {}",
-        FIRST[(i % 12) as usize],
-        LAST[((i + salt) % 10) as usize]
-    );
-    let notes: Option<String> =
-        (i % 7 != 0).then(|| format!("note {i}/{salt}: ünïcödé ✓ — line\nbreak"));
-    let avatar: Option<Vec<u8>> = (i % 5 == 0).then(|| {
-        (0..(i % 64) as u8)
-            .map(|b| b.wrapping_mul(31) ^ salt as u8)
-            .collect()
-    });
+    let name = format!("{} {}", FIRST[(i % 12) as usize], LAST[((i + salt) % 10) as usize]);
+    let notes: Option<String> = (i % 7 != 0).then(|| format!("note {i}/{salt}: ünïcödé ✓ — line\nbreak"));
+    let avatar: Option<Vec<u8>> =
+        (i % 5 == 0).then(|| (0..(i % 64) as u8).map(|b| b.wrapping_mul(31) ^ salt as u8).collect());
     c.execute(
         "INSERT OR REPLACE INTO customers VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -90,11 +82,7 @@ fn customer(c: &Connection, i: i64, salt: i64) -> rusqlite::Result<usize> {
             name,
             format!("user{i}@example.com"),
             COUNTRIES[(i % 8) as usize],
-            format!(
-                "{}.{:02}",
-                (i * 37 + salt) % 100_000 - 5_000,
-                (i + salt) % 100
-            ),
+            format!("{}.{:02}", (i * 37 + salt) % 100_000 - 5_000, (i + salt) % 100),
             (i + salt) % 3 == 0,
             ts(i + salt),
             notes,
@@ -105,8 +93,7 @@ fn customer(c: &Connection, i: i64, salt: i64) -> rusqlite::Result<usize> {
 
 fn order(c: &Connection, i: i64, customers: i64, salt: i64) -> rusqlite::Result<usize> {
     let discount: Option<f64> = (i % 4 == 0).then(|| ((i + salt) % 50) as f64 / 3.0);
-    let shipped: Option<String> =
-        (i % 3 != 0).then(|| format!("2025-{:02}-{:02}", 1 + i % 12, 1 + (i + salt) % 28));
+    let shipped: Option<String> = (i % 3 != 0).then(|| format!("2025-{:02}-{:02}", 1 + i % 12, 1 + (i + salt) % 28));
     c.execute(
         "INSERT OR REPLACE INTO orders VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -133,11 +120,7 @@ fn line(c: &Connection, order: i64, line: i64, salt: i64) -> rusqlite::Result<us
                 ["A", "ß", "Ω"][(line % 3) as usize]
             ),
             1 + (order + line + salt) % 9,
-            format!(
-                "{}.{:04}",
-                (order + line) % 500,
-                (order * line + salt) % 10_000
-            ),
+            format!("{}.{:04}", (order + line) % 500, (order * line + salt) % 10_000),
             vec![(order % 256) as u8, 0, (line + salt) as u8, 255]
         ],
     )
@@ -211,10 +194,7 @@ pub fn mutate(path: &Path, sizes: Sizes) -> rusqlite::Result<Mutation> {
         m.updates += line(&tx, o, 1, 3)? as i64;
     }
     for o in (9..=sizes.line_orders).step_by(100) {
-        m.deletes += tx.execute(
-            "DELETE FROM order_lines WHERE order_id = ?1 AND line_no = 1",
-            [o],
-        )? as i64;
+        m.deletes += tx.execute("DELETE FROM order_lines WHERE order_id = ?1 AND line_no = 1", [o])? as i64;
         m.inserts += line(&tx, o, 9, 4)? as i64;
     }
     tx.commit()?;

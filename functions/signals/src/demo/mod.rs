@@ -64,11 +64,7 @@ key = ["order_id", "line_no"]
 interval_secs = 1
 chunk_rows = 20000
 "#,
-        source
-            .display()
-            .to_string()
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
+        source.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
     )
 }
 
@@ -129,8 +125,7 @@ async fn sync(store: &Arc<SqliteStore>, label: &str, first: Job) -> anyhow::Resu
 /// Runs the demo; exits non-zero unless every run finished and the receiver equals the source.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let wall = Instant::now();
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     for f in [
         "store.db",
@@ -144,11 +139,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
-    let (source, store_path, receiver_path) = (
-        dir.join("source.db"),
-        dir.join("store.db"),
-        dir.join("receiver.db"),
-    );
+    let (source, store_path, receiver_path) = (dir.join("source.db"), dir.join("store.db"), dir.join("receiver.db"));
 
     let sizes = data::Sizes::for_total(args.rows);
     let t = Instant::now();
@@ -174,10 +165,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             &config_path.display().to_string(),
         )
         .await?;
-    println!(
-        "config: {} applied as version {version}\n",
-        config_path.display()
-    );
+    println!("config: {} applied as version {version}\n", config_path.display());
 
     let onboard = Job::new(Task::Onboard {
         tenant: "demo".into(),
@@ -203,16 +191,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     );
     server.abort();
 
-    let all_done = initial
-        .iter()
-        .chain(&interval)
-        .all(|r| r.display_state() == "done");
+    let all_done = initial.iter().chain(&interval).all(|r| r.display_state() == "done");
     let dead = store.dead_letters(true).await?.len();
-    let ok = all_done
-        && dead == 0
-        && stats.applied_twice == 0
-        && reports.len() == 3
-        && reports.iter().all(|r| r.2.equal());
+    let ok =
+        all_done && dead == 0 && stats.applied_twice == 0 && reports.len() == 3 && reports.iter().all(|r| r.2.equal());
     println!(
         "\n{} in {:.1}s (store: {}, `signals --store {} status` for history)",
         if ok {

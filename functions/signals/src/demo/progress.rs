@@ -17,10 +17,7 @@ pub fn spawn(store: Arc<SqliteStore>, label: String) -> JoinHandle<()> {
             let Ok(runs) = store.runs(None, 50).await else {
                 continue;
             };
-            let active: Vec<_> = runs
-                .iter()
-                .filter(|r| r.display_state() != "done")
-                .collect();
+            let active: Vec<_> = runs.iter().filter(|r| r.display_state() != "done").collect();
             let (cd, ct, rows, bd, bt) = active.iter().fold((0, 0, 0, 0, 0), |a, r| {
                 (
                     a.0 + r.chunks_done,
@@ -30,7 +27,10 @@ pub fn spawn(store: Arc<SqliteStore>, label: String) -> JoinHandle<()> {
                     a.4 + r.batches_total,
                 )
             });
-            eprint!("\r  {label}: {} runs active, chunks {cd}/{ct}, {rows} rows diffed, batches {bd}/{bt}   ", active.len());
+            eprint!(
+                "\r  {label}: {} runs active, chunks {cd}/{ct}, {rows} rows diffed, batches {bd}/{bt}   ",
+                active.len()
+            );
         }
     })
 }

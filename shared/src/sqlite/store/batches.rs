@@ -113,9 +113,7 @@ impl BatchStore for SqliteStore {
     async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         let (run_id, attempt) = (run_id.to_owned(), attempt.clone());
         self.db
-            .write("record attempt", move |tx| {
-                insert_attempt(tx, &run_id, &attempt)
-            })
+            .write("record attempt", move |tx| insert_attempt(tx, &run_id, &attempt))
             .await
     }
 

@@ -49,11 +49,9 @@ impl ConfigStore for SqliteStore {
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError> {
         self.db
             .read("config version", move |c| {
-                c.query_row(
-                    "SELECT toml FROM config_versions WHERE version = ?1",
-                    [version],
-                    |r| r.get(0),
-                )
+                c.query_row("SELECT toml FROM config_versions WHERE version = ?1", [version], |r| {
+                    r.get(0)
+                })
                 .optional()
             })
             .await

@@ -78,12 +78,8 @@ impl DeadLetterStore for SqliteStore {
     async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         self.db
             .read("load dead letter", move |c| {
-                c.query_row(
-                    &format!("SELECT {COLS} FROM dead_letters WHERE id = ?1"),
-                    [id],
-                    map,
-                )
-                .optional()
+                c.query_row(&format!("SELECT {COLS} FROM dead_letters WHERE id = ?1"), [id], map)
+                    .optional()
             })
             .await
     }

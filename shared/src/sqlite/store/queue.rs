@@ -20,10 +20,7 @@ impl JobQueue for SqliteStore {
         if jobs.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, String)> = jobs
-            .iter()
-            .map(|j| (j.stage().to_string(), j.encode()))
-            .collect();
+        let rows: Vec<(String, String)> = jobs.iter().map(|j| (j.stage().to_string(), j.encode())).collect();
         self.db
             .write("enqueue", move |tx| {
                 let now = now_ms();
@@ -38,12 +35,7 @@ impl JobQueue for SqliteStore {
             .await
     }
 
-    async fn claim(
-        &self,
-        max: usize,
-        lease: Duration,
-        stages: &[Stage],
-    ) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
         // Stage names are our own constants, never input.
         let filter = if stages.is_empty() {
             String::new()
@@ -98,12 +90,7 @@ impl JobQueue for SqliteStore {
             .await
     }
 
-    async fn retry_later(
-        &self,
-        claimed: &Claimed,
-        delay: Duration,
-        error: &str,
-    ) -> Result<(), StoreError> {
+    async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError> {
         let (id, token) = parse_handle(&claimed.handle);
         let error = error.to_owned();
         self.db
@@ -126,7 +113,10 @@ impl JobQueue for SqliteStore {
                     |r| {
                         let n: i64 = r.get(0)?;
                         let oldest: Option<i64> = r.get(1)?;
-                        Ok((n as u64, oldest.map(|o| Duration::from_millis((now_ms() - o).max(0) as u64))))
+                        Ok((
+                            n as u64,
+                            oldest.map(|o| Duration::from_millis((now_ms() - o).max(0) as u64)),
+                        ))
                     },
                 )
             })

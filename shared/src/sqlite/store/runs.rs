@@ -55,12 +55,8 @@ pub(super) fn map_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
 }
 
 pub(super) fn load_run(c: &rusqlite::Connection, run_id: &str) -> rusqlite::Result<Option<Run>> {
-    c.query_row(
-        &format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"),
-        [run_id],
-        map_run,
-    )
-    .optional()
+    c.query_row(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"), [run_id], map_run)
+        .optional()
 }
 
 #[async_trait]
@@ -92,10 +88,7 @@ impl RunStore for SqliteStore {
 
     async fn run(&self, tenant: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
         let (tenant, run_id) = (tenant.to_owned(), run_id.to_owned());
-        let run = self
-            .db
-            .read("load run", move |c| load_run(c, &run_id))
-            .await?;
+        let run = self.db.read("load run", move |c| load_run(c, &run_id)).await?;
         // Scoped by tenant: one tenant's job can never see another's run.
         Ok(run.filter(|r| r.tenant == tenant))
     }
@@ -114,10 +107,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn source_clocks(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
+    async fn source_clocks(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
         let tenant = tenant.to_owned();
         self.db
             .read("source clocks", move |c| {
@@ -164,9 +154,8 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.db
             .read("list chunks", move |c| {
-                let mut stmt = c.prepare(
-                    "SELECT chunk_no, lo, hi, done FROM chunks WHERE run_id = ?1 ORDER BY chunk_no",
-                )?;
+                let mut stmt =
+                    c.prepare("SELECT chunk_no, lo, hi, done FROM chunks WHERE run_id = ?1 ORDER BY chunk_no")?;
                 let rows = stmt.query_map([run_id], |r| {
                     Ok(Chunk {
                         no: r.get(0)?,

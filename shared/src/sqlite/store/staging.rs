@@ -24,18 +24,13 @@ fn range_sql(range: &KeyRange, params: &mut Vec<Sql>) -> String {
 
 fn hash_of(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<RowHash> {
     let b: Vec<u8> = r.get(i)?;
-    b.try_into().map_err(|_| {
-        rusqlite::Error::InvalidColumnType(i, "hash".into(), rusqlite::types::Type::Blob)
-    })
+    b.try_into()
+        .map_err(|_| rusqlite::Error::InvalidColumnType(i, "hash".into(), rusqlite::types::Type::Blob))
 }
 
 #[async_trait]
 impl StagingStore for SqliteStore {
-    async fn staged_schema(
-        &self,
-        tenant: &str,
-        source: &str,
-    ) -> Result<Option<TableSchema>, StoreError> {
+    async fn staged_schema(&self, tenant: &str, source: &str) -> Result<Option<TableSchema>, StoreError> {
         let (tenant, source) = (tenant.to_owned(), source.to_owned());
         let json: Option<String> = self
             .db
@@ -57,17 +52,10 @@ impl StagingStore for SqliteStore {
         .transpose()
     }
 
-    fn staging(
-        &self,
-        tenant: &str,
-        source: &str,
-        range: &KeyRange,
-    ) -> Batches<(Vec<u8>, RowHash), StoreError> {
+    fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError> {
         let mut p = vec![Sql::Text(tenant.to_owned()), Sql::Text(source.to_owned())];
         let cond = range_sql(range, &mut p);
-        let sql = format!(
-            "SELECT key, hash FROM staging WHERE tenant = ?1 AND source = ?2{cond} ORDER BY key"
-        );
+        let sql = format!("SELECT key, hash FROM staging WHERE tenant = ?1 AND source = ?2{cond} ORDER BY key");
         self.db
             .stream("read staging", sql, p, |r| Ok((r.get(0)?, hash_of(r, 1)?)))
     }
@@ -86,12 +74,7 @@ impl StagingStore for SqliteStore {
             .await
     }
 
-    async fn write_delta(
-        &self,
-        run_id: &str,
-        chunk: u32,
-        rows: Vec<DeltaRow>,
-    ) -> Result<(), StoreError> {
+    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError> {
         let run_id = run_id.to_owned();
         self.db
             .write("write delta", move |tx| {
@@ -99,19 +82,21 @@ impl StagingStore for SqliteStore {
                     "INSERT INTO deltas (run_id, key, chunk_no, op, hash, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for r in rows {
-                    ins.execute(params![run_id, r.key, chunk, r.op.code(), r.hash.map(|h| h.to_vec()), r.payload])?;
+                    ins.execute(params![
+                        run_id,
+                        r.key,
+                        chunk,
+                        r.op.code(),
+                        r.hash.map(|h| h.to_vec()),
+                        r.payload
+                    ])?;
                 }
                 Ok(())
             })
             .await
     }
 
-    async fn finish_chunk(
-        &self,
-        run_id: &str,
-        chunk: u32,
-        s: ChunkStats,
-    ) -> Result<bool, StoreError> {
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, s: ChunkStats) -> Result<bool, StoreError> {
         let run_id = run_id.to_owned();
         self.db
             .write("finish chunk", move |tx| {
@@ -188,11 +173,7 @@ impl StagingStore for SqliteStore {
             vec![Sql::Text(run_id.to_owned())],
             |r| {
                 let op = Op::from_code(r.get(0)?).ok_or_else(|| {
-                    rusqlite::Error::InvalidColumnType(
-                        0,
-                        "op".into(),
-                        rusqlite::types::Type::Integer,
-                    )
+                    rusqlite::Error::InvalidColumnType(0, "op".into(), rusqlite::types::Type::Integer)
                 })?;
                 Ok((op, r.get(1)?))
             },
