@@ -2,7 +2,7 @@
 
 use signals_shared::domain::job::{Job, Task};
 use signals_shared::hosts::replay::{replay, ReplayError};
-use signals_shared::ports::{DeadLetter, DeadLetterStore, JobQueue, RunKind, RunStore};
+use signals_shared::ports::{DeadLetter, RunKind};
 use signals_tests::{create_items, items_source, Harness};
 use std::time::Duration;
 
@@ -33,9 +33,7 @@ fn sqs_event(body: &str) -> String {
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_events_and_messages_are_refused_clearly() {
-    let h = Harness::new().await;
+async fn malformed_events_and_messages_are_refused_clearly(h: Harness) {
     let err = replay(
         h.ctx.clone(),
         h.store.clone(),
@@ -76,9 +74,7 @@ async fn malformed_events_and_messages_are_refused_clearly() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_tenants_sources_and_key_columns_are_named() {
-    let h = Harness::new().await;
+async fn unknown_tenants_sources_and_key_columns_are_named(h: Harness) {
     create_items(&h.src(), 10);
     let bad_key = items_source(1_000).replace("key = [\"id\"]", "key = [\"item_id\"]");
     h.apply(&h.config(&bad_key)).await;
@@ -130,9 +126,7 @@ async fn unknown_tenants_sources_and_key_columns_are_named() {
     assert!(d.error.contains("tenant `other` has no run"), "{}", d.error);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_and_null_keys_fail_the_chunk_by_name() {
-    let h = Harness::new().await;
+async fn duplicate_and_null_keys_fail_the_chunk_by_name(h: Harness) {
     h.src()
         .execute_batch(
             "CREATE TABLE dups (id INTEGER, v TEXT); INSERT INTO dups VALUES (1, 'a'), (2, 'b'), (2, 'c'), (3, 'd');
@@ -157,9 +151,7 @@ async fn duplicate_and_null_keys_fail_the_chunk_by_name() {
     assert_eq!(h.stats().batches, 0, "nothing half-applied");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn schema_drift_fails_with_the_columns_named_unless_accepted() {
-    let h = Harness::new().await;
+async fn schema_drift_fails_with_the_columns_named_unless_accepted(h: Harness) {
     create_items(&h.src(), 1_200);
     h.apply(&h.config(&items_source(1_000))).await;
     h.onboard().await;
@@ -190,9 +182,7 @@ async fn schema_drift_fails_with_the_columns_named_unless_accepted() {
     h.assert_in_sync().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_push_url_dead_letters_and_loses_nothing() {
-    let h = Harness::new().await;
+async fn an_unreachable_push_url_dead_letters_and_loses_nothing(h: Harness) {
     create_items(&h.src(), 800);
     // Port 9 (discard) is closed on loopback here: connection refused.
     h.apply(&h.config_with("http://127.0.0.1:9", "", &items_source(1_000)))
@@ -217,9 +207,7 @@ async fn an_unreachable_push_url_dead_letters_and_loses_nothing() {
     h.assert_in_sync().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_source_is_retried_then_dead_lettered_by_name() {
-    let h = Harness::new().await;
+async fn an_unreachable_source_is_retried_then_dead_lettered_by_name(h: Harness) {
     let toml = h
         .config(&items_source(1_000))
         .replace(&h.source.display().to_string(), "/nonexistent/erp.db");
@@ -234,3 +222,12 @@ async fn an_unreachable_source_is_retried_then_dead_lettered_by_name() {
         d.error
     );
 }
+
+signals_tests::on_every_store!(
+    malformed_events_and_messages_are_refused_clearly,
+    unknown_tenants_sources_and_key_columns_are_named,
+    duplicate_and_null_keys_fail_the_chunk_by_name,
+    schema_drift_fails_with_the_columns_named_unless_accepted,
+    an_unreachable_push_url_dead_letters_and_loses_nothing,
+    an_unreachable_source_is_retried_then_dead_lettered_by_name,
+);

@@ -2,14 +2,11 @@
 //! and completes after `signals dlq retry`.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_shared::ports::{DeadLetterStore, JobQueue};
 use signals_shared::receiver::server::Fault;
 use signals_tests::{create_items, items_source, mutate_items, Harness};
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_batch_blocks_the_source_until_retried() {
-    let h = Harness::new().await;
+async fn a_rejected_batch_blocks_the_source_until_retried(h: Harness) {
     create_items(&h.src(), 2_000);
     h.apply(&h.config(&items_source(1_000))).await;
     h.receiver.faults.push(Fault {
@@ -71,9 +68,7 @@ async fn a_rejected_batch_blocks_the_source_until_retried() {
     h.assert_in_sync().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_is_retried_honouring_retry_after_and_never_applies_twice() {
-    let h = Harness::new().await;
+async fn throttling_is_retried_honouring_retry_after_and_never_applies_twice(h: Harness) {
     create_items(&h.src(), 1_500);
     h.apply(&h.config(&items_source(1_000))).await;
     h.receiver.faults.push(Fault {
@@ -100,3 +95,8 @@ async fn throttling_is_retried_honouring_retry_after_and_never_applies_twice() {
     assert_eq!(h.runs().await[0].display_state(), "done");
     h.assert_in_sync().await;
 }
+
+signals_tests::on_every_store!(
+    a_rejected_batch_blocks_the_source_until_retried,
+    throttling_is_retried_honouring_retry_after_and_never_applies_twice,
+);

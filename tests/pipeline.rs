@@ -1,12 +1,9 @@
 //! The pipeline end to end on embedded defaults: initial sync, interval sync with inserts, updates
 //! and deletes, and an interval sync with no changes.
 
-use signals_shared::ports::Store;
 use signals_tests::{create_items, items_source, mutate_items, Harness};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source() {
-    let h = Harness::new().await;
+async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source(h: Harness) {
     create_items(&h.src(), 5_000);
     h.apply(&h.config(&items_source(1_000))).await;
     h.onboard().await;
@@ -47,9 +44,7 @@ async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source() {
     h.assert_in_sync().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_share_data_sources_and_each_syncs_once() {
-    let h = Harness::new().await;
+async fn reports_share_data_sources_and_each_syncs_once(h: Harness) {
     create_items(&h.src(), 300);
     h.src()
         .execute_batch(
@@ -77,3 +72,8 @@ async fn reports_share_data_sources_and_each_syncs_once() {
     assert_eq!(runs[0].source, "tags");
     h.assert_in_sync().await;
 }
+
+signals_tests::on_every_store!(
+    initial_then_interval_sync_keeps_the_receiver_equal_to_the_source,
+    reports_share_data_sources_and_each_syncs_once,
+);

@@ -19,6 +19,9 @@ pub struct DefaultConnectors {
     /// Send every batch to this JSONL file instead of the destinations (dry run).
     pub jsonl: Option<PathBuf>,
     pushers: PusherCache,
+    /// Source pools by `tenant/connection`, with the URL they were built from.
+    #[cfg(feature = "postgres")]
+    pg_pools: Mutex<HashMap<String, (crate::secrets::Secret, deadpool_postgres::Pool)>>,
 }
 
 impl DefaultConnectors {
@@ -26,7 +29,7 @@ impl DefaultConnectors {
     pub fn new(jsonl: Option<PathBuf>) -> DefaultConnectors {
         DefaultConnectors {
             jsonl,
-            pushers: Mutex::default(),
+            ..Default::default()
         }
     }
 }
@@ -54,6 +57,23 @@ impl Connectors for DefaultConnectors {
             None => unreachable!("validated: a connection has a path or a url"),
         };
         let scheme = url.expose().split(':').next().unwrap_or("").to_ascii_lowercase();
+        #[cfg(feature = "postgres")]
+        if crate::backends::is_postgres(url.expose()) {
+            let key = format!("{tenant_id}/{connection}");
+            let mut pools = self.pg_pools.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = match pools.get(&key) {
+                Some((u, p)) if u.expose() == url.expose() => p.clone(),
+                _ => {
+                    let p = crate::postgres::pool::pool(url.expose(), 8).map_err(|detail| SourceError::Connect {
+                        connection: connection.to_owned(),
+                        detail,
+                    })?;
+                    pools.insert(key, (url.clone(), p.clone()));
+                    p
+                }
+            };
+            return Ok(Arc::new(crate::postgres::source::PgSource::new(pool, connection)));
+        }
         #[cfg(feature = "sqlite")]
         if scheme == "sqlite" {
             let path = url.expose()["sqlite:".len()..].trim_start_matches("//");

@@ -11,13 +11,17 @@
 //! - Adapters: [`sqlite`] (store, table queue, source), [`sink`] (HTTP, JSONL), [`receiver`]
 //!   (the reference implementation of the push protocol), wired by [`connectors`].
 
+pub mod backends;
 pub mod connectors;
 pub mod crash;
 pub mod ctx;
 pub mod domain;
 pub mod errors;
 pub mod hosts;
+pub mod metrics;
 pub mod ports;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod protocol;
 #[cfg(feature = "receiver")]
 pub mod receiver;

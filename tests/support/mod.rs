@@ -2,15 +2,15 @@
 //! store, and helpers to run the pipeline until idle and verify the receiver against the source.
 
 use rusqlite::Connection;
+use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
 use signals_shared::domain::job::{Job, Task};
 use signals_shared::domain::retry::RetryPolicy;
 use signals_shared::hosts::runner::{self, RunnerOptions};
-use signals_shared::ports::{ConfigStore, JobQueue, Run, RunStore};
+use signals_shared::ports::Run;
 use signals_shared::receiver::db::{ReceiverDb, ReceiverStats};
 use signals_shared::receiver::server::{serve, ReceiverState};
-use signals_shared::sqlite::store::SqliteStore;
 use signals_shared::verify::{verify_receiver, VerifyReport};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,10 +23,12 @@ pub struct Harness {
     pub dir: TempDir,
     /// Source database path.
     pub source: PathBuf,
-    /// Store path.
-    pub store_path: PathBuf,
+    /// Store as `--store` takes it (a SQLite path or a PostgreSQL URL).
+    pub store_spec: String,
+    /// PostgreSQL schema of the store (unique per harness).
+    pub store_schema: String,
     /// The store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Backend>,
     /// Handler context.
     pub ctx: Arc<Ctx>,
     /// Receiver state (faults, db).
@@ -42,19 +44,61 @@ pub const FAST_RETRY: RetryPolicy = RetryPolicy {
     cap: Duration::from_millis(50),
 };
 
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded SQLite store.
+    Sqlite,
+    /// The machine's PostgreSQL (`SIGNALS_TEST_PG_URL`, default local trust auth).
+    Postgres,
+}
+
+/// The PostgreSQL server tests use; CI starts none: it is part of the machine.
+pub fn pg_url() -> String {
+    std::env::var("SIGNALS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A schema name no other test uses.
+pub fn unique_schema(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
 impl Harness {
-    /// A fresh environment with an empty source and a running receiver.
+    /// A fresh environment with an empty source, a running receiver and the SQLite store.
     pub async fn new() -> Harness {
-        Harness::with_receiver_auth(None).await
+        Harness::build(StoreKind::Sqlite, None).await
+    }
+
+    /// A fresh environment on the given store.
+    pub async fn on(kind: StoreKind) -> Harness {
+        Harness::build(kind, None).await
     }
 
     /// Like [`Harness::new`], with a receiver that requires this `Authorization` value.
     pub async fn with_receiver_auth(auth: Option<String>) -> Harness {
+        Harness::build(StoreKind::Sqlite, auth).await
+    }
+
+    async fn build(kind: StoreKind, auth: Option<String>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("source.db");
         Connection::open(&source).expect("source db");
-        let store_path = dir.path().join("store.db");
-        let store = Arc::new(SqliteStore::open(&store_path).expect("store"));
+        let store_spec = match kind {
+            StoreKind::Sqlite => dir.path().join("store.db").display().to_string(),
+            StoreKind::Postgres => pg_url(),
+        };
+        let store_schema = unique_schema("sigtest");
+        let store = backends::open(&store_spec, &store_schema).await.unwrap_or_else(|e| {
+            panic!("cannot open the {kind:?} store (is PostgreSQL running on 127.0.0.1:5432?): {e}")
+        });
         let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
         ctx.retry = FAST_RETRY;
         let receiver = Arc::new(ReceiverState::new(
@@ -67,7 +111,8 @@ impl Harness {
         Harness {
             dir,
             source,
-            store_path,
+            store_spec,
+            store_schema,
             store,
             ctx: Arc::new(ctx),
             receiver,
@@ -212,7 +257,9 @@ pub fn mutate_items(conn: &Connection, n: i64) {
 pub fn run_cli(bin: &str, h: &Harness, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(bin)
         .arg("--store")
-        .arg(&h.store_path)
+        .arg(&h.store_spec)
+        .arg("--store-schema")
+        .arg(&h.store_schema)
         .args(args)
         .envs(env.iter().copied())
         .env("SIGNALS_LOG_FORMAT", "json")
@@ -231,4 +278,28 @@ pub fn write_config(h: &Harness, toml: &str) -> String {
     let path = h.dir.path().join("signals.toml");
     std::fs::write(&path, toml).expect("write config");
     path.display().to_string()
+}
+
+/// Runs each named `async fn NAME(h: Harness)` as a test on every store (SQLite and PostgreSQL),
+/// so a backend cannot silently differ.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Harness::on($crate::StoreKind::Sqlite).await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Harness::on($crate::StoreKind::Postgres).await).await
+                }
+            )*
+        }
+    };
 }

@@ -1,10 +1,10 @@
 //! Opening the store and building the handler context, once per command.
 
 use anyhow::Context;
+use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
-use signals_shared::sqlite::store::SqliteStore;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// An error that ends the command with a specific exit code (e.g. verify found differences).
@@ -19,14 +19,29 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// Which store to open: a SQLite path, a PostgreSQL URL, or a secret reference to one.
+#[derive(Debug, Clone)]
+pub struct StoreSpec {
+    /// The `--store` value.
+    pub spec: String,
+    /// PostgreSQL schema of the store.
+    pub schema: String,
+}
+
 /// Opens (creating and migrating) the store.
-pub fn open_store(path: &Path) -> anyhow::Result<Arc<SqliteStore>> {
-    Ok(Arc::new(SqliteStore::open(path).with_context(|| {
-        format!("cannot open the store at {}", path.display())
-    })?))
+pub async fn open_store(store: &StoreSpec) -> anyhow::Result<Arc<dyn Backend>> {
+    // Never echo the spec itself: it may be a URL with a password.
+    let shown = if backends::is_postgres(&store.spec) {
+        "the PostgreSQL store"
+    } else {
+        store.spec.as_str()
+    };
+    backends::open(&store.spec, &store.schema)
+        .await
+        .with_context(|| format!("cannot open {shown}"))
 }
 
 /// The handler context over the store; `jsonl` sends batches to a file instead (dry run).
-pub fn context(store: Arc<SqliteStore>, jsonl: Option<PathBuf>) -> Arc<Ctx> {
+pub fn context(store: Arc<dyn Backend>, jsonl: Option<PathBuf>) -> Arc<Ctx> {
     Arc::new(Ctx::new(store, Arc::new(DefaultConnectors::new(jsonl))))
 }

@@ -9,9 +9,13 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "signals", version, about)]
 struct Cli {
-    /// The store (SQLite file) holding config versions, runs, staging and the queue.
+    /// The store holding config versions, runs, staging and the queue: a SQLite file, a
+    /// `postgres://` URL, or `env:NAME` / `file:PATH` holding one (URLs carry passwords).
     #[arg(long, global = true, env = "SIGNALS_STORE", default_value = "signals.db")]
-    store: PathBuf,
+    store: String,
+    /// PostgreSQL schema of the store (created and migrated on first use).
+    #[arg(long, global = true, env = "SIGNALS_STORE_SCHEMA", default_value = "signals")]
+    store_schema: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +38,8 @@ enum Command {
     },
     /// Single-process mode: the timer and every stage on the table queue.
     Run(commands::run::RunArgs),
+    /// A long-running worker for some stages, with probes and metrics (Kubernetes, many processes).
+    Worker(commands::run::WorkerArgs),
     /// Run history per tenant and data source.
     Status {
         /// Only this tenant.
@@ -101,7 +107,10 @@ pub fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let store = cli.store;
+    let store = app::StoreSpec {
+        spec: cli.store,
+        schema: cli.store_schema,
+    };
     match cli.command {
         Command::Config {
             action: ConfigAction::Apply { file },
@@ -111,6 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => commands::config::check(&file),
         Command::Onboard { tenant, reports } => commands::config::onboard(&store, &tenant, reports).await,
         Command::Run(args) => commands::run::run(&store, args).await,
+        Command::Worker(args) => commands::run::worker(&store, args).await,
         Command::Status { tenant, json, limit } => {
             commands::status::status(&store, tenant.as_deref(), json, limit).await
         }

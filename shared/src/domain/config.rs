@@ -318,6 +318,16 @@ impl Config {
                 if s.key.is_empty() {
                     p.push(format!("{at}, field `key`: name at least one key column"));
                 }
+                for k in &s.key {
+                    if let Err(e) = super::ident::validate(k, "key column") {
+                        p.push(format!("{at}, field `key`: {e}"));
+                    }
+                }
+                if let Some(t) = &s.table {
+                    if let Err(e) = super::ident::qualified(t, "table") {
+                        p.push(format!("{at}, field `table`: {e}"));
+                    }
+                }
                 if s.interval_secs == 0 {
                     p.push(format!("{at}, field `interval_secs`: must be at least 1"));
                 }

@@ -4,6 +4,7 @@ pub mod batching;
 pub mod config;
 pub mod diff;
 pub mod encoding;
+pub mod ident;
 pub mod job;
 pub mod json;
 pub mod key;

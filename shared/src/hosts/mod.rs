@@ -6,6 +6,8 @@ pub mod events;
 pub mod function;
 pub mod replay;
 pub mod runner;
+#[cfg(feature = "http-server")]
+pub mod worker;
 
 use crate::ctx::Ctx;
 use crate::domain::job::{Job, Stage};
@@ -62,7 +64,20 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
         trace_id = job.trace_id().unwrap_or(""));
     async {
         let started = std::time::Instant::now();
-        match crate::stages::handle(ctx, job).await {
+        let result = crate::stages::handle(ctx, job).await;
+        let stage = job.stage().as_str();
+        crate::metrics::observe(
+            "signals_job_duration_seconds",
+            &[("stage", stage)],
+            started.elapsed().as_secs_f64(),
+        );
+        let outcome = match &result {
+            Ok(_) => "done",
+            Err(e) if e.retryable() => "failed_retryable",
+            Err(_) => "failed_fatal",
+        };
+        crate::metrics::add("signals_jobs_total", &[("stage", stage), ("outcome", outcome)], 1.0);
+        match result {
             Ok(next) => {
                 tracing::debug!(next = next.len(), ms = started.elapsed().as_millis() as u64, "job done");
                 Outcome::Done(next)

@@ -26,6 +26,9 @@ pub struct RunnerOptions {
     pub until_idle: bool,
     /// Only jobs of these stages (all when empty): one function binary per stage.
     pub stages: Vec<Stage>,
+    /// On shutdown, how long in-flight jobs may run on; the rest are abandoned and their
+    /// messages return to the queue when their leases expire.
+    pub grace: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -37,6 +40,7 @@ impl Default for RunnerOptions {
             tick_every: None,
             until_idle: false,
             stages: Vec::new(),
+            grace: Duration::from_secs(30),
         }
     }
 }
@@ -121,10 +125,22 @@ pub async fn run(
             _ = tokio::time::sleep(opts.poll) => {}
         }
     }
-    while let Some(r) = inflight.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "a job task failed");
+    if !inflight.is_empty() {
+        tracing::info!(
+            jobs = inflight.len(),
+            grace_secs = opts.grace.as_secs(),
+            "draining in-flight jobs"
+        );
+    }
+    let drain = async {
+        while let Some(r) = inflight.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "a job task failed");
+            }
         }
+    };
+    if tokio::time::timeout(opts.grace, drain).await.is_err() {
+        tracing::warn!("grace period over: abandoning in-flight jobs; their messages return after the lease");
     }
     Ok(stats)
 }

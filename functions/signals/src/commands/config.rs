@@ -1,18 +1,17 @@
 //! `signals config apply|check` and `signals onboard`.
 
-use crate::app::open_store;
+use crate::app::{open_store, StoreSpec};
 use anyhow::Context;
 use signals_shared::domain::config::Config;
 use signals_shared::domain::job::{Job, Task};
-use signals_shared::ports::{ConfigStore, JobQueue};
 use std::path::Path;
 use std::time::Duration;
 
 /// Validates a file and stores it as a new version (unless identical to the latest).
-pub async fn apply(store: &Path, file: &Path) -> anyhow::Result<()> {
+pub async fn apply(store: &StoreSpec, file: &Path) -> anyhow::Result<()> {
     let config = Config::load(file)?;
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let store = open_store(store)?;
+    let store = open_store(store).await?;
     let (version, new) = store.apply_config(&text, &file.display().to_string()).await?;
     let tenants = config.tenants.len();
     let sources: usize = config.tenants.values().map(|t| t.sources.len()).sum();
@@ -32,8 +31,8 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 /// Enqueues an onboarding job; the scheduler opens the initial runs when it handles it.
-pub async fn onboard(store: &Path, tenant: &str, reports: Vec<String>) -> anyhow::Result<()> {
-    let store = open_store(store)?;
+pub async fn onboard(store: &StoreSpec, tenant: &str, reports: Vec<String>) -> anyhow::Result<()> {
+    let store = open_store(store).await?;
     let (version, toml) = store
         .latest_config()
         .await?

@@ -1,11 +1,9 @@
 //! `signals dlq list|show|retry`: the one dead-letter model, whatever queue the job came from.
 
-use crate::app::open_store;
+use crate::app::{open_store, StoreSpec};
 use anyhow::Context;
 use clap::Subcommand;
 use signals_shared::domain::job::Job;
-use signals_shared::ports::{DeadLetterStore, JobQueue};
-use std::path::Path;
 use std::time::Duration;
 
 /// What to do with dead letters.
@@ -36,8 +34,8 @@ pub enum DlqAction {
 }
 
 /// Runs a dlq action.
-pub async fn dlq(store: &Path, action: DlqAction) -> anyhow::Result<()> {
-    let store = open_store(store)?;
+pub async fn dlq(store: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
+    let store = open_store(store).await?;
     match action {
         DlqAction::List { all, tenant } => {
             let list = store.dead_letters(!all).await?;

@@ -1,9 +1,9 @@
 //! `signals replay FILE [--follow]`: a cloud event file through the same handlers.
 
-use crate::app::{context, open_store, Exit};
+use crate::app::{context, open_store, Exit, StoreSpec};
 use anyhow::Context;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Options of `signals replay`.
 #[derive(Args)]
@@ -19,9 +19,9 @@ pub struct ReplayArgs {
 }
 
 /// Replays the file; exits 1 if any message failed.
-pub async fn replay(store_path: &Path, args: ReplayArgs) -> anyhow::Result<()> {
+pub async fn replay(store_path: &StoreSpec, args: ReplayArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let store = open_store(store_path)?;
+    let store = open_store(store_path).await?;
     let ctx = context(store.clone(), super::run::jsonl_sink(&args.sink)?);
     let failed = signals_shared::hosts::replay::replay(ctx, store.clone(), store, &text, args.follow)
         .await

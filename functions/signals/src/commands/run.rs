@@ -1,11 +1,11 @@
 //! `signals run`: single-process mode — the timer and every stage on the SQLite table queue.
 
-use crate::app::{context, open_store};
+use crate::app::{context, open_store, StoreSpec};
 use clap::Args;
-use signals_shared::domain::job::{Job, Task};
+use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::hosts::runner::{self, RunnerOptions};
-use signals_shared::ports::JobQueue;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Options of `signals run`.
@@ -61,11 +61,11 @@ pub async fn shutdown_signal() {
 }
 
 /// Runs the pipeline in this process.
-pub async fn run(store_path: &Path, args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.config {
         super::config::apply(store_path, file).await?;
     }
-    let store = open_store(store_path)?;
+    let store = open_store(store_path).await?;
     let ctx = context(store.clone(), jsonl_sink(&args.sink)?);
     if args.tick {
         store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
@@ -77,8 +77,62 @@ pub async fn run(store_path: &Path, args: RunArgs) -> anyhow::Result<()> {
         until_idle: args.until_idle,
         ..RunnerOptions::default()
     };
-    tracing::info!(store = %store_path.display(), concurrency = opts.concurrency, "single-process runner starting");
+    tracing::info!(concurrency = opts.concurrency, "single-process runner starting");
     let stats = runner::run(ctx, store, opts, shutdown_signal()).await?;
     tracing::info!(handled = stats.handled, "runner stopped");
+    Ok(())
+}
+
+/// Options of `signals worker`.
+#[derive(Args, Clone)]
+pub struct WorkerArgs {
+    /// Stages to poll, comma separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub stages: Vec<String>,
+    /// Jobs handled at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Lease of a claimed job, renewed while it runs.
+    #[arg(long, default_value_t = 60)]
+    pub lease_secs: u64,
+    /// On SIGTERM, seconds in-flight jobs may finish in before they are abandoned to their leases.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+    /// Address for `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Also enqueue a timer tick this often (one worker per deployment should, or use a CronJob).
+    #[arg(long)]
+    pub tick_secs: Option<u64>,
+}
+
+/// Parses stage names.
+pub fn parse_stages(names: &[String]) -> anyhow::Result<Vec<Stage>> {
+    names
+        .iter()
+        .map(|n| {
+            Stage::ALL
+                .into_iter()
+                .find(|s| s.as_str() == n.trim())
+                .ok_or_else(|| anyhow::anyhow!("unknown stage `{n}` (stages: scheduler, snapshot, merge, batch, push)"))
+        })
+        .collect()
+}
+
+/// Runs a worker until SIGTERM, then drains within the grace period.
+pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<()> {
+    let store = open_store(store_path).await?;
+    let ctx = context(store.clone(), None);
+    let opts = RunnerOptions {
+        concurrency: args.concurrency.max(1),
+        lease: Duration::from_secs(args.lease_secs.max(1)),
+        tick_every: args.tick_secs.map(|s| Duration::from_secs(s.max(1))),
+        stages: parse_stages(&args.stages)?,
+        grace: Duration::from_secs(args.grace_secs),
+        ..RunnerOptions::default()
+    };
+    tracing::info!(stages = ?opts.stages, concurrency = opts.concurrency, "worker starting");
+    let stats = signals_shared::hosts::worker::run(ctx, store, opts, args.listen, shutdown_signal()).await?;
+    tracing::info!(handled = stats.handled, "worker stopped");
     Ok(())
 }

@@ -1,12 +1,10 @@
 //! `signals status`: run history per tenant and data source.
 
-use crate::app::open_store;
-use signals_shared::ports::{DeadLetterStore, JobQueue, RunStore};
-use std::path::Path;
+use crate::app::{open_store, StoreSpec};
 
 /// Prints runs newest first (state incl. `blocked`, rows, changes, duration, last error).
-pub async fn status(store: &Path, tenant: Option<&str>, json: bool, limit: usize) -> anyhow::Result<()> {
-    let store = open_store(store)?;
+pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: usize) -> anyhow::Result<()> {
+    let store = open_store(store).await?;
     let runs = store.runs(tenant, limit).await?;
     let open_dl = store.dead_letters(true).await?.len();
     let (depth, oldest) = store.depth().await?;

@@ -1,6 +1,6 @@
 //! `signals verify`: compares a receiver's datasets with the sources, row for row.
 
-use crate::app::{context, open_store, Exit};
+use crate::app::{context, open_store, Exit, StoreSpec};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::receiver::db::ReceiverDb;
@@ -20,17 +20,17 @@ pub struct VerifyArgs {
 
 /// Compares every data source (of one tenant, or all) with the receiver.
 pub async fn verify_all(
-    store: &Path,
+    store: &StoreSpec,
     receiver_db: &Path,
     tenant: Option<&str>,
 ) -> anyhow::Result<Vec<(String, String, VerifyReport)>> {
-    let ctx = context(open_store(store)?, None);
+    let ctx = context(open_store(store).await?, None);
     let db = ReceiverDb::open(receiver_db).with_context(|| format!("cannot open {}", receiver_db.display()))?;
     Ok(verify_receiver(&ctx, &db, tenant).await?)
 }
 
 /// Prints the comparison; exits 2 if any dataset differs.
-pub async fn verify(store: &Path, args: VerifyArgs) -> anyhow::Result<()> {
+pub async fn verify(store: &StoreSpec, args: VerifyArgs) -> anyhow::Result<()> {
     let reports = verify_all(store, &args.receiver_db, args.tenant.as_deref()).await?;
     print_reports(&reports);
     if reports.iter().all(|r| r.2.equal()) {

@@ -4,16 +4,16 @@
 mod data;
 mod progress;
 
-use crate::app::{context, open_store, Exit};
+use crate::app::{context, open_store, Exit, StoreSpec};
 use crate::commands::verify::{print_reports, verify_all};
 use anyhow::Context;
 use clap::Args;
+use signals_shared::backends::Backend;
 use signals_shared::domain::job::{Job, Task};
 use signals_shared::hosts::runner::{self, RunnerOptions};
-use signals_shared::ports::{ConfigStore, DeadLetterStore, JobQueue, Run, RunStore};
+use signals_shared::ports::Run;
 use signals_shared::receiver::db::ReceiverDb;
 use signals_shared::receiver::server::{serve, ReceiverState};
-use signals_shared::sqlite::store::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ chunk_rows = 20000
     )
 }
 
-async fn sync(store: &Arc<SqliteStore>, label: &str, first: Job) -> anyhow::Result<Vec<Run>> {
+async fn sync(store: &Arc<dyn Backend>, label: &str, first: Job) -> anyhow::Result<Vec<Run>> {
     let started = Instant::now();
     let since = chrono::Utc::now();
     store.enqueue(&[first], Duration::ZERO).await?;
@@ -158,7 +158,11 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let config_path = dir.join("signals.toml");
     std::fs::write(&config_path, config_toml(&source, &url))?;
-    let store = open_store(&store_path)?;
+    let spec = StoreSpec {
+        spec: store_path.display().to_string(),
+        schema: String::new(),
+    };
+    let store = open_store(&spec).await?;
     let (version, _) = store
         .apply_config(
             &std::fs::read_to_string(&config_path)?,
@@ -182,7 +186,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let interval = sync(&store, "interval sync", Job::new(Task::Tick)).await?;
 
     println!("\nverifying the receiver against the source:");
-    let reports = verify_all(&store_path, &receiver_path, Some("demo")).await?;
+    let reports = verify_all(&spec, &receiver_path, Some("demo")).await?;
     print_reports(&reports);
     let stats = receiver.db.stats()?;
     println!(

@@ -1,13 +1,12 @@
 //! Progress of long syncs on a terminal: chunks, rows and batches, once a second.
 
-use signals_shared::ports::RunStore;
-use signals_shared::sqlite::store::SqliteStore;
+use signals_shared::backends::Backend;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// Prints progress to stderr while the returned task runs (nothing when stderr is not a terminal).
-pub fn spawn(store: Arc<SqliteStore>, label: String) -> JoinHandle<()> {
+pub fn spawn(store: Arc<dyn Backend>, label: String) -> JoinHandle<()> {
     tokio::spawn(async move {
         if !std::io::stderr().is_terminal() {
             return;

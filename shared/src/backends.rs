@@ -1,0 +1,60 @@
+//! Opening the store a host was pointed at: a SQLite file (embedded default) or a PostgreSQL
+//! database, named directly or through a secret reference (the URL usually holds a password).
+
+use crate::domain::secret_ref::SecretRef;
+use crate::errors::StoreError;
+use crate::ports::{JobQueue, Store};
+use std::sync::Arc;
+
+/// A store that also holds the table queue.
+pub trait Backend: Store + JobQueue {}
+impl<T: Store + JobQueue> Backend for T {}
+
+/// Default PostgreSQL schema of the store.
+pub const DEFAULT_PG_SCHEMA: &str = "signals";
+
+/// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, `env:NAME` or
+/// `file:PATH` holding one of those, or else a SQLite file path. `pg_schema` names the
+/// PostgreSQL schema (created and migrated on first use).
+pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    let resolved;
+    let target = if spec.starts_with("env:") || spec.starts_with("file:") {
+        let r = SecretRef::try_from(spec.to_owned()).map_err(|detail| StoreError::Db {
+            context: "open",
+            detail,
+        })?;
+        resolved = crate::secrets::resolve(&r).map_err(|e| StoreError::Db {
+            context: "open",
+            detail: e.to_string(),
+        })?;
+        resolved.expose()
+    } else {
+        spec
+    };
+    if is_postgres(target) {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(
+            crate::postgres::store::PgStore::connect(target, pg_schema).await?,
+        ));
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::Db {
+            context: "open",
+            detail: "this build has no PostgreSQL store".into(),
+        });
+    }
+    let _ = pg_schema;
+    #[cfg(feature = "sqlite")]
+    return Ok(Arc::new(crate::sqlite::store::SqliteStore::open(
+        std::path::Path::new(target),
+    )?));
+    #[cfg(not(feature = "sqlite"))]
+    Err(StoreError::Db {
+        context: "open",
+        detail: "this build has no SQLite store".into(),
+    })
+}
+
+/// Whether a connection string names PostgreSQL.
+pub fn is_postgres(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://") || s.trim_start().starts_with("host=")
+}

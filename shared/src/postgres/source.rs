@@ -1,0 +1,237 @@
+//! PostgreSQL as a source: a table or query streamed in binary key order (`COLLATE "C"` for text
+//! keys) through a server-side row stream, in key-range chunks, with bounded memory.
+
+use super::types::{key_param, map_type, read_value, select_expr};
+use crate::domain::ident::{qualified, quote};
+use crate::domain::key::{decode_key, encode_key};
+use crate::domain::schema::{Column, ColumnType, Drift, TableSchema};
+use crate::domain::value::Value;
+use crate::errors::SourceError;
+use crate::ports::{Batches, KeyRange, SnapshotSource, SourceSpec};
+use async_trait::async_trait;
+use deadpool_postgres::{Object, Pool};
+use futures_util::StreamExt;
+use tokio_postgres::types::ToSql;
+
+/// Reads one PostgreSQL database.
+pub struct PgSource {
+    pool: Pool,
+    connection: String,
+}
+
+type Params = Vec<Box<dyn ToSql + Send + Sync>>;
+const BATCH: usize = 2_000;
+
+fn from_clause(spec: &SourceSpec) -> Result<String, SourceError> {
+    match (&spec.table, &spec.query) {
+        (Some(t), _) => qualified(t, "table").map_err(|e| SourceError::Query { detail: e.to_string() }),
+        (None, Some(q)) => Ok(format!("({q}) AS q")),
+        (None, None) => Err(SourceError::Query {
+            detail: "a data source needs a table or a query".into(),
+        }),
+    }
+}
+
+fn query_err(e: tokio_postgres::Error) -> SourceError {
+    SourceError::Query {
+        detail: e.as_db_error().map_or_else(|| e.to_string(), |d| d.to_string()),
+    }
+}
+
+/// The key column expression in binary order: text keys compare in the "C" collation.
+fn key_expr(c: &Column) -> String {
+    if c.ty == ColumnType::Text {
+        format!("{} COLLATE \"C\"", quote(&c.name))
+    } else {
+        quote(&c.name)
+    }
+}
+
+fn key_columns(schema: &TableSchema) -> Vec<&Column> {
+    schema.key_indexes().into_iter().map(|i| &schema.columns[i]).collect()
+}
+
+fn range_where(schema: &TableSchema, range: &KeyRange, params: &mut Params) -> Result<String, SourceError> {
+    let keys = key_columns(schema);
+    let tuple = format!("({})", keys.iter().map(|c| key_expr(c)).collect::<Vec<_>>().join(", "));
+    let mut conds = Vec::new();
+    for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
+        let Some(bytes) = bound else { continue };
+        let mut marks = Vec::new();
+        for v in decode_key(bytes)? {
+            let (p, cast) = key_param(&v).ok_or_else(|| SourceError::BadValue {
+                column: schema.key.join(", "),
+                detail: format!("{} keys cannot bound a range", v.type_name()),
+            })?;
+            params.push(p);
+            marks.push(format!("${}::{cast}", params.len()));
+        }
+        conds.push(format!("{tuple} {op} ({})", marks.join(", ")));
+    }
+    Ok(if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    })
+}
+
+impl PgSource {
+    /// A source over a pool; `connection` names it in errors.
+    pub fn new(pool: Pool, connection: &str) -> PgSource {
+        PgSource {
+            pool,
+            connection: connection.to_owned(),
+        }
+    }
+
+    async fn client(&self) -> Result<Object, SourceError> {
+        connect(&self.pool, &self.connection).await
+    }
+}
+
+async fn connect(pool: &Pool, connection: &str) -> Result<Object, SourceError> {
+    let c = pool.get().await.map_err(|e| SourceError::Connect {
+        connection: connection.to_owned(),
+        detail: e.to_string(),
+    })?;
+    c.batch_execute("SET IntervalStyle = 'iso_8601'")
+        .await
+        .map_err(query_err)?;
+    Ok(c)
+}
+
+async fn describe_on(client: &Object, spec: &SourceSpec) -> Result<TableSchema, SourceError> {
+    let stmt = client
+        .prepare(&format!("SELECT * FROM {} LIMIT 0", from_clause(spec)?))
+        .await
+        .map_err(|e| match (&spec.table, e.as_db_error().map(|d| d.code().code())) {
+            (Some(t), Some("42P01")) => SourceError::NoSuchTable { table: t.clone() },
+            _ => query_err(e),
+        })?;
+    let mut columns = Vec::new();
+    for c in stmt.columns() {
+        let (ty, scale, native) =
+            map_type(c.type_(), c.type_modifier()).ok_or_else(|| SourceError::UnsupportedType {
+                column: c.name().to_owned(),
+                native: c.type_().name().to_owned(),
+            })?;
+        columns.push(Column {
+            name: c.name().to_owned(),
+            ty,
+            scale,
+            native,
+        });
+    }
+    for k in &spec.key {
+        if !columns.iter().any(|c| &c.name == k) {
+            return Err(SourceError::MissingKeyColumn {
+                object: spec.table.clone().unwrap_or_else(|| "query".into()),
+                column: k.clone(),
+                available: columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    Ok(TableSchema {
+        columns,
+        key: spec.key.clone(),
+    })
+}
+
+#[async_trait]
+impl SnapshotSource for PgSource {
+    async fn describe(&self, spec: &SourceSpec) -> Result<TableSchema, SourceError> {
+        describe_on(&self.client().await?, spec).await
+    }
+
+    async fn split(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        chunk_rows: u64,
+    ) -> Result<Vec<Vec<u8>>, SourceError> {
+        let client = self.client().await?;
+        let keys = key_columns(schema);
+        let key_schema = TableSchema {
+            columns: keys.iter().map(|c| (*c).clone()).collect(),
+            key: schema.key.clone(),
+        };
+        let select = keys.iter().map(|c| select_expr(c)).collect::<Vec<_>>().join(", ");
+        let order = keys.iter().map(|c| key_expr(c)).collect::<Vec<_>>().join(", ");
+        let sql = format!("SELECT {select} FROM {} ORDER BY {order}", from_clause(spec)?);
+        let rows = client
+            .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+            .await
+            .map_err(query_err)?;
+        futures_util::pin_mut!(rows);
+        let (mut n, mut bounds) = (0u64, Vec::new());
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(query_err)?;
+            n += 1;
+            if n % chunk_rows == 1 && n > 1 {
+                let values = key_schema
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| read_value(&row, i, c))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut key = Vec::new();
+                encode_key(&mut key, &values.iter().collect::<Vec<_>>(), &schema.key)?;
+                bounds.push(key);
+            }
+        }
+        Ok(bounds)
+    }
+
+    fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (pool, connection) = (self.pool.clone(), self.connection.clone());
+        let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
+        tokio::spawn(async move {
+            let run = async {
+                let client = connect(&pool, &connection).await?;
+                let drift = Drift::between(&schema, &describe_on(&client, &spec).await?);
+                if !drift.is_empty() {
+                    return Err(SourceError::ShapeChanged {
+                        detail: drift.to_string(),
+                    });
+                }
+                let mut params = Params::new();
+                let cond = range_where(&schema, &range, &mut params)?;
+                let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+                let order = key_columns(&schema)
+                    .iter()
+                    .map(|c| key_expr(c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!("SELECT {select} FROM {}{cond} ORDER BY {order}", from_clause(&spec)?);
+                let rows = client
+                    .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+                    .await
+                    .map_err(query_err)?;
+                futures_util::pin_mut!(rows);
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Some(row) = rows.next().await {
+                    let row = row.map_err(query_err)?;
+                    let values = schema
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| read_value(&row, i, c))
+                        .collect::<Result<_, _>>()?;
+                    batch.push(values);
+                    if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                Ok(())
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+}

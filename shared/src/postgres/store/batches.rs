@@ -1,0 +1,180 @@
+//! Batches and the delivery ledger in PostgreSQL.
+
+use super::{now_ms, PgStore};
+use crate::errors::StoreError;
+use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
+use crate::postgres::pool::pg_err;
+use async_trait::async_trait;
+use tokio_postgres::Transaction;
+
+async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt) -> Result<(), tokio_postgres::Error> {
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.deliveries (run_id, batch_id, attempt, at, duration_ms, status, detail, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        &[
+            &run_id,
+            &a.batch_id,
+            &(a.attempt as i32),
+            &now_ms(),
+            &(a.duration.as_millis() as i64),
+            &a.status.map(i32::from),
+            &a.detail,
+            &a.request_id,
+        ],
+    )
+    .await
+    .map(drop)
+}
+
+/// Marks the run done and drops its scratch rows (deltas, batch bodies, chunks).
+async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = tx
+        .execute(
+            &format!("UPDATE {s}.runs SET state = 'done', finished_at = $2, updated_at = $2 WHERE id = $1 AND state <> 'done'"),
+            &[&run_id, &now_ms()],
+        )
+        .await?;
+    tx.execute(&format!("DELETE FROM {s}.deltas WHERE run_id = $1"), &[&run_id])
+        .await?;
+    tx.execute(
+        &format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
+        &[&run_id],
+    )
+    .await?;
+    tx.execute(&format!("DELETE FROM {s}.chunks WHERE run_id = $1"), &[&run_id])
+        .await?;
+    Ok(n == 1)
+}
+
+#[async_trait]
+impl BatchStore for PgStore {
+    async fn save_batches(&self, batches: Vec<BatchRecord>) -> Result<(), StoreError> {
+        let err = pg_err("save batches");
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        let ins = tx
+            .prepare(&format!(
+                "INSERT INTO {}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (id) DO NOTHING",
+                self.s
+            ))
+            .await
+            .map_err(&err)?;
+        for b in &batches {
+            tx.execute(&ins, &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body])
+                .await
+                .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(batches.len() as u64);
+        Ok(())
+    }
+
+    async fn finish_batching(&self, run: &Run, total: i64, bytes: i64) -> Result<(), StoreError> {
+        let err = pg_err("finish batching");
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {}.runs SET state = 'batched', batches_total = $2, bytes = $3, updated_at = $4 \
+                     WHERE id = $1 AND state = 'merged'",
+                    self.s
+                ),
+                &[&run.id, &total, &bytes, &now_ms()],
+            )
+            .await
+            .map_err(&err)?;
+        if n == 1 && total == 0 {
+            finish_run(&tx, &self.s, &run.id).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(1);
+        Ok(())
+    }
+
+    async fn pending_batches(&self, run_id: &str) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT id FROM {}.batches WHERE run_id = $1 AND delivered_at IS NULL ORDER BY seq_first",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&run_id])
+            .await
+            .map_err(pg_err("pending batches"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
+        let sql = format!(
+            "SELECT id, run_id, seq_first, seq_last, rows, body, delivered_at IS NOT NULL FROM {}.batches \
+             WHERE id = $1 AND run_id = $2",
+            self.s
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&batch_id, &run_id])
+            .await
+            .map_err(pg_err("load batch"))?;
+        Ok(row.map(|r| BatchRecord {
+            id: r.get(0),
+            run_id: r.get(1),
+            seq_first: r.get(2),
+            seq_last: r.get(3),
+            rows: r.get(4),
+            body: r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default(),
+            delivered: r.get(6),
+        }))
+    }
+
+    async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
+        let err = pg_err("record attempt");
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        insert_attempt(&tx, &self.s, run_id, attempt).await.map_err(&err)?;
+        tx.commit().await.map_err(&err)?;
+        self.count(1);
+        Ok(())
+    }
+
+    async fn mark_delivered(&self, run: &Run, attempt: &Attempt) -> Result<bool, StoreError> {
+        let (s, err) = (&self.s, pg_err("mark delivered"));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        insert_attempt(&tx, s, &run.id, attempt).await.map_err(&err)?;
+        let first = tx
+            .execute(
+                &format!("UPDATE {s}.batches SET delivered_at = $2 WHERE id = $1 AND delivered_at IS NULL"),
+                &[&attempt.batch_id, &now_ms()],
+            )
+            .await
+            .map_err(&err)?
+            == 1;
+        let mut finished = false;
+        if first {
+            // The row lock on the run serialises concurrent last deliveries: exactly one finishes it.
+            let last: bool = tx
+                .query_one(
+                    &format!(
+                        "UPDATE {s}.runs SET batches_delivered = batches_delivered + 1, updated_at = $2 WHERE id = $1 \
+                         RETURNING state = 'batched' AND batches_delivered >= batches_total"
+                    ),
+                    &[&run.id, &now_ms()],
+                )
+                .await
+                .map_err(&err)?
+                .get(0);
+            if last {
+                finished = finish_run(&tx, s, &run.id).await.map_err(&err)?;
+            }
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(3);
+        Ok(finished)
+    }
+}

@@ -1,0 +1,117 @@
+//! The PostgreSQL store: the SQLite store's contract on a server database shared by many
+//! workers — binary `COPY FROM` for deltas, set-based merge in one transaction, a table queue with
+//! `FOR UPDATE SKIP LOCKED`, all in its own schema.
+
+mod batches;
+mod config;
+mod dlq;
+mod queue;
+mod runs;
+mod schema;
+mod staging;
+
+use super::pool::{pg_err, pool, pool_err};
+use crate::domain::ident;
+use crate::errors::StoreError;
+use crate::ports::{Batches, Store};
+use chrono::{DateTime, TimeZone, Utc};
+use deadpool_postgres::{Object, Pool};
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+
+/// The store in one PostgreSQL schema.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    /// Quoted schema name, prefixed to every table.
+    s: String,
+    written: Arc<AtomicU64>,
+}
+
+/// Rows per message on a read stream.
+const STREAM_BATCH: usize = 2_000;
+
+impl PgStore {
+    /// Connects (lazily, through a pool) and migrates `schema`.
+    pub async fn connect(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+        ident::validate(schema, "store schema").map_err(|e| StoreError::Db {
+            context: "open",
+            detail: e.to_string(),
+        })?;
+        let pool = pool(url, 16).map_err(|detail| StoreError::Db {
+            context: "open",
+            detail,
+        })?;
+        schema::migrate(&pool, schema).await?;
+        Ok(PgStore {
+            pool,
+            s: ident::quote(schema),
+            written: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        self.pool.get().await.map_err(pool_err("connect"))
+    }
+
+    fn count(&self, n: u64) {
+        self.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Streams a query's rows in batches, mapped by `map`.
+    fn stream<T, F>(
+        &self,
+        context: &'static str,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        map: F,
+    ) -> Batches<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + Sync + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let run = async {
+                let client = pool.get().await.map_err(pool_err(context))?;
+                let rows = client
+                    .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+                    .await
+                    .map_err(pg_err(context))?;
+                futures_util::pin_mut!(rows);
+                let mut batch = Vec::with_capacity(STREAM_BATCH);
+                while let Some(row) = rows.next().await {
+                    batch.push(map(&row.map_err(pg_err(context))?)?);
+                    if batch.len() == STREAM_BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                Ok::<(), StoreError>(())
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+}
+
+impl Store for PgStore {
+    fn rows_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}

@@ -1,0 +1,145 @@
+//! The table queue on PostgreSQL: workers claim with `FOR UPDATE SKIP LOCKED`, so many processes
+//! share one queue without blocking each other; a claim pushes `visible_at` past the lease, so an
+//! expired lease makes the message visible again by itself.
+
+use super::{now_ms, PgStore};
+use crate::domain::job::{Job, Stage};
+use crate::errors::StoreError;
+use crate::ports::{Claimed, JobQueue};
+use crate::postgres::pool::pg_err;
+use async_trait::async_trait;
+use std::time::Duration;
+
+fn parse_handle(h: &str) -> (i64, String) {
+    let (id, token) = h.split_once(':').unwrap_or(("0", ""));
+    (id.parse().unwrap_or(0), token.to_owned())
+}
+
+impl PgStore {
+    /// The query KEDA's PostgreSQL scaler runs (docs/operations.md): visible messages of a stage.
+    pub fn depth_query(&self, stage: Stage) -> String {
+        format!(
+            "SELECT COUNT(*) FROM {}.jobs WHERE stage = '{}' AND visible_at <= (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT",
+            self.s,
+            stage.as_str()
+        )
+    }
+}
+
+#[async_trait]
+impl JobQueue for PgStore {
+    async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let stages: Vec<&str> = jobs.iter().map(|j| j.stage().as_str()).collect();
+        let bodies: Vec<String> = jobs.iter().map(Job::encode).collect();
+        let now = now_ms();
+        let sql = format!(
+            "INSERT INTO {}.jobs (stage, body, enqueued_at, visible_at) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]), \
+             LATERAL (SELECT $3::BIGINT, $4::BIGINT) t",
+            self.s
+        );
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&stages, &bodies, &now, &(now + delay.as_millis() as i64)])
+            .await
+            .map_err(pg_err("enqueue"))?;
+        self.count(n);
+        Ok(())
+    }
+
+    async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
+        let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id IN ( \
+               SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) \
+               ORDER BY visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, body, attempts",
+            s = self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[&(now + lease.as_millis() as i64), &token, &now, &names, &(max as i64)],
+            )
+            .await
+            .map_err(pg_err("claim"))?;
+        self.count(rows.len() as u64);
+        Ok(rows
+            .iter()
+            .map(|r| Claimed {
+                handle: format!("{}:{token}", r.get::<_, i64>(0)),
+                body: r.get(1),
+                attempts: r.get::<_, i32>(2) as u32,
+            })
+            .collect())
+    }
+
+    async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError> {
+        let (id, token) = parse_handle(&claimed.handle);
+        let sql = format!(
+            "UPDATE {}.jobs SET visible_at = $3 WHERE id = $1 AND lease_token = $2",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&id, &token, &(now_ms() + lease.as_millis() as i64)])
+            .await
+            .map_err(pg_err("extend lease"))?;
+        Ok(())
+    }
+
+    async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError> {
+        let (id, token) = parse_handle(&claimed.handle);
+        let sql = format!("DELETE FROM {}.jobs WHERE id = $1 AND lease_token = $2", self.s);
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&id, &token])
+            .await
+            .map_err(pg_err("ack"))?;
+        self.count(n);
+        Ok(())
+    }
+
+    async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError> {
+        let (id, token) = parse_handle(&claimed.handle);
+        let sql = format!(
+            "UPDATE {}.jobs SET visible_at = $3, lease_token = NULL, last_error = $4 WHERE id = $1 AND lease_token = $2",
+            self.s
+        );
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&id, &token, &(now_ms() + delay.as_millis() as i64), &error])
+            .await
+            .map_err(pg_err("retry later"))?;
+        self.count(n);
+        Ok(())
+    }
+
+    async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError> {
+        let now = now_ms();
+        let sql = format!(
+            "SELECT COUNT(*), MIN(CASE WHEN visible_at <= $1 THEN enqueued_at END) FROM {}.jobs",
+            self.s
+        );
+        let r = self
+            .client()
+            .await?
+            .query_one(&sql, &[&now])
+            .await
+            .map_err(pg_err("queue depth"))?;
+        let oldest: Option<i64> = r.get(1);
+        Ok((
+            r.get::<_, i64>(0) as u64,
+            oldest.map(|o| Duration::from_millis((now - o).max(0) as u64)),
+        ))
+    }
+}

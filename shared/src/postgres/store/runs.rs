@@ -1,0 +1,208 @@
+//! Runs and chunks in PostgreSQL.
+
+use super::{from_ms, now_ms, PgStore};
+use crate::domain::schema::TableSchema;
+use crate::errors::StoreError;
+use crate::ports::{Chunk, KeyRange, Run, RunKind, RunState, RunStore};
+use crate::postgres::pool::pg_err;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// Columns read for a [`Run`], in `map_run` order (`{s}` is the schema).
+const RUN_COLS: &str = "id, tenant, source, kind, state, config_version, created_at, finished_at, \
+    chunks_total, chunks_done, rows_read, inserts, updates, deletes, batches_total, batches_delivered, bytes, \
+    schema_json, force_all, last_error, \
+    (SELECT COUNT(*) FROM {s}.dead_letters d WHERE d.run_id = r.id AND d.state = 'open')";
+
+fn map_run(r: &tokio_postgres::Row) -> Result<Run, StoreError> {
+    let corrupt = |what: &'static str, detail: String| StoreError::Corrupt { what, detail };
+    let state: String = r.get(4);
+    let schema: Option<String> = r.get(17);
+    Ok(Run {
+        id: r.get(0),
+        tenant: r.get(1),
+        source: r.get(2),
+        kind: if r.get::<_, String>(3) == "initial" {
+            RunKind::Initial
+        } else {
+            RunKind::Interval
+        },
+        state: RunState::parse(&state).ok_or_else(|| corrupt("run state", state.clone()))?,
+        config_version: r.get(5),
+        created_at: from_ms(r.get(6)),
+        finished_at: r.get::<_, Option<i64>>(7).map(from_ms),
+        chunks_total: r.get(8),
+        chunks_done: r.get(9),
+        rows_read: r.get(10),
+        inserts: r.get(11),
+        updates: r.get(12),
+        deletes: r.get(13),
+        batches_total: r.get(14),
+        batches_delivered: r.get(15),
+        bytes: r.get(16),
+        schema: schema
+            .map(|s| serde_json::from_str(&s).map_err(|e| corrupt("run schema", e.to_string())))
+            .transpose()?,
+        force_all: r.get(18),
+        last_error: r.get(19),
+        dead_letters: r.get(20),
+    })
+}
+
+impl PgStore {
+    pub(super) fn run_select(&self) -> String {
+        format!("SELECT {} FROM {}.runs r", RUN_COLS.replace("{s}", &self.s), self.s)
+    }
+}
+
+#[async_trait]
+impl RunStore for PgStore {
+    async fn open_run(
+        &self,
+        tenant: &str,
+        source: &str,
+        kind: RunKind,
+        config_version: i64,
+    ) -> Result<Option<Run>, StoreError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                &format!(
+                    "INSERT INTO {}.runs (id, tenant, source, kind, state, config_version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'planning', $5, $6, $6) ON CONFLICT DO NOTHING",
+                    self.s
+                ),
+                &[&id, &tenant, &source, &kind.as_str(), &config_version, &now_ms()],
+            )
+            .await
+            .map_err(pg_err("open run"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.count(1);
+        let row = c
+            .query_one(&format!("{} WHERE r.id = $1", self.run_select()), &[&id])
+            .await
+            .map_err(pg_err("open run"))?;
+        map_run(&row).map(Some)
+    }
+
+    async fn run(&self, tenant: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
+        let sql = format!("{} WHERE r.id = $1 AND r.tenant = $2", self.run_select());
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&run_id, &tenant])
+            .await
+            .map_err(pg_err("load run"))?;
+        row.as_ref().map(map_run).transpose()
+    }
+
+    async fn runs(&self, tenant: Option<&str>, limit: usize) -> Result<Vec<Run>, StoreError> {
+        let sql = format!(
+            "{} WHERE ($1::TEXT IS NULL OR r.tenant = $1) ORDER BY r.created_at DESC, r.id DESC LIMIT $2",
+            self.run_select()
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant, &(limit as i64)])
+            .await
+            .map_err(pg_err("list runs"))?;
+        rows.iter().map(map_run).collect()
+    }
+
+    async fn source_clocks(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
+        let sql = format!(
+            "SELECT source, MAX(created_at), BOOL_OR(state <> 'done') FROM {}.runs WHERE tenant = $1 GROUP BY source",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant])
+            .await
+            .map_err(pg_err("source clocks"))?;
+        Ok(rows.iter().map(|r| (r.get(0), from_ms(r.get(1)), r.get(2))).collect())
+    }
+
+    async fn plan_run(
+        &self,
+        run: &Run,
+        schema: &TableSchema,
+        force_all: bool,
+        config_version: i64,
+        chunks: &[KeyRange],
+    ) -> Result<bool, StoreError> {
+        let s = &self.s;
+        let schema = serde_json::to_string(schema).expect("schemas serialise");
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err("plan run"))?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.runs SET state = 'snapshotting', schema_json = $2, force_all = $3, config_version = $4, \
+                     chunks_total = $5, updated_at = $6 WHERE id = $1 AND state = 'planning'"
+                ),
+                &[&run.id, &schema, &force_all, &config_version, &(chunks.len() as i64), &now_ms()],
+            )
+            .await
+            .map_err(pg_err("plan run"))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let ins = tx
+            .prepare(&format!(
+                "INSERT INTO {s}.chunks (run_id, chunk_no, lo, hi) VALUES ($1, $2, $3, $4)"
+            ))
+            .await
+            .map_err(pg_err("plan run"))?;
+        for (i, ch) in chunks.iter().enumerate() {
+            tx.execute(&ins, &[&run.id, &(i as i32), &ch.lo, &ch.hi])
+                .await
+                .map_err(pg_err("plan run"))?;
+        }
+        tx.commit().await.map_err(pg_err("plan run"))?;
+        self.count(1 + chunks.len() as u64);
+        Ok(true)
+    }
+
+    async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError> {
+        let sql = format!(
+            "SELECT chunk_no, lo, hi, done FROM {}.chunks WHERE run_id = $1 ORDER BY chunk_no",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&run_id])
+            .await
+            .map_err(pg_err("list chunks"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Chunk {
+                no: r.get::<_, i32>(0) as u32,
+                range: KeyRange {
+                    lo: r.get(1),
+                    hi: r.get(2),
+                },
+                done: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {}.runs SET last_error = $2, updated_at = $3 WHERE id = $1",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&run_id, &error, &now_ms()])
+            .await
+            .map_err(pg_err("note run error"))?;
+        self.count(1);
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! The PostgreSQL store's schema (name configurable), created and migrated by the program under
+//! an advisory lock so many workers starting at once migrate exactly once.
+
+use crate::errors::StoreError;
+use deadpool_postgres::Pool;
+
+/// Migrations in order; `{s}` is the quoted schema name.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.config_versions (
+    version    BIGSERIAL PRIMARY KEY,
+    toml       TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    applied_at BIGINT NOT NULL
+);
+CREATE TABLE {s}.runs (
+    id                TEXT PRIMARY KEY,
+    tenant            TEXT NOT NULL,
+    source            TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    config_version    BIGINT NOT NULL,
+    created_at        BIGINT NOT NULL,
+    updated_at        BIGINT NOT NULL,
+    finished_at       BIGINT,
+    chunks_total      BIGINT NOT NULL DEFAULT 0,
+    chunks_done       BIGINT NOT NULL DEFAULT 0,
+    rows_read         BIGINT NOT NULL DEFAULT 0,
+    inserts           BIGINT NOT NULL DEFAULT 0,
+    updates           BIGINT NOT NULL DEFAULT 0,
+    deletes           BIGINT NOT NULL DEFAULT 0,
+    batches_total     BIGINT NOT NULL DEFAULT 0,
+    batches_delivered BIGINT NOT NULL DEFAULT 0,
+    bytes             BIGINT NOT NULL DEFAULT 0,
+    schema_json       TEXT,
+    force_all         BOOLEAN NOT NULL DEFAULT FALSE,
+    last_error        TEXT
+);
+CREATE UNIQUE INDEX runs_one_active ON {s}.runs (tenant, source) WHERE state <> 'done';
+CREATE INDEX runs_by_source ON {s}.runs (tenant, source, created_at);
+CREATE TABLE {s}.chunks (
+    run_id   TEXT NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    lo       BYTEA,
+    hi       BYTEA,
+    done     BOOLEAN NOT NULL DEFAULT FALSE,
+    PRIMARY KEY (run_id, chunk_no)
+);
+CREATE TABLE {s}.staging (
+    tenant TEXT NOT NULL,
+    source TEXT NOT NULL,
+    key    BYTEA NOT NULL,
+    hash   BYTEA NOT NULL,
+    PRIMARY KEY (tenant, source, key)
+);
+CREATE TABLE {s}.staged_schemas (
+    tenant      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    schema_json TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+CREATE TABLE {s}.deltas (
+    run_id   TEXT NOT NULL,
+    key      BYTEA NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    op       SMALLINT NOT NULL,
+    hash     BYTEA,
+    payload  TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
+CREATE TABLE {s}.batches (
+    id           TEXT PRIMARY KEY,
+    run_id       TEXT NOT NULL,
+    seq_first    BIGINT NOT NULL,
+    seq_last     BIGINT NOT NULL,
+    rows         BIGINT NOT NULL,
+    body         BYTEA,
+    delivered_at BIGINT
+);
+CREATE INDEX batches_by_run ON {s}.batches (run_id, seq_first);
+CREATE TABLE {s}.deliveries (
+    id          BIGSERIAL PRIMARY KEY,
+    run_id      TEXT NOT NULL,
+    batch_id    TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at          BIGINT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    status      INTEGER,
+    detail      TEXT NOT NULL,
+    request_id  TEXT
+);
+CREATE INDEX deliveries_by_batch ON {s}.deliveries (batch_id);
+CREATE TABLE {s}.dead_letters (
+    id          BIGSERIAL PRIMARY KEY,
+    message_id  TEXT UNIQUE,
+    tenant      TEXT,
+    source      TEXT,
+    run_id      TEXT,
+    stage       TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    state       TEXT NOT NULL DEFAULT 'open',
+    created_at  BIGINT NOT NULL,
+    resolved_at BIGINT
+);
+CREATE INDEX dead_letters_open ON {s}.dead_letters (run_id) WHERE state = 'open';
+CREATE TABLE {s}.jobs (
+    id          BIGSERIAL PRIMARY KEY,
+    stage       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    enqueued_at BIGINT NOT NULL,
+    visible_at  BIGINT NOT NULL,
+    lease_token TEXT,
+    last_error  TEXT
+);
+CREATE INDEX jobs_visible ON {s}.jobs (stage, visible_at);
+"#];
+
+/// Creates the schema if needed and applies pending migrations, once across all processes.
+pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
+    let err = |e: tokio_postgres::Error| StoreError::Db {
+        context: "migrate",
+        detail: e.to_string(),
+    };
+    let mut client = pool.get().await.map_err(|e| StoreError::Db {
+        context: "connect",
+        detail: e.to_string(),
+    })?;
+    let s = crate::domain::ident::quote(schema);
+    let tx = client.transaction().await.map_err(err)?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("signals-migrate:{schema}")],
+    )
+    .await
+    .map_err(err)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s}; CREATE TABLE IF NOT EXISTS {s}.meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)"
+    ))
+    .await
+    .map_err(err)?;
+    let current: i64 = tx
+        .query_opt(&format!("SELECT value FROM {s}.meta WHERE key = 'schema_version'"), &[])
+        .await
+        .map_err(err)?
+        .map_or(0, |r| r.get(0));
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(&sql.replace("{s}", &s)).await.map_err(err)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
+            &[&(i as i64 + 1)],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)
+}

@@ -1,0 +1,225 @@
+//! Staging and deltas in PostgreSQL: deltas arrive by binary `COPY FROM`, merge is set-based SQL
+//! in one transaction.
+
+use super::{now_ms, PgStore};
+use crate::domain::{diff::Op, encoding::RowHash, schema::TableSchema};
+use crate::errors::StoreError;
+use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::postgres::pool::pg_err;
+use async_trait::async_trait;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+type Params = Vec<Box<dyn ToSql + Send + Sync>>;
+
+/// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
+fn range_sql(range: &KeyRange, params: &mut Params) -> String {
+    let mut sql = String::new();
+    if let Some(lo) = &range.lo {
+        params.push(Box::new(lo.clone()));
+        sql.push_str(&format!(" AND key >= ${}", params.len()));
+    }
+    if let Some(hi) = &range.hi {
+        params.push(Box::new(hi.clone()));
+        sql.push_str(&format!(" AND key < ${}", params.len()));
+    }
+    sql
+}
+
+#[async_trait]
+impl StagingStore for PgStore {
+    async fn staged_schema(&self, tenant: &str, source: &str) -> Result<Option<TableSchema>, StoreError> {
+        let sql = format!(
+            "SELECT schema_json FROM {}.staged_schemas WHERE tenant = $1 AND source = $2",
+            self.s
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&tenant, &source])
+            .await
+            .map_err(pg_err("staged schema"))?;
+        row.map(|r| {
+            serde_json::from_str(r.get(0)).map_err(|e| StoreError::Corrupt {
+                what: "staged schema",
+                detail: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError> {
+        let mut p: Params = vec![Box::new(tenant.to_owned()), Box::new(source.to_owned())];
+        let cond = range_sql(range, &mut p);
+        let sql = format!(
+            "SELECT key, hash FROM {}.staging WHERE tenant = $1 AND source = $2{cond} ORDER BY key",
+            self.s
+        );
+        self.stream("read staging", sql, p, |r| {
+            let hash: Vec<u8> = r.get(1);
+            let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
+                what: "staging hash",
+                detail: "not 16 bytes".into(),
+            })?;
+            Ok((r.get(0), hash))
+        })
+    }
+
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
+        let mut p: Params = vec![Box::new(run_id.to_owned())];
+        let cond = range_sql(&chunk.range, &mut p);
+        let sql = format!("DELETE FROM {}.deltas WHERE run_id = $1{cond}", self.s);
+        let n = self
+            .client()
+            .await?
+            .execute_raw(&sql, p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)))
+            .await
+            .map_err(pg_err("reset chunk"))?;
+        self.count(n);
+        Ok(())
+    }
+
+    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError> {
+        let err = pg_err("write delta");
+        let c = self.client().await?;
+        let sink = c
+            .copy_in(&format!(
+                "COPY {}.deltas (run_id, key, chunk_no, op, hash, payload) FROM STDIN BINARY",
+                self.s
+            ))
+            .await
+            .map_err(&err)?;
+        let types = [Type::TEXT, Type::BYTEA, Type::INT4, Type::INT2, Type::BYTEA, Type::TEXT];
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        let chunk = chunk as i32;
+        for r in &rows {
+            let op = r.op.code() as i16;
+            let hash = r.hash.map(|h| h.to_vec());
+            writer
+                .as_mut()
+                .write(&[&run_id, &r.key, &chunk, &op, &hash, &r.payload])
+                .await
+                .map_err(&err)?;
+        }
+        let n = writer.finish().await.map_err(&err)?;
+        self.count(n);
+        Ok(())
+    }
+
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, st: ChunkStats) -> Result<bool, StoreError> {
+        let (s, err) = (&self.s, pg_err("finish chunk"));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        let first = tx
+            .execute(
+                &format!("UPDATE {s}.chunks SET done = TRUE WHERE run_id = $1 AND chunk_no = $2 AND NOT done"),
+                &[&run_id, &(chunk as i32)],
+            )
+            .await
+            .map_err(&err)?
+            == 1;
+        if first {
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.runs SET chunks_done = chunks_done + 1, rows_read = rows_read + $2, inserts = inserts + $3, \
+                     updates = updates + $4, deletes = deletes + $5, updated_at = $6 WHERE id = $1"
+                ),
+                &[&run_id, &st.rows_read, &st.inserts, &st.updates, &st.deletes, &now_ms()],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        let all: bool = tx
+            .query_one(
+                &format!("SELECT chunks_done >= chunks_total FROM {s}.runs WHERE id = $1"),
+                &[&run_id],
+            )
+            .await
+            .map_err(&err)?
+            .get(0);
+        if all {
+            tx.execute(
+                &format!("UPDATE {s}.runs SET state = 'snapshotted', updated_at = $2 WHERE id = $1 AND state = 'snapshotting'"),
+                &[&run_id, &now_ms()],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(2);
+        Ok(all)
+    }
+
+    async fn merge(&self, run: &Run) -> Result<bool, StoreError> {
+        let (s, err) = (&self.s, pg_err("merge"));
+        let schema = run
+            .schema
+            .as_ref()
+            .map(|x| serde_json::to_string(x).expect("schemas serialise"));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        let n = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.runs SET state = 'merged', updated_at = $2 WHERE id = $1 AND state = 'snapshotted'"
+                ),
+                &[&run.id, &now_ms()],
+            )
+            .await
+            .map_err(&err)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let upserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.staging (tenant, source, key, hash) \
+                     SELECT $1, $2, key, hash FROM {s}.deltas WHERE run_id = $3 AND op IN (1, 2) \
+                     ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
+                ),
+                &[&run.tenant, &run.source, &run.id],
+            )
+            .await
+            .map_err(&err)?;
+        let deleted = tx
+            .execute(
+                &format!(
+                    "DELETE FROM {s}.staging g USING {s}.deltas d \
+                     WHERE g.tenant = $1 AND g.source = $2 AND d.run_id = $3 AND d.op = 3 AND g.key = d.key"
+                ),
+                &[&run.tenant, &run.source, &run.id],
+            )
+            .await
+            .map_err(&err)?;
+        if let Some(schema) = schema {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.staged_schemas (tenant, source, schema_json, run_id) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant, source) DO UPDATE SET schema_json = EXCLUDED.schema_json, run_id = EXCLUDED.run_id"
+                ),
+                &[&run.tenant, &run.source, &schema, &run.id],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(2 + upserted + deleted);
+        Ok(true)
+    }
+
+    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
+        let sql = format!(
+            "SELECT op, payload FROM {}.deltas WHERE run_id = $1 ORDER BY key",
+            self.s
+        );
+        self.stream("read changes", sql, vec![Box::new(run_id.to_owned())], |r| {
+            let code: i16 = r.get(0);
+            let op = Op::from_code(code as i64).ok_or_else(|| StoreError::Corrupt {
+                what: "delta op",
+                detail: code.to_string(),
+            })?;
+            Ok((op, r.get(1)))
+        })
+    }
+}
