@@ -31,13 +31,14 @@ impl VerifyReport {
     }
 }
 
-/// Compares every data source of a tenant (or of all tenants) with a receiver database, using
+/// Compares every data source (or one) of a tenant (or of all tenants) with a receiver database, using
 /// the latest config: one report per (tenant, data source).
 #[cfg(feature = "receiver")]
 pub async fn verify_receiver(
     ctx: &crate::ctx::Ctx,
     receiver: &crate::receiver::db::ReceiverDb,
     tenant: Option<&str>,
+    source: Option<&str>,
 ) -> Result<Vec<(String, String, VerifyReport)>, crate::errors::StageError> {
     let (version, config) = ctx
         .latest_config()
@@ -49,7 +50,11 @@ pub async fn verify_receiver(
         .iter()
         .filter(|(id, _)| tenant.is_none_or(|w| w == id.as_str()))
     {
-        for (sid, ds) in &t.sources {
+        for (sid, ds) in t
+            .sources
+            .iter()
+            .filter(|(id, _)| source.is_none_or(|w| w == id.as_str()))
+        {
             let (src, spec, _) = ctx.source_for(&config, tid, sid, version)?;
             let rows = receiver
                 .rows(tid, ds.dataset_name(sid))

@@ -185,7 +185,7 @@ impl Harness {
 
     /// Verifies every data source of tenant `t` against the receiver.
     pub async fn verify(&self) -> Vec<(String, String, VerifyReport)> {
-        verify_receiver(&self.ctx, &self.receiver.db, Some("t"))
+        verify_receiver(&self.ctx, &self.receiver.db, Some("t"), None)
             .await
             .expect("verify")
     }
@@ -196,6 +196,17 @@ impl Harness {
             assert!(r.equal(), "data source {s} differs: {r:?}");
         }
         assert_eq!(self.stats().applied_twice, 0, "a change was applied twice");
+    }
+
+    /// Asserts receiver == source for one data source of tenant `t`.
+    pub async fn assert_in_sync_for(&self, source: &str) {
+        let reports = verify_receiver(&self.ctx, &self.receiver.db, Some("t"), Some(source))
+            .await
+            .expect("verify");
+        assert!(!reports.is_empty(), "no data source `{source}`");
+        for (_, s, r) in reports {
+            assert!(r.equal(), "data source {s} differs: {r:?}");
+        }
     }
 
     /// Receiver counters.

@@ -4,6 +4,7 @@ use anyhow::Context;
 use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
+use signals_shared::domain::retry::RetryPolicy;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub async fn open_store(store: &StoreSpec) -> anyhow::Result<Arc<dyn Backend>> {
 }
 
 /// The handler context over the store; `jsonl` sends batches to a file instead (dry run).
-pub fn context(store: Arc<dyn Backend>, jsonl: Option<PathBuf>) -> Arc<Ctx> {
-    Arc::new(Ctx::new(store, Arc::new(DefaultConnectors::new(jsonl))))
+pub fn context(store: Arc<dyn Backend>, jsonl: Option<PathBuf>, retry: RetryPolicy) -> Arc<Ctx> {
+    let mut ctx = Ctx::new(store, Arc::new(DefaultConnectors::new(jsonl)));
+    ctx.retry = retry;
+    Arc::new(ctx)
 }

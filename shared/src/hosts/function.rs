@@ -1,40 +1,74 @@
 //! Entry point shared by the per-stage function binaries: pick a host from the arguments and run
-//! the stage's jobs there. `lambda` and `worker` hosts plug in here as they are added.
+//! the stage's jobs there. The Lambda host plugs in here when it is added.
 
-use super::runner::{self, RunnerOptions};
+use super::runner::RunnerOptions;
 use crate::connectors::DefaultConnectors;
 use crate::ctx::Ctx;
 use crate::domain::job::Stage;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-const USAGE: &str = "usage: signals-STAGE [--store PATH] (replay EVENT_FILE | poll [--until-idle])";
+const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] COMMAND
+  replay EVENT_FILE                      run one cloud event file through this stage's handler
+  worker [--listen ADDR] [--concurrency N] [--lease-secs S] [--grace-secs S]
+                                         poll this stage's table queue until SIGTERM
+  (SPEC: SQLite path, postgres:// URL, or env:NAME / file:PATH holding one; default $SIGNALS_STORE)";
+
+struct Args {
+    store: String,
+    schema: String,
+    command: Option<String>,
+    rest: Vec<String>,
+}
+
+fn parse() -> Option<Args> {
+    let mut a = Args {
+        store: std::env::var("SIGNALS_STORE").unwrap_or_else(|_| "signals.db".into()),
+        schema: std::env::var("SIGNALS_STORE_SCHEMA").unwrap_or_else(|_| crate::backends::DEFAULT_PG_SCHEMA.into()),
+        command: None,
+        rest: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--store" if a.command.is_none() => a.store = it.next()?,
+            "--store-schema" if a.command.is_none() => a.schema = it.next()?,
+            _ if a.command.is_none() => a.command = Some(arg),
+            _ => a.rest.push(arg),
+        }
+    }
+    Some(a)
+}
+
+/// The value after `--name` in `rest`, parsed.
+fn flag<T: std::str::FromStr>(rest: &[String], name: &str) -> Result<Option<T>, String> {
+    match rest.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) => rest
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} needs a valid value")),
+    }
+}
 
 /// Runs a function binary for `stage`; returns its exit code.
 pub fn main(stage: Stage) -> ExitCode {
     crate::telemetry::init("info");
-    let mut args = std::env::args().skip(1).peekable();
-    let mut store = PathBuf::from(std::env::var("SIGNALS_STORE").unwrap_or_else(|_| "signals.db".into()));
-    if args.peek().map(String::as_str) == Some("--store") {
-        args.next();
-        match args.next() {
-            Some(p) => store = p.into(),
-            None => return usage(),
-        }
-    }
-    let (cmd, rest): (Option<String>, Vec<String>) = (args.next(), args.collect());
+    let Some(args) = parse() else { return usage() };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     rt.block_on(async move {
-        let store = match crate::sqlite::store::SqliteStore::open(&store) {
-            Ok(s) => Arc::new(s),
+        let store = match crate::backends::open(&args.store, &args.schema).await {
+            Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
         let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
-        match (cmd.as_deref(), rest.as_slice()) {
+        match (args.command.as_deref(), args.rest.as_slice()) {
             (Some("replay"), [file]) => {
                 let text = match std::fs::read_to_string(file) {
                     Ok(t) => t,
@@ -46,25 +80,56 @@ pub fn main(stage: Stage) -> ExitCode {
                     Err(e) => fail(&format!("{file}: {e}")),
                 }
             }
-            (Some("poll"), flags) => {
-                let until_idle = flags.iter().any(|f| f == "--until-idle");
-                let opts = RunnerOptions {
-                    stages: vec![stage],
-                    until_idle,
-                    ..RunnerOptions::default()
-                };
-                match runner::run(ctx, store, opts, async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
-                .await
-                {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(e) => fail(&e.to_string()),
-                }
-            }
+            (Some("worker"), rest) => match worker(ctx, store, stage, rest).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            },
             _ => usage(),
         }
     })
+}
+
+#[cfg(feature = "http-server")]
+async fn worker(
+    ctx: Arc<Ctx>,
+    store: Arc<dyn crate::backends::Backend>,
+    stage: Stage,
+    rest: &[String],
+) -> Result<(), String> {
+    let defaults = RunnerOptions::default();
+    let opts = RunnerOptions {
+        stages: vec![stage],
+        concurrency: flag(rest, "--concurrency")?.unwrap_or(defaults.concurrency),
+        lease: flag(rest, "--lease-secs")?.map_or(defaults.lease, Duration::from_secs),
+        grace: flag(rest, "--grace-secs")?.map_or(defaults.grace, Duration::from_secs),
+        ..defaults
+    };
+    let listen: Option<SocketAddr> = flag(rest, "--listen")?;
+    super::worker::run(ctx, store, opts, listen, terminate())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "http-server"))]
+async fn worker(_: Arc<Ctx>, _: Arc<dyn crate::backends::Backend>, _: Stage, _: &[String]) -> Result<(), String> {
+    Err("this build has no worker host (feature http-server)".into())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn terminate() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn usage() -> ExitCode {

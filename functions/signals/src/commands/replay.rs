@@ -3,6 +3,7 @@
 use crate::app::{context, open_store, Exit, StoreSpec};
 use anyhow::Context;
 use clap::Args;
+use signals_shared::ctx::DEFAULT_RETRY;
 use std::path::PathBuf;
 
 /// Options of `signals replay`.
@@ -22,7 +23,7 @@ pub struct ReplayArgs {
 pub async fn replay(store_path: &StoreSpec, args: ReplayArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let store = open_store(store_path).await?;
-    let ctx = context(store.clone(), super::run::jsonl_sink(&args.sink)?);
+    let ctx = context(store.clone(), super::run::jsonl_sink(&args.sink)?, DEFAULT_RETRY);
     let failed = signals_shared::hosts::replay::replay(ctx, store.clone(), store, &text, args.follow)
         .await
         .with_context(|| args.file.display().to_string())?;

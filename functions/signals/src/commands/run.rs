@@ -2,11 +2,38 @@
 
 use crate::app::{context, open_store, StoreSpec};
 use clap::Args;
+use signals_shared::ctx::DEFAULT_RETRY;
 use signals_shared::domain::job::{Job, Stage, Task};
+use signals_shared::domain::retry::RetryPolicy;
 use signals_shared::hosts::runner::{self, RunnerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// Retry policy of every stage but push (push follows its destination's `max_attempts`).
+#[derive(Args, Clone, Debug)]
+pub struct RetryArgs {
+    /// Deliveries of a failing job before it is dead-lettered.
+    #[arg(long, default_value_t = DEFAULT_RETRY.max_attempts)]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds (doubles per attempt, full jitter).
+    #[arg(long, default_value_t = DEFAULT_RETRY.base.as_millis() as u64)]
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_RETRY.cap.as_millis() as u64)]
+    pub backoff_cap_ms: u64,
+}
+
+impl RetryArgs {
+    /// The policy.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts.max(1),
+            base: Duration::from_millis(self.backoff_base_ms),
+            cap: Duration::from_millis(self.backoff_cap_ms.max(self.backoff_base_ms)),
+        }
+    }
+}
 
 /// Options of `signals run`.
 #[derive(Args, Clone)]
@@ -32,6 +59,8 @@ pub struct RunArgs {
     /// `jsonl:PATH` writes batches to a file instead of pushing them (dry run).
     #[arg(long)]
     pub sink: Option<String>,
+    #[command(flatten)]
+    pub retry: RetryArgs,
 }
 
 /// Parses `--sink`.
@@ -47,17 +76,7 @@ pub fn jsonl_sink(sink: &Option<String>) -> anyhow::Result<Option<PathBuf>> {
 
 /// Resolves when SIGINT or SIGTERM arrives.
 pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    signals_shared::hosts::function::terminate().await
 }
 
 /// Runs the pipeline in this process.
@@ -66,7 +85,7 @@ pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
         super::config::apply(store_path, file).await?;
     }
     let store = open_store(store_path).await?;
-    let ctx = context(store.clone(), jsonl_sink(&args.sink)?);
+    let ctx = context(store.clone(), jsonl_sink(&args.sink)?, args.retry.policy());
     if args.tick {
         store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
     }
@@ -104,6 +123,8 @@ pub struct WorkerArgs {
     /// Also enqueue a timer tick this often (one worker per deployment should, or use a CronJob).
     #[arg(long)]
     pub tick_secs: Option<u64>,
+    #[command(flatten)]
+    pub retry: RetryArgs,
 }
 
 /// Parses stage names.
@@ -122,7 +143,7 @@ pub fn parse_stages(names: &[String]) -> anyhow::Result<Vec<Stage>> {
 /// Runs a worker until SIGTERM, then drains within the grace period.
 pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<()> {
     let store = open_store(store_path).await?;
-    let ctx = context(store.clone(), None);
+    let ctx = context(store.clone(), None, args.retry.policy());
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
         lease: Duration::from_secs(args.lease_secs.max(1)),

@@ -9,6 +9,7 @@ use crate::commands::verify::{print_reports, verify_all};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::backends::Backend;
+use signals_shared::ctx::DEFAULT_RETRY;
 use signals_shared::domain::job::{Job, Task};
 use signals_shared::hosts::runner::{self, RunnerOptions};
 use signals_shared::ports::Run;
@@ -72,7 +73,7 @@ async fn sync(store: &Arc<dyn Backend>, label: &str, first: Job) -> anyhow::Resu
     let started = Instant::now();
     let since = chrono::Utc::now();
     store.enqueue(&[first], Duration::ZERO).await?;
-    let ctx = context(store.clone(), None);
+    let ctx = context(store.clone(), None, DEFAULT_RETRY);
     let progress = progress::spawn(store.clone(), label.to_owned());
     let opts = RunnerOptions {
         until_idle: true,
@@ -186,7 +187,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let interval = sync(&store, "interval sync", Job::new(Task::Tick)).await?;
 
     println!("\nverifying the receiver against the source:");
-    let reports = verify_all(&spec, &receiver_path, Some("demo")).await?;
+    let reports = verify_all(&spec, &receiver_path, Some("demo"), None).await?;
     print_reports(&reports);
     let stats = receiver.db.stats()?;
     println!(
