@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build demo
+.PHONY: test lint fmt build demo bench bench-pg
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services.
 test:
@@ -22,3 +22,9 @@ build:
 ## The whole pipeline on embedded defaults: demo source, receiver, initial + interval sync, verify.
 demo:
 	$(CARGO) run --release -p signals -- demo
+
+## Benchmarks (not tests): rows/s, MB/s, peak RSS beside a COPY baseline in the same run.
+bench-pg:
+	$(CARGO) run --release -p signals-bench -- pg --rows $${ROWS:-1000000}
+
+bench: bench-pg

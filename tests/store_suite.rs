@@ -24,7 +24,7 @@ async fn the_queue_leases_counts_attempts_and_reclaims(h: Harness) {
     )
     .await
     .unwrap();
-    assert_eq!(q.depth().await.unwrap().0, 3);
+    assert_eq!(q.depth(&[]).await.unwrap().0, 3);
 
     let only_snapshot = q.claim(10, Duration::from_secs(30), &[Stage::Snapshot]).await.unwrap();
     assert_eq!(only_snapshot.len(), 2, "stage filter");
@@ -40,9 +40,9 @@ async fn the_queue_leases_counts_attempts_and_reclaims(h: Harness) {
     assert_eq!(again[0].body, short[0].body);
     // The first claimer's late ack must not remove the message the second one holds.
     q.ack(&short[0]).await.unwrap();
-    assert_eq!(q.depth().await.unwrap().0, 3);
+    assert_eq!(q.depth(&[]).await.unwrap().0, 3);
     q.ack(&again[0]).await.unwrap();
-    assert_eq!(q.depth().await.unwrap().0, 2);
+    assert_eq!(q.depth(&[]).await.unwrap().0, 2);
 
     // Extending keeps a message leased past its original lease.
     let c = &only_snapshot[0];
@@ -62,7 +62,7 @@ async fn the_queue_leases_counts_attempts_and_reclaims(h: Harness) {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let back = q.claim(10, Duration::from_secs(30), &[]).await.unwrap();
     assert_eq!((back.len(), back[0].attempts), (1, 2));
-    let (depth, oldest) = q.depth().await.unwrap();
+    let (depth, oldest) = q.depth(&[]).await.unwrap();
     assert_eq!(depth, 2);
     assert!(oldest.is_none(), "nothing visible: every message is leased");
 }

@@ -41,7 +41,7 @@ async fn wait_all_done(h: &Harness, runs_expected: usize, limit: Duration) {
     let started = Instant::now();
     loop {
         let runs = h.runs().await;
-        let (depth, _) = h.store.depth().await.unwrap();
+        let (depth, _) = h.store.depth(&[]).await.unwrap();
         if runs.len() == runs_expected && runs.iter().all(|r| r.display_state() == "done") && depth == 0 {
             return;
         }

@@ -403,8 +403,8 @@ pub trait JobQueue: Send + Sync {
     async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError>;
     /// Makes a message visible again after `delay`, noting the error.
     async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError>;
-    /// (messages in the queue, age of the oldest visible one).
-    async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError>;
+    /// (messages of the given stages — all when empty — in the queue, age of the oldest visible one).
+    async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError>;
 }
 
 /// Every store port together: what a host hands to the stages.

@@ -116,7 +116,7 @@ pub async fn run(
         if got > 0 {
             continue;
         }
-        if opts.until_idle && inflight.is_empty() && queue.depth().await?.0 == 0 {
+        if opts.until_idle && inflight.is_empty() && queue.depth(&opts.stages).await?.0 == 0 {
             break;
         }
         tokio::select! {

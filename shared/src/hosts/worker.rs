@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 async fn ready(State(queue): State<Arc<dyn JobQueue>>) -> (StatusCode, String) {
-    match queue.depth().await {
+    match queue.depth(&[]).await {
         Ok(_) => (StatusCode::OK, "ready\n".into()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unreachable: {e}\n")),
     }
 }
 
 async fn metrics(State(queue): State<Arc<dyn JobQueue>>) -> String {
-    let (depth, oldest) = queue.depth().await.unwrap_or((0, None));
+    let (depth, oldest) = queue.depth(&[]).await.unwrap_or((0, None));
     crate::metrics::render(&[
         ("signals_queue_depth", depth as f64),
         (

@@ -7,7 +7,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
     let store = open_store(store).await?;
     let runs = store.runs(tenant, limit).await?;
     let open_dl = store.dead_letters(true).await?.len();
-    let (depth, oldest) = store.depth().await?;
+    let (depth, oldest) = store.depth(&[]).await?;
     if json {
         let out = serde_json::json!({
             "runs": runs.iter().map(|r| {

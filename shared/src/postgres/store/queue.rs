@@ -124,16 +124,18 @@ impl JobQueue for PgStore {
         Ok(())
     }
 
-    async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError> {
+    async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError> {
         let now = now_ms();
+        let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
         let sql = format!(
-            "SELECT COUNT(*), MIN(CASE WHEN visible_at <= $1 THEN enqueued_at END) FROM {}.jobs",
+            "SELECT COUNT(*), MIN(CASE WHEN visible_at <= $1 THEN enqueued_at END) FROM {}.jobs \
+             WHERE cardinality($2::TEXT[]) = 0 OR stage = ANY($2)",
             self.s
         );
         let r = self
             .client()
             .await?
-            .query_one(&sql, &[&now])
+            .query_one(&sql, &[&now, &names])
             .await
             .map_err(pg_err("queue depth"))?;
         let oldest: Option<i64> = r.get(1);

@@ -9,6 +9,15 @@ use async_trait::async_trait;
 use rusqlite::params;
 use std::time::Duration;
 
+/// ` AND stage IN (...)`, empty for all stages. Stage names are our own constants, never input.
+fn stage_filter(stages: &[Stage]) -> String {
+    if stages.is_empty() {
+        return String::new();
+    }
+    let names: Vec<String> = stages.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!(" AND stage IN ({})", names.join(", "))
+}
+
 fn parse_handle(h: &str) -> (i64, String) {
     let (id, token) = h.split_once(':').unwrap_or(("0", ""));
     (id.parse().unwrap_or(0), token.to_owned())
@@ -36,13 +45,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
-        // Stage names are our own constants, never input.
-        let filter = if stages.is_empty() {
-            String::new()
-        } else {
-            let names: Vec<String> = stages.iter().map(|s| format!("'{}'", s.as_str())).collect();
-            format!(" AND stage IN ({})", names.join(", "))
-        };
+        let filter = stage_filter(stages);
         self.db
             .write("claim", move |tx| {
                 let now = now_ms();
@@ -104,11 +107,12 @@ impl JobQueue for SqliteStore {
             .await
     }
 
-    async fn depth(&self) -> Result<(u64, Option<Duration>), StoreError> {
+    async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError> {
+        let filter = stage_filter(stages);
         self.db
-            .read("queue depth", |c| {
+            .read("queue depth", move |c| {
                 c.query_row(
-                    "SELECT COUNT(*), MIN(CASE WHEN visible_at <= ?1 THEN enqueued_at END) FROM jobs",
+                    &format!("SELECT COUNT(*), MIN(CASE WHEN visible_at <= ?1 THEN enqueued_at END) FROM jobs WHERE 1 = 1{filter}"),
                     [now_ms()],
                     |r| {
                         let n: i64 = r.get(0)?;

@@ -1,0 +1,211 @@
+//! `signals-bench pg [--rows N]`: a 1,000,000-row PostgreSQL source through snapshot, merge and a
+//! full initial sync to a receiver (in a child process), each reported as seconds, rows/s, MB/s
+//! and peak RSS beside `COPY (SELECT ...) TO STDOUT` of the same table timed in the same run —
+//! the machine is shared and noisy, so only ratios within one run mean anything.
+
+mod measure;
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use measure::{Phase, Report};
+use signals_shared::backends::{self, Backend};
+use signals_shared::connectors::DefaultConnectors;
+use signals_shared::ctx::Ctx;
+use signals_shared::domain::job::{Job, Stage, Task};
+use signals_shared::hosts::runner::{self, RunnerOptions};
+use std::io::BufRead;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SRC: &str = "sigbench_src";
+
+fn pg_url() -> String {
+    std::env::var("SIGNALS_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("pg") => {
+            let rows = match args.iter().position(|a| a == "--rows") {
+                Some(i) => args.get(i + 1).context("--rows needs a number")?.parse()?,
+                None => 1_000_000,
+            };
+            pg(rows).await
+        }
+        Some("receiver") => receiver(args.get(1).context("receiver needs a db path")?).await,
+        _ => bail!("usage: signals-bench pg [--rows N]"),
+    }
+}
+
+/// The child process: a receiver that prints its URL and serves until killed.
+async fn receiver(db: &str) -> anyhow::Result<()> {
+    use signals_shared::receiver::{db::ReceiverDb, server};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("http://{}", listener.local_addr()?);
+    let state = Arc::new(server::ReceiverState::new(
+        ReceiverDb::open(std::path::Path::new(db))?,
+        None,
+    ));
+    server::serve(listener, state, std::future::pending()).await?;
+    Ok(())
+}
+
+async fn client() -> anyhow::Result<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
+        .await
+        .context("PostgreSQL")?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+async fn create_source(c: &tokio_postgres::Client, rows: i64) -> anyhow::Result<()> {
+    c.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS {SRC} CASCADE; CREATE SCHEMA {SRC};
+         CREATE TABLE {SRC}.big (id BIGINT PRIMARY KEY, customer_id INTEGER, sku TEXT, name TEXT, qty SMALLINT,
+             price NUMERIC(12,2), discount DOUBLE PRECISION, paid BOOLEAN, ordered_on DATE, created_at TIMESTAMPTZ,
+             updated_at TIMESTAMP, ref UUID, notes TEXT);
+         INSERT INTO {SRC}.big SELECT i, i % 50000, 'SKU-' || (i % 9973), 'customer name ' || md5(i::text), (i % 30)::smallint,
+             (i % 100000) / 100.0, (i % 17) / 7.0, i % 3 = 0, DATE '2020-01-01' + (i % 2000),
+             TIMESTAMPTZ '2024-01-01 00:00:00+00' + i * INTERVAL '1 second', TIMESTAMP '2024-06-01' + i * INTERVAL '1 second',
+             md5(i::text)::uuid, CASE WHEN i % 5 = 0 THEN NULL ELSE 'note ' || repeat('x', (i % 40)::int) END
+         FROM generate_series(1, {rows}) AS i;
+         ANALYZE {SRC}.big;"
+    ))
+    .await?;
+    Ok(())
+}
+
+async fn copy_baseline(c: &tokio_postgres::Client) -> anyhow::Result<u64> {
+    let stream = c
+        .copy_out(&format!("COPY (SELECT * FROM {SRC}.big ORDER BY id) TO STDOUT"))
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        bytes += chunk?.len() as u64;
+    }
+    Ok(bytes)
+}
+
+fn config(url: &str, pg_ref: &str) -> String {
+    format!(
+        "[destinations.receiver]\nurl = \"{url}\"\nbatch_max_rows = 5000\n\n[tenants.bench]\ndestination = \"receiver\"\n\n\
+         [tenants.bench.connections.pg]\nurl = \"{pg_ref}\"\n\n\
+         [tenants.bench.sources.big]\nconnection = \"pg\"\ntable = \"{SRC}.big\"\nkey = [\"id\"]\nchunk_rows = 100000\n"
+    )
+}
+
+async fn fresh_store(name: &str, url: &str, pg_ref: &str) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
+    client()
+        .await?
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+        .await?;
+    let store = backends::open(&pg_url(), name).await?;
+    store.apply_config(&config(url, pg_ref), "bench").await?;
+    store
+        .enqueue(
+            &[Job::new(Task::Onboard {
+                tenant: "bench".into(),
+                reports: vec![],
+            })],
+            Duration::ZERO,
+        )
+        .await?;
+    let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
+    Ok((store, ctx))
+}
+
+/// Reads the whole table through the PostgreSQL source adapter, counting rows.
+async fn read_source(pg_ref: &str) -> anyhow::Result<u64> {
+    use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
+    let url = std::fs::read_to_string(pg_ref.trim_start_matches("file:"))?;
+    let source = signals_shared::postgres::source::PgSource::new(
+        signals_shared::postgres::pool::pool(&url, 2).map_err(anyhow::Error::msg)?,
+        "pg",
+    );
+    let spec = SourceSpec {
+        table: Some(format!("{SRC}.big")),
+        query: None,
+        key: vec!["id".into()],
+    };
+    let schema = source.describe(&spec).await?;
+    let mut rx = source.read(&spec, &schema, &KeyRange::default());
+    let mut n = 0u64;
+    while let Some(batch) = rx.recv().await {
+        n += batch?.len() as u64;
+    }
+    Ok(n)
+}
+
+async fn run_stages(ctx: &Arc<Ctx>, store: &Arc<dyn Backend>, stages: &[Stage]) -> anyhow::Result<()> {
+    let opts = RunnerOptions {
+        until_idle: true,
+        concurrency: 2,
+        stages: stages.to_vec(),
+        ..RunnerOptions::default()
+    };
+    runner::run(ctx.clone(), store.clone(), opts, std::future::pending()).await?;
+    Ok(())
+}
+
+async fn pg(rows: i64) -> anyhow::Result<()> {
+    let c = client().await?;
+    eprintln!("creating {rows} rows in {SRC}.big …");
+    create_source(&c, rows).await?;
+    let dir = std::env::temp_dir().join(format!("signals-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // The source connection is a secret reference, as in production.
+    std::fs::write(dir.join("pg.url"), pg_url())?;
+    let pg_ref = format!("file:{}", dir.join("pg.url").display());
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["receiver", &dir.join("receiver.db").display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
+    let url = line.trim().to_owned();
+
+    let mut report = Report::new(rows as u64);
+    let p = Phase::start();
+    let bytes = copy_baseline(&c).await?;
+    report.baseline(p.finish("COPY (SELECT … ORDER BY id) TO STDOUT, text, read by client", bytes));
+
+    let p = Phase::start();
+    let read = read_source(&pg_ref).await?;
+    anyhow::ensure!(read == rows as u64, "read {read} rows, expected {rows}");
+    report.add(p.finish(
+        "source read only: row stream → canonical values (the snapshot's reader)",
+        bytes,
+    ));
+
+    let (store, ctx) = fresh_store("sigbench_stages", &url, &pg_ref).await?;
+    let p = Phase::start();
+    run_stages(&ctx, &store, &[Stage::Scheduler, Stage::Snapshot]).await?;
+    report.add(p.finish("snapshot: read, hash, diff, write delta (initial: every row)", bytes));
+    let p = Phase::start();
+    run_stages(&ctx, &store, &[Stage::Merge]).await?;
+    report.add(p.finish("merge: delta → staging, one transaction", bytes));
+    let p = Phase::start();
+    run_stages(&ctx, &store, &[Stage::Batch, Stage::Push]).await?;
+    report.add(p.finish("batch + push to the receiver (HTTP, SQLite apply)", bytes));
+
+    let (store, ctx) = fresh_store("sigbench_full", &url, &pg_ref).await?;
+    let started = Instant::now();
+    let p = Phase::start();
+    run_stages(&ctx, &store, &[]).await?;
+    report.add(p.finish("full initial sync, all stages concurrently", bytes));
+    let runs = store.runs(Some("bench"), 1).await?;
+    anyhow::ensure!(
+        runs.first()
+            .is_some_and(|r| r.display_state() == "done" && r.inserts == rows),
+        "sync incomplete: {runs:?}"
+    );
+    eprintln!("full sync verified done in {:.1}s", started.elapsed().as_secs_f64());
+
+    let _ = child.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+    print!("{}", report.render());
+    Ok(())
+}
