@@ -1,0 +1,103 @@
+//! Ports: the narrow traits stages use. Adapters (SQLite, PostgreSQL; SQL Server, SQS, Azure
+//! later) implement them; stages and hosts know nothing else.
+
+use crate::domain::{
+    job::{Job, Stage},
+    schema::TableSchema,
+    value::Value,
+};
+use crate::errors::{PushError, SourceError, StoreError};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::time::Duration;
+use tokio::sync::mpsc::Receiver;
+
+/// A stream of batches of items; an error ends the stream. Bounded channels keep memory flat.
+pub type Batches<T, E> = Receiver<Result<Vec<T>, E>>;
+
+/// What to read: a table or a query, and its key columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    /// Table name (`schema.table` allowed).
+    pub table: Option<String>,
+    /// Query whose result is read like a table.
+    pub query: Option<String>,
+    /// Key columns in order.
+    pub key: Vec<String>,
+}
+
+/// A key range `[lo, hi)` in encoded key bytes; `None` is unbounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KeyRange {
+    /// Inclusive lower bound.
+    pub lo: Option<Vec<u8>>,
+    /// Exclusive upper bound.
+    pub hi: Option<Vec<u8>>,
+}
+
+/// Reads a data source in key order, in key-range chunks, with bounded memory.
+#[async_trait]
+pub trait SnapshotSource: Send + Sync {
+    /// The source's columns mapped onto canonical types; fails if a key column is missing.
+    async fn describe(&self, spec: &SourceSpec) -> Result<TableSchema, SourceError>;
+    /// Chunk boundaries (encoded keys, ascending) so each chunk holds about `chunk_rows` rows.
+    async fn split(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        chunk_rows: u64,
+    ) -> Result<Vec<Vec<u8>>, SourceError>;
+    /// Streams the rows of `range` in ascending key order, values in schema column order.
+    fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError>;
+}
+
+/// A message claimed from a queue.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Queue-specific handle (row id, receipt handle…).
+    pub handle: String,
+    /// The raw message body.
+    pub body: String,
+    /// Deliveries so far, this one included.
+    pub attempts: u32,
+}
+
+/// A queue of job messages with leases (visibility timeouts).
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    /// Enqueues jobs, visible after `delay`.
+    async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError>;
+    /// Claims up to `max` visible messages of the given stages (all when empty) for `lease`.
+    async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError>;
+    /// Extends a lease while work goes on.
+    async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError>;
+    /// Removes a finished message.
+    async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError>;
+    /// Makes a message visible again after `delay`, noting the error.
+    async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError>;
+    /// (messages of the given stages — all when empty — in the queue, age of the oldest visible one).
+    async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError>;
+}
+
+/// What the destination said to one delivery attempt.
+#[derive(Debug, Clone)]
+pub struct PushResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// `Retry-After`, parsed.
+    pub retry_after: Option<Duration>,
+    /// First bytes of the response body.
+    pub excerpt: String,
+    /// Request id the destination assigned.
+    pub request_id: Option<String>,
+}
+
+/// Delivers one batch body.
+#[async_trait]
+pub trait Pusher: Send + Sync {
+    /// Sends the body with the batch id as `Idempotency-Key`; transport failures are errors.
+    async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError>;
+}
+
+mod store;
+pub use store::*;
