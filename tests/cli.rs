@@ -1,7 +1,7 @@
 //! The operator's path through the CLI: config errors, a refused batch, `dlq show`, `dlq retry`,
 //! `verify`, and the JSONL dry run.
 
-use signals_shared::receiver::server::Fault;
+use signals_shared::receiver::faults::Fault;
 use signals_tests::{create_items, items_source, run_cli, write_config, Harness};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");

@@ -2,7 +2,7 @@
 //! and completes after `signals dlq retry`.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_shared::receiver::server::Fault;
+use signals_shared::receiver::faults::Fault;
 use signals_tests::{create_items, items_source, mutate_items, Harness};
 use std::time::Duration;
 

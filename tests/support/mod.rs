@@ -10,6 +10,7 @@ use signals_shared::domain::retry::RetryPolicy;
 use signals_shared::hosts::runner::{self, RunnerOptions};
 use signals_shared::ports::Run;
 use signals_shared::receiver::db::{ReceiverDb, ReceiverStats};
+use signals_shared::receiver::faults::RateFaults;
 use signals_shared::receiver::server::{serve, ReceiverState};
 use signals_shared::verify::{verify_receiver, VerifyReport};
 use std::path::PathBuf;
@@ -87,7 +88,16 @@ impl Harness {
         Harness::build(StoreKind::Sqlite, auth).await
     }
 
+    /// A fresh environment whose receiver injects faults by rate.
+    pub async fn with_faults(kind: StoreKind, rates: RateFaults) -> Harness {
+        Harness::build_with(kind, None, Some(rates)).await
+    }
+
     async fn build(kind: StoreKind, auth: Option<String>) -> Harness {
+        Harness::build_with(kind, auth, None).await
+    }
+
+    async fn build_with(kind: StoreKind, auth: Option<String>, rates: Option<RateFaults>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("source.db");
         Connection::open(&source).expect("source db");
@@ -101,10 +111,12 @@ impl Harness {
         });
         let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
         ctx.retry = FAST_RETRY;
-        let receiver = Arc::new(ReceiverState::new(
+        let mut receiver = ReceiverState::new(
             ReceiverDb::open(&dir.path().join("receiver.db")).expect("receiver db"),
             auth,
-        ));
+        );
+        receiver.rates = rates;
+        let receiver = Arc::new(receiver);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(serve(listener, receiver.clone(), std::future::pending()));

@@ -3,4 +3,5 @@
 //! every application of each (run, sequence number) so tests can prove exactly-once effect.
 
 pub mod db;
+pub mod faults;
 pub mod server;

@@ -2,68 +2,16 @@
 //! (`POST /_admin/faults`, or [`Faults::push`] in-process).
 
 use super::db::{ApplyError, ReceiverDb};
+use super::faults::{Draw, Faults, RateFaults};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// One injected failure: the next `times` batches (of `dataset`, if given) get `status`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Fault {
-    /// Status to answer.
-    pub status: u16,
-    /// How many requests it applies to.
-    #[serde(default = "one")]
-    pub times: u32,
-    /// Only batches of this dataset.
-    #[serde(default)]
-    pub dataset: Option<String>,
-    /// `Retry-After` seconds to send.
-    #[serde(default)]
-    pub retry_after_secs: Option<u64>,
-    /// Response body.
-    #[serde(default)]
-    pub body: Option<String>,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// Pending injected failures.
-#[derive(Default)]
-pub struct Faults(Mutex<VecDeque<Fault>>);
-
-impl Faults {
-    /// Adds a failure.
-    pub fn push(&self, f: Fault) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(f);
-    }
-    /// Removes every failure.
-    pub fn clear(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
-    fn take(&self, dataset: Option<&str>) -> Option<Fault> {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let i = q
-            .iter()
-            .position(|f| f.dataset.is_none() || f.dataset.as_deref() == dataset)?;
-        let f = q[i].clone();
-        if q[i].times <= 1 {
-            q.remove(i);
-        } else {
-            q[i].times -= 1;
-        }
-        Some(f)
-    }
-}
+use std::sync::Arc;
 
 /// Shared receiver state.
 pub struct ReceiverState {
@@ -73,6 +21,8 @@ pub struct ReceiverState {
     pub faults: Faults,
     /// Required `Authorization` header value, if any.
     pub expect_authorization: Option<String>,
+    /// Faults by rate, if configured.
+    pub rates: Option<RateFaults>,
     requests: AtomicU64,
 }
 
@@ -83,6 +33,7 @@ impl ReceiverState {
             db,
             faults: Faults::default(),
             expect_authorization,
+            rates: None,
             requests: AtomicU64::new(0),
         }
     }
@@ -114,6 +65,19 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
     else {
         return json_error(StatusCode::BAD_REQUEST, "missing Idempotency-Key header");
     };
+    let body = match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
+        None | Some("identity") => body,
+        Some("gzip") => match gunzip(&body) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not valid gzip: {e}")),
+        },
+        Some(other) => {
+            return json_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!("unsupported Content-Encoding `{other}`"),
+            )
+        }
+    };
     let dataset = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("dataset").and_then(|d| d.as_str()).map(str::to_owned));
@@ -126,9 +90,28 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
         }
         return r;
     }
+    let draw = st.rates.as_ref().map_or(Draw::Ok, RateFaults::next);
+    match draw {
+        Draw::Status(code) => {
+            let mut r = json_error(StatusCode::from_u16(code).expect("valid code"), "injected fault");
+            if code == 429 {
+                let secs = st.rates.as_ref().map_or(1, |r| r.rates().retry_after_secs);
+                r.headers_mut()
+                    .insert("retry-after", secs.to_string().parse().expect("digits"));
+            }
+            return r;
+        }
+        Draw::DropBefore => return dropped_connection(),
+        Draw::Slow => {
+            let ms = st.rates.as_ref().map_or(0, |r| r.rates().slow_ms);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        Draw::Ok | Draw::DropAfter => {}
+    }
     let st2 = st.clone();
     let result = tokio::task::spawn_blocking(move || st2.db.apply(&key, &body)).await;
     match result {
+        Ok(Ok(_)) if draw == Draw::DropAfter => dropped_connection(),
         Ok(Ok((resp, replayed))) => {
             let mut r = (StatusCode::OK, resp).into_response();
             r.headers_mut()
@@ -145,7 +128,24 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
     }
 }
 
-async fn add_fault(State(st): State<Arc<ReceiverState>>, Json(f): Json<Fault>) -> StatusCode {
+fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+/// A 200 whose body fails mid-stream: the server aborts the connection, so the client never
+/// learns the outcome.
+fn dropped_connection() -> Response {
+    let stream =
+        futures_util::stream::once(async { Err::<Bytes, _>(std::io::Error::other("injected connection drop")) });
+    let mut r = Response::new(axum::body::Body::from_stream(stream));
+    r.headers_mut().insert("content-length", "64".parse().expect("digits"));
+    r
+}
+
+async fn add_fault(State(st): State<Arc<ReceiverState>>, Json(f): Json<super::faults::Fault>) -> StatusCode {
     st.faults.push(f);
     StatusCode::NO_CONTENT
 }

@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Args;
 use signals_shared::receiver::db::ReceiverDb;
+use signals_shared::receiver::faults::{FaultRates, RateFaults};
 use signals_shared::receiver::server::{serve, ReceiverState};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,18 @@ pub struct ReceiverArgs {
     /// Require `Authorization: Bearer <value of this environment variable>`.
     #[arg(long)]
     pub bearer_env: Option<String>,
+    /// Inject faults by rate, `KIND=RATE` (repeatable): 500, 503, 429, slow, drop-before, drop-after.
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// Seed of the fault generator (the same seed gives the same faults for the same requests).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Delay of a `slow` response, in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    pub slow_ms: u64,
+    /// `Retry-After` seconds sent with an injected 429.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
 }
 
 /// Serves until SIGINT/SIGTERM.
@@ -35,11 +48,14 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("receiver listening on http://{}", listener.local_addr()?);
-    serve(
-        listener,
-        Arc::new(ReceiverState::new(db, expect)),
-        super::run::shutdown_signal(),
-    )
-    .await?;
+    let mut state = ReceiverState::new(db, expect);
+    if !args.faults.is_empty() {
+        let mut rates = FaultRates::parse(&args.faults).map_err(anyhow::Error::msg)?;
+        rates.slow_ms = args.slow_ms;
+        rates.retry_after_secs = args.retry_after_secs;
+        println!("injecting faults {rates:?} from seed {}", args.seed);
+        state.rates = Some(RateFaults::new(rates, args.seed));
+    }
+    serve(listener, Arc::new(state), super::run::shutdown_signal()).await?;
     Ok(())
 }
