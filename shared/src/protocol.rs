@@ -89,6 +89,31 @@ impl BodyBuilder {
     }
 }
 
+/// Splits a batch body in two halves by its change records, each a complete body with its own
+/// deterministic batch id and sequence range; `None` if it holds fewer than two records or is
+/// not a body we built. Returns (batch id, first seq, last seq, records, body) per half.
+pub fn split_body(body: &[u8], run_id: &str) -> Option<[(String, u64, u64, usize, Vec<u8>); 2]> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let changes = v.get_mut("changes")?.as_array_mut()?;
+    if changes.len() < 2 {
+        return None;
+    }
+    let second = changes.split_off(changes.len() / 2);
+    let first = std::mem::take(changes);
+    let mut half = |records: Vec<serde_json::Value>| -> Option<(String, u64, u64, usize, Vec<u8>)> {
+        let seq = |c: &serde_json::Value| c.get("seq").and_then(serde_json::Value::as_u64);
+        let (lo, hi) = (seq(records.first()?)?, seq(records.last()?)?);
+        let id = crate::domain::batching::batch_id(run_id, lo, hi);
+        let n = records.len();
+        v["changes"] = serde_json::Value::Array(records);
+        v["batch_id"] = id.clone().into();
+        v["seq_first"] = lo.into();
+        v["seq_last"] = hi.into();
+        Some((id, lo, hi, n, serde_json::to_vec(&v).ok()?))
+    };
+    Some([half(first)?, half(second)?])
+}
+
 /// Bytes a record adds to a body besides its payload (for the byte limit).
 pub const RECORD_OVERHEAD: usize = 40;
 
@@ -127,5 +152,39 @@ mod tests {
         assert_eq!(body["changes"][0]["row"]["id"], 1);
         assert_eq!(body["changes"][1]["op"], "delete");
         assert_eq!(body["changes"][1]["key"]["id"], 2);
+    }
+
+    #[test]
+    fn a_body_splits_into_two_complete_halves() {
+        let schema = TableSchema {
+            columns: vec![],
+            key: vec!["id".into()],
+        };
+        let h = BatchHeader {
+            tenant: "t",
+            dataset: "d",
+            run_id: "r",
+            run_kind: RunKind::Initial,
+            schema: &schema,
+        };
+        let mut b = BodyBuilder::new(&h);
+        for seq in 1..=5 {
+            b.push(seq, Op::Insert, &format!("{{\"id\":{seq}}}"));
+        }
+        let [a, z] = split_body(&b.finish("r.1-5"), "r").unwrap();
+        assert_eq!((a.0.as_str(), a.1, a.2, a.3), ("r.1-2", 1, 2, 2));
+        assert_eq!((z.0.as_str(), z.1, z.2, z.3), ("r.3-5", 3, 5, 3));
+        let body: serde_json::Value = serde_json::from_slice(&z.4).unwrap();
+        assert_eq!(
+            (
+                body["batch_id"].as_str(),
+                body["seq_first"].as_u64(),
+                body["tenant"].as_str()
+            ),
+            (Some("r.3-5"), Some(3), Some("t"))
+        );
+        let mut one = BodyBuilder::new(&h);
+        one.push(1, Op::Delete, "{\"id\":1}");
+        assert!(split_body(&one.finish("r.1-1"), "r").is_none());
     }
 }

@@ -90,14 +90,24 @@ impl Harness {
 
     /// A fresh environment whose receiver injects faults by rate.
     pub async fn with_faults(kind: StoreKind, rates: RateFaults) -> Harness {
-        Harness::build_with(kind, None, Some(rates)).await
+        Harness::build_with(kind, None, Some(rates), None).await
+    }
+
+    /// A fresh environment whose receiver answers 413 to bodies over `max_body_bytes`.
+    pub async fn with_max_body(kind: StoreKind, max_body_bytes: usize) -> Harness {
+        Harness::build_with(kind, None, None, Some(max_body_bytes)).await
     }
 
     async fn build(kind: StoreKind, auth: Option<String>) -> Harness {
-        Harness::build_with(kind, auth, None).await
+        Harness::build_with(kind, auth, None, None).await
     }
 
-    async fn build_with(kind: StoreKind, auth: Option<String>, rates: Option<RateFaults>) -> Harness {
+    async fn build_with(
+        kind: StoreKind,
+        auth: Option<String>,
+        rates: Option<RateFaults>,
+        max_body: Option<usize>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let source = dir.path().join("source.db");
         Connection::open(&source).expect("source db");
@@ -116,6 +126,7 @@ impl Harness {
             auth,
         );
         receiver.rates = rates;
+        receiver.max_body_bytes = max_body;
         let receiver = Arc::new(receiver);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -48,6 +48,13 @@ pub struct Destination {
     /// Longest retry delay.
     #[serde(default = "defaults::backoff_cap_ms")]
     pub backoff_cap_ms: u64,
+    /// Most requests in flight to this destination from one process (a 429/503 lowers the
+    /// effective limit until successes raise it again).
+    #[serde(default = "defaults::max_concurrency")]
+    pub max_concurrency: usize,
+    /// Bodies of at least this many bytes are sent gzip-compressed.
+    #[serde(default = "defaults::gzip_min_bytes")]
+    pub gzip_min_bytes: usize,
 }
 
 /// How requests authenticate; every credential is a secret reference.
@@ -73,6 +80,13 @@ pub enum Auth {
         /// Password reference.
         password: SecretRef,
     },
+    /// TLS client certificate (mTLS): PEM certificate chain and PEM private key.
+    Mtls {
+        /// Certificate reference.
+        cert: SecretRef,
+        /// Private key reference.
+        key: SecretRef,
+    },
 }
 
 /// One customer.
@@ -93,6 +107,10 @@ pub struct Tenant {
     /// No new runs start for a paused tenant.
     #[serde(default)]
     pub paused: bool,
+    /// Most of this tenant's batches in flight at once from one process (default: the
+    /// destination's `max_concurrency`), so one tenant's onboarding cannot take every slot.
+    #[serde(default)]
+    pub max_push_concurrency: Option<usize>,
 }
 
 /// A database a tenant's data sources read from.
@@ -169,6 +187,12 @@ mod defaults {
     }
     pub fn chunk_rows() -> u64 {
         100_000
+    }
+    pub fn max_concurrency() -> usize {
+        8
+    }
+    pub fn gzip_min_bytes() -> usize {
+        64 * 1024
     }
 }
 
@@ -286,6 +310,9 @@ impl Config {
             }
             if d.max_attempts == 0 {
                 p.push(format!("{at}, field `max_attempts`: must be at least 1"));
+            }
+            if d.max_concurrency == 0 {
+                p.push(format!("{at}, field `max_concurrency`: must be at least 1"));
             }
         }
         for (tid, t) in &self.tenants {

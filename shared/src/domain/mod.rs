@@ -8,6 +8,7 @@ pub mod ident;
 pub mod job;
 pub mod json;
 pub mod key;
+pub mod rate;
 pub mod retry;
 pub mod schedule;
 pub mod schema;

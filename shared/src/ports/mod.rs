@@ -92,11 +92,24 @@ pub struct PushResponse {
     pub request_id: Option<String>,
 }
 
+/// One batch to deliver.
+#[derive(Debug, Clone, Copy)]
+pub struct PushRequest<'a> {
+    /// Tenant the batch belongs to (for per-tenant concurrency).
+    pub tenant: &'a str,
+    /// The tenant's cap on batches in flight, if set.
+    pub tenant_max_concurrency: Option<usize>,
+    /// Batch id, sent as `Idempotency-Key`.
+    pub batch_id: &'a str,
+    /// Request body (JSON).
+    pub body: &'a [u8],
+}
+
 /// Delivers one batch body.
 #[async_trait]
 pub trait Pusher: Send + Sync {
     /// Sends the body with the batch id as `Idempotency-Key`; transport failures are errors.
-    async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError>;
+    async fn push(&self, req: &PushRequest<'_>) -> Result<PushResponse, PushError>;
 }
 
 mod store;

@@ -305,8 +305,11 @@ pub trait BatchStore: Send + Sync {
     async fn save_batches(&self, batches: Vec<BatchRecord>) -> Result<(), StoreError>;
     /// `merged → batched` with the batch count and bytes; `total == 0` finishes the run.
     async fn finish_batching(&self, run: &Run, total: i64, bytes: i64) -> Result<(), StoreError>;
-    /// Ids of the run's batches not yet delivered.
-    async fn pending_batches(&self, run_id: &str) -> Result<Vec<String>, StoreError>;
+    /// The run's batches not yet delivered: (id, first sequence number, last sequence number).
+    async fn pending_batches(&self, run_id: &str) -> Result<Vec<(String, i64, i64)>, StoreError>;
+    /// Replaces a batch the destination found too large (413) by `children` covering the same
+    /// sequence range, in one transaction: the parent counts as delivered, the children as new.
+    async fn split_batch(&self, run: &Run, attempt: &Attempt, children: Vec<BatchRecord>) -> Result<(), StoreError>;
     /// A batch.
     async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError>;
     /// Records an attempt in the ledger.

@@ -23,6 +23,10 @@ pub struct ReceiverState {
     pub expect_authorization: Option<String>,
     /// Faults by rate, if configured.
     pub rates: Option<RateFaults>,
+    /// Bodies larger than this (after decompression) get 413 Payload Too Large.
+    pub max_body_bytes: Option<usize>,
+    /// Requests that arrived gzip-compressed.
+    pub gzip_bodies: AtomicU64,
     requests: AtomicU64,
 }
 
@@ -34,6 +38,8 @@ impl ReceiverState {
             faults: Faults::default(),
             expect_authorization,
             rates: None,
+            max_body_bytes: None,
+            gzip_bodies: AtomicU64::new(0),
             requests: AtomicU64::new(0),
         }
     }
@@ -68,7 +74,10 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
     let body = match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
         None | Some("identity") => body,
         Some("gzip") => match gunzip(&body) {
-            Ok(b) => Bytes::from(b),
+            Ok(b) => {
+                st.gzip_bodies.fetch_add(1, Ordering::Relaxed);
+                Bytes::from(b)
+            }
             Err(e) => return json_error(StatusCode::BAD_REQUEST, &format!("body is not valid gzip: {e}")),
         },
         Some(other) => {
@@ -78,6 +87,14 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
             )
         }
     };
+    if let Some(max) = st.max_body_bytes {
+        if body.len() > max {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("body of {} bytes is over {max}", body.len()),
+            );
+        }
+    }
     let dataset = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("dataset").and_then(|d| d.as_str()).map(str::to_owned));

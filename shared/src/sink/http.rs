@@ -1,13 +1,20 @@
-//! The Data Push API client: one POST per batch with `Idempotency-Key`, auth from secret
-//! references resolved per request (so rotation needs no restart), no redirects followed.
+//! The Data Push API client: one POST per batch with `Idempotency-Key`; requests in flight bounded
+//! per destination (adaptive) and per tenant; bodies gzip-compressed above a size; auth from
+//! secret references (bearer, API-key header, basic resolved per request so rotation needs no
+//! restart; mTLS identity loaded when the client is built); no redirects followed.
 
+use super::limiter::Limiter;
 use crate::domain::config::{Auth, Destination};
-use crate::domain::retry::parse_retry_after;
+use crate::domain::retry::{classify_status, parse_retry_after, StatusClass};
 use crate::errors::PushError;
-use crate::ports::{PushResponse, Pusher};
+use crate::ports::{PushRequest, PushResponse, Pusher};
 use crate::secrets::resolve;
 use async_trait::async_trait;
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// `User-Agent` naming the product and version.
 pub const USER_AGENT: &str = concat!("signals-etl/", env!("CARGO_PKG_VERSION"));
@@ -20,22 +27,72 @@ pub struct HttpPusher {
     client: reqwest::Client,
     url: String,
     auth: Option<Auth>,
+    gzip_min_bytes: usize,
+    limiter: Limiter,
+    max_concurrency: usize,
+    tenants: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+fn setup(e: impl std::fmt::Display) -> PushError {
+    PushError::Setup(e.to_string())
 }
 
 impl HttpPusher {
-    /// A client for the destination's URL, timeout and auth.
+    /// A client for the destination's URL, timeout, limits and auth.
     pub fn new(dest: &Destination) -> Result<HttpPusher, PushError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(Duration::from_millis(dest.timeout_ms))
             .connect_timeout(Duration::from_millis(dest.timeout_ms.min(10_000)))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| PushError::Setup(e.to_string()))?;
+            .pool_max_idle_per_host(dest.max_concurrency)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(Auth::Mtls { cert, key }) = &dest.auth {
+            let mut pem = resolve(cert).map_err(setup)?.expose().as_bytes().to_vec();
+            pem.push(b'\n');
+            pem.extend_from_slice(resolve(key).map_err(setup)?.expose().as_bytes());
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|_| PushError::Setup("the mTLS certificate or key is not valid PEM".into()))?;
+            builder = builder.identity(identity);
+        }
         Ok(HttpPusher {
-            client,
+            client: builder.build().map_err(setup)?,
             url: format!("{}/v1/batches", dest.url.trim_end_matches('/')),
             auth: dest.auth.clone(),
+            gzip_min_bytes: dest.gzip_min_bytes,
+            limiter: Limiter::new(dest.max_concurrency),
+            max_concurrency: dest.max_concurrency,
+            tenants: Mutex::default(),
+        })
+    }
+
+    fn tenant_slots(&self, tenant: &str, cap: Option<usize>) -> Arc<Semaphore> {
+        let mut t = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        t.entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(cap.unwrap_or(self.max_concurrency).max(1))))
+            .clone()
+    }
+
+    fn request(&self, req: &PushRequest<'_>) -> Result<reqwest::RequestBuilder, PushError> {
+        let mut r = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", req.batch_id);
+        r = if req.body.len() >= self.gzip_min_bytes {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(req.body).map_err(PushError::Io)?;
+            r.header("Content-Encoding", "gzip")
+                .body(gz.finish().map_err(PushError::Io)?)
+        } else {
+            r.body(req.body.to_vec())
+        };
+        Ok(match &self.auth {
+            None | Some(Auth::Mtls { .. }) => r,
+            Some(Auth::Bearer { token }) => r.bearer_auth(resolve(token).map_err(setup)?.expose()),
+            Some(Auth::Header { name, value }) => r.header(name.as_str(), resolve(value).map_err(setup)?.expose()),
+            Some(Auth::Basic { username, password }) => {
+                r.basic_auth(username, Some(resolve(password).map_err(setup)?.expose()))
+            }
         })
     }
 }
@@ -50,24 +107,11 @@ fn excerpt(body: &str) -> String {
 
 #[async_trait]
 impl Pusher for HttpPusher {
-    async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", batch_id)
-            .body(body.to_vec());
-        let secret_err = |e: crate::secrets::SecretError| PushError::Setup(e.to_string());
-        req = match &self.auth {
-            None => req,
-            Some(Auth::Bearer { token }) => req.bearer_auth(resolve(token).map_err(secret_err)?.expose()),
-            Some(Auth::Header { name, value }) => {
-                req.header(name.as_str(), resolve(value).map_err(secret_err)?.expose())
-            }
-            Some(Auth::Basic { username, password }) => {
-                req.basic_auth(username, Some(resolve(password).map_err(secret_err)?.expose()))
-            }
-        };
+    async fn push(&self, req: &PushRequest<'_>) -> Result<PushResponse, PushError> {
+        let request = self.request(req)?;
+        let tenant = self.tenant_slots(req.tenant, req.tenant_max_concurrency);
+        let _tenant_slot = tenant.acquire().await.map_err(setup)?;
+        let _slot = self.limiter.acquire().await;
         // reqwest's error text names the URL only, never headers, so no credential can leak.
         let transport = |e: reqwest::Error| PushError::Transport {
             url: self.url.clone(),
@@ -77,12 +121,17 @@ impl Pusher for HttpPusher {
                 e.without_url().to_string()
             },
         };
-        let resp = req.send().await.map_err(transport)?;
+        let resp = request.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
         let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         let request_id = header("x-request-id");
         let text = resp.text().await.map_err(transport)?;
+        match (status, classify_status(status)) {
+            (429 | 503, _) => self.limiter.throttled(retry_after),
+            (_, StatusClass::Success) => self.limiter.success(),
+            _ => {}
+        }
         Ok(PushResponse {
             status,
             retry_after,

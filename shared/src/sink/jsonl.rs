@@ -1,7 +1,7 @@
 //! Dry-run sink: appends each batch body as one line to a file and answers 200.
 
 use crate::errors::PushError;
-use crate::ports::{PushResponse, Pusher};
+use crate::ports::{PushRequest, PushResponse, Pusher};
 use async_trait::async_trait;
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,7 +25,8 @@ impl JsonlSink {
 
 #[async_trait]
 impl Pusher for JsonlSink {
-    async fn push(&self, batch_id: &str, body: &[u8]) -> Result<PushResponse, PushError> {
+    async fn push(&self, req: &PushRequest<'_>) -> Result<PushResponse, PushError> {
+        let (batch_id, body) = (req.batch_id, req.body);
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
         f.write_all(body)?;

@@ -3,3 +3,4 @@
 #[cfg(feature = "http-sink")]
 pub mod http;
 pub mod jsonl;
+pub mod limiter;

@@ -25,7 +25,7 @@ pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
         .pending_batches(&run.id)
         .await?
         .into_iter()
-        .map(|batch_id| {
+        .map(|(batch_id, _, _)| {
             job.next(run_task(run, |tenant, source, run_id| Task::Push {
                 tenant,
                 source,

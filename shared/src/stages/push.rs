@@ -3,9 +3,11 @@
 
 use crate::ctx::Ctx;
 use crate::domain::job::Job;
+use crate::domain::job::Task;
 use crate::domain::retry::{classify_status, StatusClass};
 use crate::errors::StageError;
-use crate::ports::{Attempt, Run};
+use crate::ports::{Attempt, BatchRecord, PushRequest, Run};
+use crate::protocol::split_body;
 use std::time::Instant;
 
 /// Delivers the batch unless it was delivered already.
@@ -16,7 +18,8 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         .await?
         .ok_or_else(|| StageError::NotFound(format!("run `{}` has no batch `{batch_id}`", run.id)))?;
     if batch.delivered {
-        return Ok(Vec::new()); // a delivered batch is never resent
+        // Never resent. If it was split (413) and the children's jobs were lost, re-emit them.
+        return children_jobs(ctx, run, &batch).await;
     }
     // Delivery settings come from the latest config, so a fixed URL or a rotated credential
     // applies to batches already cut; what was read and how it was cut stays the run's version.
@@ -26,8 +29,15 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         .ok_or_else(|| StageError::NotFound("no configuration applied".into()))?;
     let (dest_id, dest) = ctx.destination(&config, &run.tenant, version)?;
     let pusher = ctx.connectors.pusher(dest_id, dest)?;
+    let tenant_cap = config.tenant(&run.tenant, version)?.max_push_concurrency;
     let started = Instant::now();
-    let result = pusher.push(batch_id, &batch.body).await;
+    let request = PushRequest {
+        tenant: &run.tenant,
+        tenant_max_concurrency: tenant_cap,
+        batch_id,
+        body: &batch.body,
+    };
+    let result = pusher.push(&request).await;
     let mut record = Attempt {
         batch_id: batch_id.to_owned(),
         attempt,
@@ -72,6 +82,41 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
                 retry_after: resp.retry_after,
             })
         }
+        StatusClass::Reject if resp.status == 413 => match split_body(&batch.body, &run.id) {
+            Some(halves) => {
+                let children: Vec<BatchRecord> = halves
+                    .into_iter()
+                    .map(|(id, lo, hi, rows, body)| BatchRecord {
+                        id,
+                        run_id: run.id.clone(),
+                        seq_first: lo as i64,
+                        seq_last: hi as i64,
+                        rows: rows as i64,
+                        body,
+                        delivered: false,
+                    })
+                    .collect();
+                tracing::warn!(
+                    batch = batch_id,
+                    rows = batch.rows,
+                    "destination said 413: splitting the batch in two"
+                );
+                record.detail = format!("413: split into {} and {}", children[0].id, children[1].id);
+                ctx.store.split_batch(run, &record, children).await?;
+                children_jobs(ctx, run, &batch).await
+            }
+            None => {
+                ctx.store.record_attempt(&run.id, &record).await?;
+                Err(StageError::PushRejected {
+                    batch_id: batch_id.to_owned(),
+                    status: resp.status,
+                    excerpt: format!(
+                        "a single change record is larger than the destination accepts: {}",
+                        resp.excerpt
+                    ),
+                })
+            }
+        },
         StatusClass::Reject => {
             ctx.store.record_attempt(&run.id, &record).await?;
             Err(StageError::PushRejected {
@@ -81,4 +126,23 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
             })
         }
     }
+}
+
+/// Push jobs for undelivered batches inside a (split) batch's sequence range.
+async fn children_jobs(ctx: &Ctx, run: &Run, parent: &BatchRecord) -> Result<Vec<Job>, StageError> {
+    Ok(ctx
+        .store
+        .pending_batches(&run.id)
+        .await?
+        .into_iter()
+        .filter(|(id, lo, hi)| *id != parent.id && *lo >= parent.seq_first && *hi <= parent.seq_last)
+        .map(|(batch_id, _, _)| {
+            Job::new(super::run_task(run, |tenant, source, run_id| Task::Push {
+                tenant,
+                source,
+                run_id,
+                batch_id,
+            }))
+        })
+        .collect())
 }

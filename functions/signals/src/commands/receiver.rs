@@ -32,6 +32,9 @@ pub struct ReceiverArgs {
     /// `Retry-After` seconds sent with an injected 429.
     #[arg(long, default_value_t = 1)]
     pub retry_after_secs: u64,
+    /// Answer 413 to bodies larger than this many bytes.
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
 }
 
 /// Serves until SIGINT/SIGTERM.
@@ -49,6 +52,7 @@ pub async fn receiver(args: ReceiverArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("receiver listening on http://{}", listener.local_addr()?);
     let mut state = ReceiverState::new(db, expect);
+    state.max_body_bytes = args.max_body_bytes;
     if !args.faults.is_empty() {
         let mut rates = FaultRates::parse(&args.faults).map_err(anyhow::Error::msg)?;
         rates.slow_ms = args.slow_ms;

@@ -95,9 +95,9 @@ impl BatchStore for PgStore {
         Ok(())
     }
 
-    async fn pending_batches(&self, run_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn pending_batches(&self, run_id: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let sql = format!(
-            "SELECT id FROM {}.batches WHERE run_id = $1 AND delivered_at IS NULL ORDER BY seq_first",
+            "SELECT id, seq_first, seq_last FROM {}.batches WHERE run_id = $1 AND delivered_at IS NULL ORDER BY seq_first",
             self.s
         );
         let rows = self
@@ -106,7 +106,49 @@ impl BatchStore for PgStore {
             .query(&sql, &[&run_id])
             .await
             .map_err(pg_err("pending batches"))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    async fn split_batch(&self, run: &Run, attempt: &Attempt, children: Vec<BatchRecord>) -> Result<(), StoreError> {
+        let (s, err) = (&self.s, pg_err("split batch"));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        insert_attempt(&tx, s, &run.id, attempt).await.map_err(&err)?;
+        let first = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.batches SET delivered_at = $2, body = NULL WHERE id = $1 AND delivered_at IS NULL"
+                ),
+                &[&attempt.batch_id, &now_ms()],
+            )
+            .await
+            .map_err(&err)?
+            == 1;
+        if first {
+            for b in &children {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
+                         ON CONFLICT (id) DO NOTHING"
+                    ),
+                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body],
+                )
+                .await
+                .map_err(&err)?;
+            }
+            tx.execute(
+                &format!(
+                    "UPDATE {s}.runs SET batches_total = batches_total + $2, batches_delivered = batches_delivered + 1, \
+                     updated_at = $3 WHERE id = $1"
+                ),
+                &[&run.id, &(children.len() as i64), &now_ms()],
+            )
+            .await
+            .map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(2 + children.len() as u64);
+        Ok(())
     }
 
     async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {

@@ -73,14 +73,44 @@ impl BatchStore for SqliteStore {
             .await
     }
 
-    async fn pending_batches(&self, run_id: &str) -> Result<Vec<String>, StoreError> {
+    async fn pending_batches(&self, run_id: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let run_id = run_id.to_owned();
         self.db
             .read("pending batches", move |c| {
-                let mut stmt =
-                    c.prepare("SELECT id FROM batches WHERE run_id = ?1 AND delivered_at IS NULL ORDER BY seq_first")?;
-                let rows = stmt.query_map([run_id], |r| r.get(0))?;
+                let mut stmt = c.prepare(
+                    "SELECT id, seq_first, seq_last FROM batches WHERE run_id = ?1 AND delivered_at IS NULL ORDER BY seq_first",
+                )?;
+                let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect()
+            })
+            .await
+    }
+
+    async fn split_batch(&self, run: &Run, attempt: &Attempt, children: Vec<BatchRecord>) -> Result<(), StoreError> {
+        let (run_id, attempt) = (run.id.clone(), attempt.clone());
+        self.db
+            .write("split batch", move |tx| {
+                insert_attempt(tx, &run_id, &attempt)?;
+                let first = tx.execute(
+                    "UPDATE batches SET delivered_at = ?2, body = NULL WHERE id = ?1 AND delivered_at IS NULL",
+                    params![attempt.batch_id, now_ms()],
+                )? == 1;
+                if !first {
+                    return Ok(());
+                }
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (id) DO NOTHING",
+                )?;
+                for b in &children {
+                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, b.body])?;
+                }
+                tx.execute(
+                    "UPDATE runs SET batches_total = batches_total + ?2, batches_delivered = batches_delivered + 1, \
+                     updated_at = ?3 WHERE id = ?1",
+                    params![run_id, children.len() as i64, now_ms()],
+                )?;
+                Ok(())
             })
             .await
     }
