@@ -89,10 +89,25 @@ impl BodyBuilder {
     }
 }
 
+/// One half of a split batch.
+#[derive(Debug)]
+pub struct Half {
+    /// Deterministic batch id of the half.
+    pub id: String,
+    /// First sequence number.
+    pub first: u64,
+    /// Last sequence number.
+    pub last: u64,
+    /// Change records.
+    pub records: usize,
+    /// Complete request body.
+    pub body: Vec<u8>,
+}
+
 /// Splits a batch body in two halves by its change records, each a complete body with its own
 /// deterministic batch id and sequence range; `None` if it holds fewer than two records or is
-/// not a body we built. Returns (batch id, first seq, last seq, records, body) per half.
-pub fn split_body(body: &[u8], run_id: &str) -> Option<[(String, u64, u64, usize, Vec<u8>); 2]> {
+/// not a body we built.
+pub fn split_body(body: &[u8], run_id: &str) -> Option<[Half; 2]> {
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let changes = v.get_mut("changes")?.as_array_mut()?;
     if changes.len() < 2 {
@@ -100,7 +115,7 @@ pub fn split_body(body: &[u8], run_id: &str) -> Option<[(String, u64, u64, usize
     }
     let second = changes.split_off(changes.len() / 2);
     let first = std::mem::take(changes);
-    let mut half = |records: Vec<serde_json::Value>| -> Option<(String, u64, u64, usize, Vec<u8>)> {
+    let mut half = |records: Vec<serde_json::Value>| -> Option<Half> {
         let seq = |c: &serde_json::Value| c.get("seq").and_then(serde_json::Value::as_u64);
         let (lo, hi) = (seq(records.first()?)?, seq(records.last()?)?);
         let id = crate::domain::batching::batch_id(run_id, lo, hi);
@@ -109,7 +124,13 @@ pub fn split_body(body: &[u8], run_id: &str) -> Option<[(String, u64, u64, usize
         v["batch_id"] = id.clone().into();
         v["seq_first"] = lo.into();
         v["seq_last"] = hi.into();
-        Some((id, lo, hi, n, serde_json::to_vec(&v).ok()?))
+        Some(Half {
+            id,
+            first: lo,
+            last: hi,
+            records: n,
+            body: serde_json::to_vec(&v).ok()?,
+        })
     };
     Some([half(first)?, half(second)?])
 }
@@ -172,9 +193,9 @@ mod tests {
             b.push(seq, Op::Insert, &format!("{{\"id\":{seq}}}"));
         }
         let [a, z] = split_body(&b.finish("r.1-5"), "r").unwrap();
-        assert_eq!((a.0.as_str(), a.1, a.2, a.3), ("r.1-2", 1, 2, 2));
-        assert_eq!((z.0.as_str(), z.1, z.2, z.3), ("r.3-5", 3, 5, 3));
-        let body: serde_json::Value = serde_json::from_slice(&z.4).unwrap();
+        assert_eq!((a.id.as_str(), a.first, a.last, a.records), ("r.1-2", 1, 2, 2));
+        assert_eq!((z.id.as_str(), z.first, z.last, z.records), ("r.3-5", 3, 5, 3));
+        let body: serde_json::Value = serde_json::from_slice(&z.body).unwrap();
         assert_eq!(
             (
                 body["batch_id"].as_str(),

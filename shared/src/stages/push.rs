@@ -86,13 +86,13 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
             Some(halves) => {
                 let children: Vec<BatchRecord> = halves
                     .into_iter()
-                    .map(|(id, lo, hi, rows, body)| BatchRecord {
-                        id,
+                    .map(|h| BatchRecord {
+                        id: h.id,
                         run_id: run.id.clone(),
-                        seq_first: lo as i64,
-                        seq_last: hi as i64,
-                        rows: rows as i64,
-                        body,
+                        seq_first: h.first as i64,
+                        seq_last: h.last as i64,
+                        rows: h.records as i64,
+                        body: h.body,
                         delivered: false,
                     })
                     .collect();
