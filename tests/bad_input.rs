@@ -19,7 +19,7 @@ async fn retry_all(h: &Harness) {
             .enqueue(&[job.next(job.task.clone())], Duration::ZERO)
             .await
             .unwrap();
-        h.store.resolve_dead_letter(d.id, "retried").await.unwrap();
+        h.store.resolve_dead_letter(d.id, "retried", "test").await.unwrap();
     }
     h.run_until_idle().await;
 }
@@ -86,7 +86,7 @@ async fn unknown_tenants_sources_and_key_columns_are_named(h: Harness) {
     .await;
     let d = only_dead_letter(&h).await;
     assert!(d.error.contains("unknown tenant `nobody`"), "{}", d.error);
-    h.store.resolve_dead_letter(d.id, "dropped").await.unwrap();
+    h.store.resolve_dead_letter(d.id, "dropped", "test").await.unwrap();
 
     h.onboard().await;
     let d = only_dead_letter(&h).await;
@@ -97,7 +97,7 @@ async fn unknown_tenants_sources_and_key_columns_are_named(h: Harness) {
         d.error
     );
     assert_eq!(h.runs().await[0].display_state(), "blocked");
-    h.store.resolve_dead_letter(d.id, "dropped").await.unwrap();
+    h.store.resolve_dead_letter(d.id, "dropped", "test").await.unwrap();
 
     let run = h
         .store
@@ -113,7 +113,7 @@ async fn unknown_tenants_sources_and_key_columns_are_named(h: Harness) {
     .await;
     let d = only_dead_letter(&h).await;
     assert!(d.error.contains("tenant `t` has no data source `ghost`"), "{}", d.error);
-    h.store.resolve_dead_letter(d.id, "dropped").await.unwrap();
+    h.store.resolve_dead_letter(d.id, "dropped", "test").await.unwrap();
 
     // A job naming another tenant's run finds nothing: tenants never see each other's runs.
     h.run_job(Job::new(Task::Merge {

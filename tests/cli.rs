@@ -115,3 +115,89 @@ async fn the_jsonl_sink_writes_batches_instead_of_pushing() {
     assert_eq!((text.lines().count(), changes), (3, 1_100));
     assert_eq!(h.stats().batches, 0, "nothing reached the receiver");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_dead_letter_is_confirmed_recorded_and_repairs_exactly_its_keys() {
+    let h = Harness::on(signals_tests::StoreKind::Postgres).await;
+    create_items(&h.src(), 1_200);
+    let path = write_config(&h, &h.config(&items_source(1_000)));
+    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    h.receiver.faults.push(Fault {
+        status: 422,
+        times: 1,
+        dataset: None,
+        retry_after_secs: None,
+        body: Some("nope".into()),
+    });
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    let (_, list) = run_cli(
+        BIN,
+        &h,
+        &["dlq", "list", "--class", "4xx", "--tenant", "t", "--source", "items"],
+        &[],
+    );
+    assert!(list.contains("422"), "{list}");
+    let (_, none) = run_cli(BIN, &h, &["dlq", "list", "--class", "5xx"], &[]);
+    assert!(!none.contains("422"), "{none}");
+
+    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1"], &[]);
+    assert!(
+        !status.success() && out.contains("refusing to drop without confirmation"),
+        "{out}"
+    );
+    let (status, out) = run_cli(
+        BIN,
+        &h,
+        &["dlq", "drop", "1", "--yes", "--by", "alice", "--repair"],
+        &[],
+    );
+    assert!(status.success(), "{out}");
+    assert!(
+        out.contains("dropped by alice") && out.contains("the run is done"),
+        "{out}"
+    );
+    assert!(
+        out.contains("re-sends 500 keys"),
+        "exactly the dropped batch's keys: {out}"
+    );
+    let (_, shown) = run_cli(BIN, &h, &["dlq", "show", "1"], &[]);
+    assert!(
+        shown.contains("\"state\": \"dropped\"") && shown.contains("\"resolved_by\": \"alice\""),
+        "{shown}"
+    );
+    assert_eq!(h.stats().changes, 700, "the destination is behind by the dropped batch");
+
+    // The next run re-sends exactly those 500 keys, and the destination catches up.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(run_cli(BIN, &h, &["run", "--until-idle", "--tick"], &[]).0.success());
+    let run = &h.runs().await[0];
+    assert_eq!(
+        (run.display_state(), run.updates, run.inserts, run.deletes),
+        ("done", 500, 0, 0)
+    );
+    h.assert_in_sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_failed_snapshot_abandons_its_run_and_frees_the_source() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 300);
+    let bad = write_config(
+        &h,
+        &h.config(&items_source(1_000))
+            .replace("key = [\"id\"]", "key = [\"nope\"]"),
+    );
+    assert!(run_cli(BIN, &h, &["config", "apply", &bad], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--no-repair"], &[]);
+    assert!(status.success() && out.contains("abandoned"), "{out}");
+    assert_eq!(h.runs().await[0].display_state(), "abandoned");
+    let good = write_config(&h, &h.config(&items_source(1_000)));
+    assert!(run_cli(BIN, &h, &["config", "apply", &good], &[]).0.success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(run_cli(BIN, &h, &["run", "--until-idle", "--tick"], &[]).0.success());
+    assert_eq!(h.runs().await[0].display_state(), "done");
+    h.assert_in_sync().await;
+}

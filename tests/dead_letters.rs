@@ -55,7 +55,7 @@ async fn a_rejected_batch_blocks_the_source_until_retried(h: Harness) {
         .enqueue(&[job.next(job.task.clone())], Duration::ZERO)
         .await
         .unwrap();
-    assert!(h.store.resolve_dead_letter(d.id, "retried").await.unwrap());
+    assert!(h.store.resolve_dead_letter(d.id, "retried", "test").await.unwrap());
     h.run_until_idle().await;
     assert_eq!(h.runs().await[0].display_state(), "done");
 

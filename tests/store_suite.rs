@@ -119,9 +119,9 @@ async fn dead_letters_are_recorded_once_per_message(h: Harness) {
         ),
         (Some("t"), Some("r9"), "first")
     );
-    assert!(h.store.resolve_dead_letter(a, "retried").await.unwrap());
+    assert!(h.store.resolve_dead_letter(a, "retried", "test").await.unwrap());
     assert!(
-        !h.store.resolve_dead_letter(a, "retried").await.unwrap(),
+        !h.store.resolve_dead_letter(a, "retried", "test").await.unwrap(),
         "only open ones resolve"
     );
     assert!(h.store.dead_letters(true).await.unwrap().is_empty());
@@ -186,7 +186,7 @@ async fn tenants_never_see_each_others_rows(h: Harness) {
         "{dead:#?}"
     );
     for d in &dead {
-        h.store.resolve_dead_letter(d.id, "dropped").await.unwrap();
+        h.store.resolve_dead_letter(d.id, "dropped", "test").await.unwrap();
     }
 
     // Tenant u onboards its own `items`: its staging starts empty (all inserts), t's is untouched.

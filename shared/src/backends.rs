@@ -3,12 +3,8 @@
 
 use crate::domain::secret_ref::SecretRef;
 use crate::errors::StoreError;
-use crate::ports::{JobQueue, Store};
+pub use crate::ports::Backend;
 use std::sync::Arc;
-
-/// A store that also holds the table queue.
-pub trait Backend: Store + JobQueue {}
-impl<T: Store + JobQueue> Backend for T {}
 
 /// Default PostgreSQL schema of the store.
 pub const DEFAULT_PG_SCHEMA: &str = "signals";

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod errors;
 pub mod hosts;
 pub mod metrics;
+pub mod ops;
 pub mod ports;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -18,6 +18,10 @@ pub const HASH_ALGORITHM: &str = "xxh3-128";
 /// A row's 128-bit hash, big-endian.
 pub type RowHash = [u8; 16];
 
+/// A hash staging records for a key whose destination state is unknown (repair): it matches no
+/// row, so the next diff re-sends the key — as an update if the source has it, else a delete.
+pub const INVALID_HASH: RowHash = [0; 16];
+
 mod tag {
     pub const NULL: u8 = 0x00;
     pub const BOOL: u8 = 0x01;

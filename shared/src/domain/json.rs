@@ -92,6 +92,26 @@ pub fn write_object<'a>(
     out.push('}');
 }
 
+/// Reads a key value back from its protocol JSON, given its column type (for repairs, which
+/// start from a batch body or a destination's key list). `None` if it does not fit the type.
+pub fn key_value_from_json(v: &serde_json::Value, ty: super::schema::ColumnType) -> Option<Value> {
+    use super::schema::ColumnType as T;
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
+    let s = v.as_str();
+    Some(match ty {
+        T::Int => Value::Int(v.as_i64().or_else(|| s?.parse().ok())?),
+        T::Bool => Value::Bool(v.as_bool()?),
+        T::Text => Value::Text(s?.to_owned()),
+        T::Bytes => Value::Bytes(base64::engine::general_purpose::STANDARD.decode(s?).ok()?),
+        T::Uuid => Value::Uuid(*uuid::Uuid::parse_str(s?).ok()?.as_bytes()),
+        T::Date => Value::Date(NaiveDate::parse_from_str(s?, "%Y-%m-%d").ok()?),
+        T::Time => Value::Time(NaiveTime::parse_from_str(s?, "%H:%M:%S%.f").ok()?),
+        T::Timestamp => Value::Timestamp(NaiveDateTime::parse_from_str(s?, "%Y-%m-%dT%H:%M:%S%.f").ok()?),
+        T::Timestamptz => Value::TimestampTz(DateTime::parse_from_rfc3339(s?).ok()?),
+        T::Decimal | T::Float32 | T::Float64 | T::Json => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +152,29 @@ mod tests {
             let back: f64 = serde_json::from_str(&j(Value::F64(f))).unwrap();
             assert_eq!(back.to_bits(), f.to_bits());
         }
+    }
+
+    #[test]
+    fn key_values_read_back_from_their_json() {
+        use crate::domain::schema::ColumnType as T;
+        let cases = [
+            (Value::Int(9_007_199_254_740_993), T::Int),
+            (Value::Int(-5), T::Int),
+            (Value::Text("é\"x".into()), T::Text),
+            (Value::Bytes(vec![0, 1, 255]), T::Bytes),
+            (Value::Uuid([7; 16]), T::Uuid),
+            (Value::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()), T::Date),
+            (
+                Value::TimestampTz(DateTime::parse_from_rfc3339("2024-01-02T03:04:05.25+05:30").unwrap()),
+                T::Timestamptz,
+            ),
+            (Value::Bool(true), T::Bool),
+        ];
+        for (v, ty) in cases {
+            let json: serde_json::Value = serde_json::from_str(&j(v.clone())).unwrap();
+            assert_eq!(key_value_from_json(&json, ty), Some(v));
+        }
+        assert_eq!(key_value_from_json(&serde_json::json!("x"), T::Int), None);
     }
 
     #[test]

@@ -114,3 +114,7 @@ pub trait Pusher: Send + Sync {
 
 mod store;
 pub use store::*;
+
+/// A store that also holds the table queue.
+pub trait Backend: Store + JobQueue {}
+impl<T: Store + JobQueue> Backend for T {}

@@ -47,6 +47,8 @@ pub enum RunState {
     Batched,
     /// Every batch delivered.
     Done,
+    /// Given up by an operator (a dropped dead letter); it no longer holds its data source.
+    Abandoned,
 }
 
 impl RunState {
@@ -59,6 +61,7 @@ impl RunState {
             RunState::Merged => "merged",
             RunState::Batched => "batched",
             RunState::Done => "done",
+            RunState::Abandoned => "abandoned",
         }
     }
     /// From a stored name.
@@ -70,6 +73,7 @@ impl RunState {
             RunState::Merged,
             RunState::Batched,
             RunState::Done,
+            RunState::Abandoned,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -232,6 +236,8 @@ pub struct DeadLetter {
     pub attempts: u32,
     /// `open`, `retried` or `dropped`.
     pub state: String,
+    /// Who retried or dropped it.
+    pub resolved_by: Option<String>,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
 }
@@ -277,6 +283,8 @@ pub trait RunStore: Send + Sync {
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
     /// Records an error against a run (shown in status).
     async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
+    /// Gives a run up (`abandoned`), dropping its scratch rows; its data source is free again.
+    async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError>;
 }
 
 /// Staging state and deltas.
@@ -294,6 +302,9 @@ pub trait StagingStore: Send + Sync {
     async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
     async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
+    /// Makes staging forget what it knows of these keys (a hash no row has), so the next run
+    /// re-sends each key's current state: an upsert if the source has it, a delete if not.
+    async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError>;
     /// The run's change records in sequence order: (op, payload).
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError>;
 }
@@ -335,8 +346,8 @@ pub trait DeadLetterStore: Send + Sync {
     async fn dead_letters(&self, open_only: bool) -> Result<Vec<DeadLetter>, StoreError>;
     /// One dead letter.
     async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
-    /// Marks it retried (open → retried); false if it was not open.
-    async fn resolve_dead_letter(&self, id: i64, state: &str) -> Result<bool, StoreError>;
+    /// Resolves an open dead letter (`retried` or `dropped`), recording who; false if it was not open.
+    async fn resolve_dead_letter(&self, id: i64, state: &str, by: &str) -> Result<bool, StoreError>;
 }
 
 /// Every store port together: what a host hands to the stages.

@@ -7,7 +7,7 @@ use crate::ports::{DeadLetter, DeadLetterStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 
-const COLS: &str = "id, tenant, source, run_id, stage, message, error, attempts, state, created_at";
+const COLS: &str = "id, tenant, source, run_id, stage, message, error, attempts, state, created_at, resolved_by";
 
 fn map(r: &tokio_postgres::Row) -> DeadLetter {
     DeadLetter {
@@ -21,6 +21,7 @@ fn map(r: &tokio_postgres::Row) -> DeadLetter {
         attempts: r.get::<_, i32>(7) as u32,
         state: r.get(8),
         created_at: from_ms(r.get(9)),
+        resolved_by: r.get(10),
     }
 }
 
@@ -98,15 +99,15 @@ impl DeadLetterStore for PgStore {
         Ok(row.as_ref().map(map))
     }
 
-    async fn resolve_dead_letter(&self, id: i64, state: &str) -> Result<bool, StoreError> {
+    async fn resolve_dead_letter(&self, id: i64, state: &str, by: &str) -> Result<bool, StoreError> {
         let sql = format!(
-            "UPDATE {}.dead_letters SET state = $2, resolved_at = $3 WHERE id = $1 AND state = 'open'",
+            "UPDATE {}.dead_letters SET state = $2, resolved_at = $3, resolved_by = $4 WHERE id = $1 AND state = 'open'",
             self.s
         );
         let n = self
             .client()
             .await?
-            .execute(&sql, &[&id, &state, &now_ms()])
+            .execute(&sql, &[&id, &state, &now_ms(), &by])
             .await
             .map_err(pg_err("resolve dead letter"))?;
         self.count(n);

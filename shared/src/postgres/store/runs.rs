@@ -115,7 +115,7 @@ impl RunStore for PgStore {
 
     async fn source_clocks(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError> {
         let sql = format!(
-            "SELECT source, MAX(created_at), BOOL_OR(state <> 'done') FROM {}.runs WHERE tenant = $1 GROUP BY source",
+            "SELECT source, MAX(created_at), BOOL_OR(state NOT IN ('done', 'abandoned')) FROM {}.runs WHERE tenant = $1 GROUP BY source",
             self.s
         );
         let rows = self
@@ -190,6 +190,31 @@ impl RunStore for PgStore {
                 done: r.get(3),
             })
             .collect())
+    }
+
+    async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError> {
+        let (s, err) = (&self.s, pg_err("abandon run"));
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        tx.execute(
+            &format!(
+                "UPDATE {s}.runs SET state = 'abandoned', last_error = $2, finished_at = $3, updated_at = $3 \
+                 WHERE id = $1 AND state NOT IN ('done', 'abandoned')"
+            ),
+            &[&run_id, &reason, &now_ms()],
+        )
+        .await
+        .map_err(&err)?;
+        for sql in [
+            format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
+            format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
+            format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1"),
+        ] {
+            tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        self.count(1);
+        Ok(())
     }
 
     async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {

@@ -5,7 +5,8 @@ use crate::errors::StoreError;
 use deadpool_postgres::Pool;
 
 /// Migrations in order; `{s}` is the quoted schema name.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.config_versions (
     version    BIGSERIAL PRIMARY KEY,
     toml       TEXT NOT NULL,
@@ -116,7 +117,13 @@ CREATE TABLE {s}.jobs (
     last_error  TEXT
 );
 CREATE INDEX jobs_visible ON {s}.jobs (stage, visible_at);
-"#];
+"#,
+    r#"
+ALTER TABLE {s}.dead_letters ADD COLUMN resolved_by TEXT;
+DROP INDEX {s}.runs_one_active;
+CREATE UNIQUE INDEX runs_one_active ON {s}.runs (tenant, source) WHERE state NOT IN ('done', 'abandoned');
+"#,
+];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.
 pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 //! in one transaction.
 
 use super::{now_ms, PgStore};
-use crate::domain::{diff::Op, encoding::RowHash, schema::TableSchema};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
 use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use crate::postgres::pool::pg_err;
@@ -206,6 +206,22 @@ impl StagingStore for PgStore {
         tx.commit().await.map_err(&err)?;
         self.count(2 + upserted + deleted);
         Ok(true)
+    }
+
+    async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        let sql = format!(
+            "INSERT INTO {}.staging (tenant, source, key, hash) SELECT $1, $2, k, $4 FROM UNNEST($3::BYTEA[]) AS k \
+             ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash",
+            self.s
+        );
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&tenant, &source, &keys, &INVALID_HASH.to_vec()])
+            .await
+            .map_err(pg_err("invalidate staging"))?;
+        self.count(n);
+        Ok(n)
     }
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {

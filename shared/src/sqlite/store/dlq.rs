@@ -7,7 +7,7 @@ use crate::ports::{DeadLetter, DeadLetterStore};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
-const COLS: &str = "id, tenant, source, run_id, stage, message, error, attempts, state, created_at";
+const COLS: &str = "id, tenant, source, run_id, stage, message, error, attempts, state, created_at, resolved_by";
 
 fn map(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     Ok(DeadLetter {
@@ -21,6 +21,7 @@ fn map(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
         attempts: r.get(7)?,
         state: r.get(8)?,
         created_at: from_ms(r.get(9)?),
+        resolved_by: r.get(10)?,
     })
 }
 
@@ -84,13 +85,13 @@ impl DeadLetterStore for SqliteStore {
             .await
     }
 
-    async fn resolve_dead_letter(&self, id: i64, state: &str) -> Result<bool, StoreError> {
-        let state = state.to_owned();
+    async fn resolve_dead_letter(&self, id: i64, state: &str, by: &str) -> Result<bool, StoreError> {
+        let (state, by) = (state.to_owned(), by.to_owned());
         self.db
             .write("resolve dead letter", move |tx| {
                 let n = tx.execute(
-                    "UPDATE dead_letters SET state = ?2, resolved_at = ?3 WHERE id = ?1 AND state = 'open'",
-                    params![id, state, now_ms()],
+                    "UPDATE dead_letters SET state = ?2, resolved_at = ?3, resolved_by = ?4 WHERE id = ?1 AND state = 'open'",
+                    params![id, state, now_ms(), by],
                 )?;
                 Ok(n == 1)
             })

@@ -112,7 +112,7 @@ impl RunStore for SqliteStore {
         self.db
             .read("source clocks", move |c| {
                 let mut stmt = c.prepare(
-                    "SELECT source, MAX(created_at), MAX(state <> 'done') FROM runs WHERE tenant = ?1 GROUP BY source",
+                    "SELECT source, MAX(created_at), MAX(state NOT IN ('done', 'abandoned')) FROM runs WHERE tenant = ?1 GROUP BY source",
                 )?;
                 let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, from_ms(r.get(1)?), r.get(2)?)))?;
                 rows.collect()
@@ -167,6 +167,23 @@ impl RunStore for SqliteStore {
                     })
                 })?;
                 rows.collect()
+            })
+            .await
+    }
+
+    async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError> {
+        let (run_id, reason) = (run_id.to_owned(), reason.to_owned());
+        self.db
+            .write("abandon run", move |tx| {
+                tx.execute(
+                    "UPDATE runs SET state = 'abandoned', last_error = ?2, finished_at = ?3, updated_at = ?3 \
+                     WHERE id = ?1 AND state NOT IN ('done', 'abandoned')",
+                    params![run_id, reason, now_ms()],
+                )?;
+                tx.execute("DELETE FROM deltas WHERE run_id = ?1", [&run_id])?;
+                tx.execute("DELETE FROM chunks WHERE run_id = ?1", [&run_id])?;
+                tx.execute("UPDATE batches SET body = NULL WHERE run_id = ?1", [&run_id])?;
+                Ok(())
             })
             .await
     }

@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Migrations in order; each runs once, in its own transaction.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE config_versions (
     version    INTEGER PRIMARY KEY AUTOINCREMENT,
     toml       TEXT NOT NULL,
@@ -118,7 +119,14 @@ CREATE TABLE jobs (
     last_error  TEXT
 );
 CREATE INDEX jobs_visible ON jobs(visible_at);
-"#];
+"#,
+    r#"
+-- Who resolved a dead letter; abandoned runs no longer hold their data source.
+ALTER TABLE dead_letters ADD COLUMN resolved_by TEXT;
+DROP INDEX runs_one_active;
+CREATE UNIQUE INDEX runs_one_active ON runs(tenant, source) WHERE state NOT IN ('done', 'abandoned');
+"#,
+];
 
 /// Brings the schema up to date.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

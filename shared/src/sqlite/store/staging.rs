@@ -1,7 +1,7 @@
 //! Staging state and deltas in SQLite: range streams, chunk deltas, and the set-based merge.
 
 use super::{now_ms, SqliteStore};
-use crate::domain::{diff::Op, encoding::RowHash, schema::TableSchema};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
 use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
@@ -162,6 +162,22 @@ impl StagingStore for SqliteStore {
                     )?;
                 }
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        let (tenant, source) = (tenant.to_owned(), source.to_owned());
+        self.db
+            .write("invalidate staging", move |tx| {
+                let mut up = tx.prepare_cached(
+                    "INSERT INTO staging (tenant, source, key, hash) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (tenant, source, key) DO UPDATE SET hash = excluded.hash",
+                )?;
+                for k in &keys {
+                    up.execute(params![tenant, source, k, INVALID_HASH.to_vec()])?;
+                }
+                Ok(keys.len() as u64)
             })
             .await
     }
