@@ -201,3 +201,58 @@ async fn dropping_a_failed_snapshot_abandons_its_run_and_frees_the_source() {
     assert_eq!(h.runs().await[0].display_state(), "done");
     h.assert_in_sync().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_destination_changed_behind_our_back_and_repair_fixes_it() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 2_000);
+    let path = write_config(&h, &h.config(&items_source(1_000)));
+    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    let (status, out) = run_cli(BIN, &h, &["verify", "--tenant", "t"], &[]);
+    assert!(status.success() && out.contains("t/items: IN SYNC"), "{out}");
+
+    // Drift at the destination: a row changed, a row deleted, a row that should not exist.
+    let db = &h.receiver.db;
+    db.tamper("t", "items", "[7]", Some(r#"{"id":7,"name":"tampered"}"#))
+        .unwrap();
+    db.tamper("t", "items", "[8]", None).unwrap();
+    db.tamper("t", "items", "[99999]", Some(r#"{"id":99999,"name":"ghost"}"#))
+        .unwrap();
+    // And a pending source change, which is not drift (the next run sends it).
+    h.src()
+        .execute("UPDATE items SET name = 'pending' WHERE id = 1500", [])
+        .unwrap();
+
+    let (status, out) = run_cli(BIN, &h, &["verify", "--tenant", "t", "--source", "items"], &[]);
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("DRIFT") && out.contains("missing 1, extra 1, different 2"),
+        "{out}"
+    );
+    assert!(out.contains("1 changes pending in staging"), "{out}");
+    assert!(
+        out.contains("missing [8]") && out.contains("extra [99999]") && out.contains("different [7]"),
+        "{out}"
+    );
+
+    let (status, out) = run_cli(BIN, &h, &["verify", "--tenant", "t", "--repair"], &[]);
+    assert!(
+        status.success() && out.contains("repair: 4 keys re-sent by run"),
+        "{out}"
+    );
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    let run = &h.runs().await[0];
+    assert_eq!(
+        (run.display_state(), run.inserts, run.updates, run.deletes),
+        ("done", 0, 3, 1),
+        "{run:#?}"
+    );
+    let (status, out) = run_cli(BIN, &h, &["verify", "--tenant", "t"], &[]);
+    assert!(
+        status.success() && out.contains("IN SYNC") && out.contains("0 changes pending"),
+        "{out}"
+    );
+    h.assert_in_sync().await;
+}

@@ -89,6 +89,43 @@ impl BodyBuilder {
     }
 }
 
+/// `POST /v1/checksums`: a destination's summary of one dataset, for reconciliation.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChecksumRequest {
+    /// Tenant id.
+    pub tenant: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Key columns, in key order (the key text is the JSON array of their values).
+    pub key: Vec<String>,
+    /// Number of buckets rows are spread over by key.
+    pub buckets: u32,
+    /// Buckets whose rows should be listed one by one.
+    #[serde(default)]
+    pub detail: Vec<u32>,
+}
+
+/// A listed row: its key values and row hash.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChecksumRow {
+    /// Key values in key order.
+    pub key: Vec<serde_json::Value>,
+    /// Row hash, 32 hex digits.
+    pub hash: String,
+}
+
+/// The answer to a [`ChecksumRequest`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChecksumResponse {
+    /// Rows in the dataset.
+    pub rows: u64,
+    /// One summary per bucket, bucket `i` at index `i`.
+    pub buckets: Vec<crate::domain::checksum::Bucket>,
+    /// The rows of the requested detail buckets.
+    #[serde(default)]
+    pub rows_of_detail: Vec<ChecksumRow>,
+}
+
 /// One half of a split batch.
 #[derive(Debug)]
 pub struct Half {

@@ -2,4 +2,5 @@
 //! repair that leaves no destination knowingly behind), and reconciliation with a destination.
 
 pub mod drop;
+pub mod reconcile;
 pub mod repair;

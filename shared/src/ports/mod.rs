@@ -110,6 +110,14 @@ pub struct PushRequest<'a> {
 pub trait Pusher: Send + Sync {
     /// Sends the body with the batch id as `Idempotency-Key`; transport failures are errors.
     async fn push(&self, req: &PushRequest<'_>) -> Result<PushResponse, PushError>;
+
+    /// The destination's reconciliation checksums, if it offers them (`None` if it does not).
+    async fn checksums(
+        &self,
+        _req: &crate::protocol::ChecksumRequest,
+    ) -> Result<Option<crate::protocol::ChecksumResponse>, PushError> {
+        Ok(None)
+    }
 }
 
 mod store;

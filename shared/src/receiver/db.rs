@@ -176,6 +176,55 @@ impl ReceiverDb {
         )
     }
 
+    /// Reconciliation checksums of a dataset (docs/push-protocol.md §Reconciliation).
+    pub fn checksums(
+        &self,
+        req: &crate::protocol::ChecksumRequest,
+    ) -> rusqlite::Result<crate::protocol::ChecksumResponse> {
+        use crate::domain::checksum::{bucket_of, row_checksum, Bucket};
+        let n = req.buckets.clamp(1, 1 << 20);
+        let mut buckets = vec![Bucket::default(); n as usize];
+        let mut rows_of_detail = Vec::new();
+        let rows = self.rows(&req.tenant, &req.dataset)?;
+        for (key, row) in &rows {
+            let b = bucket_of(key, n);
+            let Ok(value) = serde_json::from_str::<Value>(row) else {
+                continue;
+            };
+            let h = row_checksum(&value);
+            buckets[b as usize].add(h);
+            if req.detail.contains(&b) {
+                let key = serde_json::from_str(key).unwrap_or_default();
+                rows_of_detail.push(crate::protocol::ChecksumRow {
+                    key,
+                    hash: format!("{h:032x}"),
+                });
+            }
+        }
+        Ok(crate::protocol::ChecksumResponse {
+            rows: rows.len() as u64,
+            buckets,
+            rows_of_detail,
+        })
+    }
+
+    /// Changes a stored row behind the pipeline's back (tests of drift detection).
+    pub fn tamper(&self, tenant: &str, dataset: &str, key_text: &str, row: Option<&str>) -> rusqlite::Result<usize> {
+        let conn = self.lock();
+        let id: i64 = conn.query_row(
+            "SELECT id FROM datasets WHERE tenant = ?1 AND dataset = ?2",
+            params![tenant, dataset],
+            |r| r.get(0),
+        )?;
+        match row {
+            Some(row) => conn.execute(
+                &format!("INSERT INTO rows_{id} (key, row, run_id, seq) VALUES (?1, ?2, 'tamper', 0) ON CONFLICT (key) DO UPDATE SET row = excluded.row"),
+                params![key_text, row],
+            ),
+            None => conn.execute(&format!("DELETE FROM rows_{id} WHERE key = ?1"), [key_text]),
+        }
+    }
+
     /// Every row of a dataset as (key text, row JSON); empty if the dataset never arrived.
     pub fn rows(&self, tenant: &str, dataset: &str) -> rusqlite::Result<Vec<(String, String)>> {
         let conn = self.lock();

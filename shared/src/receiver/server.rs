@@ -3,6 +3,7 @@
 
 use super::db::{ApplyError, ReceiverDb};
 use super::faults::{Draw, Faults, RateFaults};
+use crate::protocol::ChecksumRequest;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -162,6 +163,24 @@ fn dropped_connection() -> Response {
     r
 }
 
+async fn checksums(
+    State(st): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    Json(req): Json<ChecksumRequest>,
+) -> Response {
+    if let Some(want) = &st.expect_authorization {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return json_error(StatusCode::UNAUTHORIZED, "missing or wrong Authorization");
+        }
+    }
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || st2.db.checksums(&req)).await {
+        Ok(Ok(resp)) => Json(resp).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 async fn add_fault(State(st): State<Arc<ReceiverState>>, Json(f): Json<super::faults::Fault>) -> StatusCode {
     st.faults.push(f);
     StatusCode::NO_CONTENT
@@ -183,6 +202,7 @@ async fn stats(State(st): State<Arc<ReceiverState>>) -> Response {
 pub fn router(state: Arc<ReceiverState>) -> Router {
     Router::new()
         .route("/v1/batches", post(batches))
+        .route("/v1/checksums", post(checksums))
         .route("/v1/health", get(|| async { "ok" }))
         .route("/_admin/faults", post(add_fault).delete(clear_faults))
         .route("/_admin/stats", get(stats))

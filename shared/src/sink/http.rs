@@ -8,6 +8,7 @@ use crate::domain::config::{Auth, Destination};
 use crate::domain::retry::{classify_status, parse_retry_after, StatusClass};
 use crate::errors::PushError;
 use crate::ports::{PushRequest, PushResponse, Pusher};
+use crate::protocol::{ChecksumRequest, ChecksumResponse};
 use crate::secrets::resolve;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -73,12 +74,12 @@ impl HttpPusher {
     }
 
     fn request(&self, req: &PushRequest<'_>) -> Result<reqwest::RequestBuilder, PushError> {
-        let mut r = self
+        let r = self
             .client
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", req.batch_id);
-        r = if req.body.len() >= self.gzip_min_bytes {
+        let r = if req.body.len() >= self.gzip_min_bytes {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             gz.write_all(req.body).map_err(PushError::Io)?;
             r.header("Content-Encoding", "gzip")
@@ -86,6 +87,11 @@ impl HttpPusher {
         } else {
             r.body(req.body.to_vec())
         };
+        self.authorize(r)
+    }
+
+    /// Adds the credential, resolved now so a rotated secret takes effect without a restart.
+    fn authorize(&self, r: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, PushError> {
         Ok(match &self.auth {
             None | Some(Auth::Mtls { .. }) => r,
             Some(Auth::Bearer { token }) => r.bearer_auth(resolve(token).map_err(setup)?.expose()),
@@ -138,5 +144,30 @@ impl Pusher for HttpPusher {
             excerpt: excerpt(&text),
             request_id,
         })
+    }
+    async fn checksums(&self, req: &ChecksumRequest) -> Result<Option<ChecksumResponse>, PushError> {
+        let url = format!("{}/checksums", self.url.trim_end_matches("/batches"));
+        let body = serde_json::to_vec(req).map_err(|e| PushError::Setup(e.to_string()))?;
+        let r = self.authorize(
+            self.client
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(body),
+        )?;
+        let transport = |e: reqwest::Error| PushError::Transport {
+            url: url.clone(),
+            detail: e.without_url().to_string(),
+        };
+        let resp = r.send().await.map_err(transport)?;
+        match resp.status().as_u16() {
+            404 | 405 | 501 => Ok(None),
+            200..=299 => {
+                let bytes = resp.bytes().await.map_err(transport)?;
+                let parsed = serde_json::from_slice(&bytes)
+                    .map_err(|e| PushError::Setup(format!("checksums at {url}: unreadable answer: {e}")))?;
+                Ok(Some(parsed))
+            }
+            status => Err(PushError::Setup(format!("checksums at {url} answered {status}"))),
+        }
     }
 }

@@ -3,13 +3,13 @@
 use crate::ports::Batches;
 
 /// A peekable cursor over a batch stream.
-pub(super) struct Cursor<T, E> {
+pub(crate) struct Cursor<T, E> {
     rx: Batches<T, E>,
     buf: std::vec::IntoIter<T>,
 }
 
 impl<T, E> Cursor<T, E> {
-    pub(super) fn new(rx: Batches<T, E>) -> Self {
+    pub(crate) fn new(rx: Batches<T, E>) -> Self {
         Cursor {
             rx,
             buf: Vec::new().into_iter(),
@@ -17,7 +17,7 @@ impl<T, E> Cursor<T, E> {
     }
 
     /// The next item, or `None` at the end of the stream.
-    pub(super) async fn next(&mut self) -> Result<Option<T>, E> {
+    pub(crate) async fn next(&mut self) -> Result<Option<T>, E> {
         loop {
             if let Some(x) = self.buf.next() {
                 return Ok(Some(x));

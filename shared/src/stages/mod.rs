@@ -2,7 +2,7 @@
 //! redelivered or duplicated message is harmless; none knows which host or queue invoked it.
 
 mod batch;
-mod cursor;
+pub(crate) mod cursor;
 mod merge;
 mod push;
 mod scheduler;

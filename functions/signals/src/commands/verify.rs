@@ -4,6 +4,7 @@ use crate::app::{context, open_store, Exit, StoreSpec};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::ctx::DEFAULT_RETRY;
+use signals_shared::ops::reconcile::reconcile;
 use signals_shared::receiver::db::ReceiverDb;
 use signals_shared::verify::{verify_receiver, VerifyReport};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,16 @@ use std::path::{Path, PathBuf};
 /// Options of `signals verify`.
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// The receiver's database file.
+    /// Compare with a reference receiver's database file directly, row by row, instead of
+    /// through the destination's checksum endpoint.
     #[arg(long)]
-    pub receiver_db: PathBuf,
+    pub receiver_db: Option<PathBuf>,
+    /// Re-send exactly the drifted keys (upserts, and deletes for keys the source lacks).
+    #[arg(long, conflicts_with = "receiver_db")]
+    pub repair: bool,
+    /// Buckets the key space is checksummed in (more buckets: finer drift reports).
+    #[arg(long, default_value_t = 256)]
+    pub buckets: u32,
     /// Only this tenant.
     #[arg(long)]
     pub tenant: Option<String>,
@@ -34,9 +42,12 @@ pub async fn verify_all(
     Ok(verify_receiver(&ctx, &db, tenant, source).await?)
 }
 
-/// Prints the comparison; exits 2 if any dataset differs.
+/// Prints the comparison; exits 2 if any dataset differs (and was not repaired).
 pub async fn verify(store: &StoreSpec, args: VerifyArgs) -> anyhow::Result<()> {
-    let reports = verify_all(store, &args.receiver_db, args.tenant.as_deref(), args.source.as_deref()).await?;
+    let Some(receiver_db) = &args.receiver_db else {
+        return reconcile_all(store, &args).await;
+    };
+    let reports = verify_all(store, receiver_db, args.tenant.as_deref(), args.source.as_deref()).await?;
     print_reports(&reports);
     if reports.iter().all(|r| r.2.equal()) {
         Ok(())
@@ -63,4 +74,56 @@ pub fn print_reports(reports: &[(String, String, VerifyReport)]) {
             }
         );
     }
+}
+
+/// Reconciles every matching data source through its destination's checksum endpoint.
+async fn reconcile_all(store: &StoreSpec, args: &VerifyArgs) -> anyhow::Result<()> {
+    let backend = open_store(store).await?;
+    let ctx = context(backend.clone(), None, DEFAULT_RETRY);
+    let (_, config) = ctx.latest_config().await?.context("no configuration applied")?;
+    let mut drift = false;
+    for (tid, t) in config
+        .tenants
+        .iter()
+        .filter(|(id, _)| args.tenant.as_deref().is_none_or(|w| w == id.as_str()))
+    {
+        for sid in t
+            .sources
+            .keys()
+            .filter(|id| args.source.as_deref().is_none_or(|w| w == id.as_str()))
+        {
+            let r = reconcile(&ctx, backend.as_ref(), tid, sid, args.buckets, args.repair).await?;
+            let verdict = if r.in_sync() { "IN SYNC" } else { "DRIFT" };
+            println!(
+                "  {tid}/{sid}: {verdict} — source {} rows, destination {} rows, missing {}, extra {}, different {} \
+                 ({} of {} key buckets drifted); {} changes pending in staging",
+                r.source_rows,
+                r.destination_rows,
+                r.missing,
+                r.extra,
+                r.different,
+                r.drifted_buckets.len(),
+                r.buckets,
+                r.staging_pending
+            );
+            if !r.examples.is_empty() {
+                println!("    e.g. {}", r.examples.join("; "));
+            }
+            if args.repair && !r.in_sync() {
+                match &r.repair_run {
+                    Some(run) => println!("    repair: {} keys re-sent by run {run}", r.repaired),
+                    None => println!(
+                        "    repair: {} keys re-sent by the next run (one is active now)",
+                        r.repaired
+                    ),
+                }
+            } else if !r.in_sync() {
+                drift = true;
+            }
+        }
+    }
+    if drift {
+        return Err(Exit(2).into());
+    }
+    Ok(())
 }
