@@ -256,3 +256,26 @@ async fn verify_finds_a_destination_changed_behind_our_back_and_repair_fixes_it(
     );
     h.assert_in_sync().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_verification_repairs_drift_by_itself() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 500);
+    let source = items_source(1_000) + "verify_interval_secs = 1\nverify_repair = true\n";
+    let path = write_config(
+        &h,
+        &h.config(&source)
+            .replace("interval_secs = 1\n", "interval_secs = 3600\n"),
+    );
+    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    h.receiver.db.tamper("t", "items", "[3]", None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // One tick: the interval (an hour) is not due, the verification (a second) is.
+    assert!(run_cli(BIN, &h, &["run", "--until-idle", "--tick"], &[]).0.success());
+    let runs = h.runs().await;
+    assert_eq!(runs.len(), 2, "the verification opened a repair run: {runs:#?}");
+    assert_eq!((runs[0].updates, runs[0].display_state()), (1, "done"));
+    h.assert_in_sync().await;
+}

@@ -154,6 +154,12 @@ pub struct DataSource {
     /// No new runs start for a paused data source.
     #[serde(default)]
     pub paused: bool,
+    /// Reconcile with the destination this often (seconds; off when absent).
+    #[serde(default)]
+    pub verify_interval_secs: Option<u64>,
+    /// When a periodic verification finds drift, re-send exactly the drifted keys.
+    #[serde(default)]
+    pub verify_repair: bool,
 }
 
 impl DataSource {

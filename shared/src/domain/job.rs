@@ -65,6 +65,16 @@ pub enum Task {
         #[serde(default)]
         reports: Vec<String>,
     },
+    /// Reconcile a data source with its destination (periodic verification).
+    Verify {
+        /// Tenant id.
+        tenant: String,
+        /// Data source id.
+        source: String,
+        /// Re-send drifted keys.
+        #[serde(default)]
+        repair: bool,
+    },
     /// Describe the source, check drift, cut key-range chunks.
     Plan {
         /// Tenant id.
@@ -206,7 +216,7 @@ impl Job {
     pub fn stage(&self) -> Stage {
         match self.task {
             Task::Tick | Task::Onboard { .. } => Stage::Scheduler,
-            Task::Plan { .. } | Task::Chunk { .. } => Stage::Snapshot,
+            Task::Plan { .. } | Task::Chunk { .. } | Task::Verify { .. } => Stage::Snapshot,
             Task::Merge { .. } => Stage::Merge,
             Task::Batch { .. } => Stage::Batch,
             Task::Push { .. } => Stage::Push,
@@ -218,6 +228,7 @@ impl Job {
         match &self.task {
             Task::Tick => (None, None, None),
             Task::Onboard { tenant, .. } => (Some(tenant), None, None),
+            Task::Verify { tenant, source, .. } => (Some(tenant), Some(source), None),
             Task::Plan { tenant, source, run_id }
             | Task::Chunk {
                 tenant, source, run_id, ..

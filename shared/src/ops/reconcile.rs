@@ -14,12 +14,11 @@ use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::domain::value::Value;
 use crate::errors::{SourceError, StageError};
-use crate::ports::{Backend, KeyRange, RunKind};
+use crate::ports::{KeyRange, RunKind};
 use crate::protocol::ChecksumRequest;
 use crate::stages::cursor::Cursor;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// What one data source's reconciliation found (and did).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -93,15 +92,15 @@ fn describe_row(
 }
 
 /// Compares one data source with staging and the destination; with `repair`, schedules exactly
-/// the drifted keys for re-sending and opens a run to send them.
+/// the drifted keys for re-sending and opens a run to send them (its plan job is returned for
+/// the caller to enqueue).
 pub async fn reconcile(
     ctx: &Ctx,
-    queue: &dyn Backend,
     tenant: &str,
     source: &str,
     buckets: u32,
     repair: bool,
-) -> Result<Reconciliation, StageError> {
+) -> Result<(Reconciliation, Vec<Job>), StageError> {
     let (version, config) = ctx
         .latest_config()
         .await?
@@ -183,7 +182,7 @@ pub async fn reconcile(
         .filter(|&b| theirs.buckets.get(b as usize) != Some(&mine[b as usize]))
         .collect();
     if out.drifted_buckets.is_empty() {
-        return Ok(out);
+        return Ok((out, Vec::new()));
     }
 
     // Pass 2, only for drifted buckets: key by key.
@@ -241,17 +240,17 @@ pub async fn reconcile(
             }
         }
     }
+    let mut jobs = Vec::new();
     if repair {
         out.repaired = repair::schedule(ctx.store.as_ref(), tenant, source, keys).await?;
         if let Some(run) = ctx.store.open_run(tenant, source, RunKind::Interval, version).await? {
-            let job = Job::new(Task::Plan {
+            jobs.push(Job::new(Task::Plan {
                 tenant: tenant.into(),
                 source: source.into(),
                 run_id: run.id.clone(),
-            });
-            queue.enqueue(&[job], Duration::ZERO).await?;
+            }));
             out.repair_run = Some(run.id);
         }
     }
-    Ok(out)
+    Ok((out, jobs))
 }

@@ -283,6 +283,16 @@ pub trait RunStore: Send + Sync {
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
     /// Records an error against a run (shown in status).
     async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
+    /// Records the latest verification of a data source (`in_sync` unknown while scheduled).
+    async fn record_verification(
+        &self,
+        tenant: &str,
+        source: &str,
+        report_json: &str,
+        in_sync: Option<bool>,
+    ) -> Result<(), StoreError>;
+    /// When each data source of a tenant was last verified (or scheduled for it).
+    async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
     /// Gives a run up (`abandoned`), dropping its scratch rows; its data source is free again.
     async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError>;
 }

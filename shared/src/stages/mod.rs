@@ -18,6 +18,7 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     match &job.task {
         Task::Tick => scheduler::tick(ctx, job).await,
         Task::Onboard { tenant, reports } => scheduler::onboard(ctx, job, tenant, reports).await,
+        Task::Verify { tenant, source, repair } => verify(ctx, tenant, source, *repair).await,
         Task::Plan { tenant, run_id, .. } => snapshot::plan(ctx, job, &load_run(ctx, tenant, run_id).await?).await,
         Task::Chunk {
             tenant, run_id, chunk, ..
@@ -31,6 +32,29 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
             ..
         } => push::push(ctx, &load_run(ctx, tenant, run_id).await?, batch_id, job.attempt).await,
     }
+}
+
+/// Periodic reconciliation: records the report, counts drift, and (with repair) opens the run
+/// that re-sends the drifted keys.
+async fn verify(ctx: &Ctx, tenant: &str, source: &str, repair: bool) -> Result<Vec<Job>, StageError> {
+    let (report, jobs) = crate::ops::reconcile::reconcile(ctx, tenant, source, 256, repair).await?;
+    let json = serde_json::to_string(&report).expect("reports serialise");
+    ctx.store
+        .record_verification(tenant, source, &json, Some(report.in_sync()))
+        .await?;
+    if !report.in_sync() {
+        crate::metrics::add("signals_verify_drift_total", &[], 1.0);
+        tracing::warn!(
+            tenant,
+            source,
+            missing = report.missing,
+            extra = report.extra,
+            different = report.different,
+            repaired = report.repaired,
+            "verification found drift at the destination"
+        );
+    }
+    Ok(jobs)
 }
 
 async fn load_run(ctx: &Ctx, tenant: &str, run_id: &str) -> Result<Run, StageError> {

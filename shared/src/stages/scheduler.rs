@@ -25,6 +25,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     let now = Utc::now();
     let mut next = Vec::new();
     for (tid, tenant) in &config.tenants {
+        let verified: HashMap<String, _> = ctx.store.last_verifications(tid).await?.into_iter().collect();
         let clocks: HashMap<String, _> = ctx
             .store
             .source_clocks(tid)
@@ -50,6 +51,23 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
                     tracing::debug!(tenant = %tid, source = %sid, "previous run still active; waiting")
                 }
                 _ => {}
+            }
+            if let (Some(every), Some(_)) = (source.verify_interval_secs, clock.last_started) {
+                let due = verified
+                    .get(sid)
+                    .is_none_or(|at| (now - *at).num_seconds() >= every as i64);
+                if due && !clock.paused {
+                    // Recorded now, so the ticks before the job runs do not queue it again.
+                    ctx.store
+                        .record_verification(tid, sid, "{\"scheduled\":true}", None)
+                        .await?;
+                    let repair = source.verify_repair;
+                    next.push(job.next(Task::Verify {
+                        tenant: tid.clone(),
+                        source: sid.clone(),
+                        repair,
+                    }));
+                }
             }
         }
     }

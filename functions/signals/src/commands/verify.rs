@@ -92,7 +92,11 @@ async fn reconcile_all(store: &StoreSpec, args: &VerifyArgs) -> anyhow::Result<(
             .keys()
             .filter(|id| args.source.as_deref().is_none_or(|w| w == id.as_str()))
         {
-            let r = reconcile(&ctx, backend.as_ref(), tid, sid, args.buckets, args.repair).await?;
+            let (r, jobs) = reconcile(&ctx, tid, sid, args.buckets, args.repair).await?;
+            backend.enqueue(&jobs, std::time::Duration::ZERO).await?;
+            backend
+                .record_verification(tid, sid, &serde_json::to_string(&r)?, Some(r.in_sync()))
+                .await?;
             let verdict = if r.in_sync() { "IN SYNC" } else { "DRIFT" };
             println!(
                 "  {tid}/{sid}: {verdict} — source {} rows, destination {} rows, missing {}, extra {}, different {} \

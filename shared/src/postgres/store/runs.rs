@@ -192,6 +192,38 @@ impl RunStore for PgStore {
             .collect())
     }
 
+    async fn record_verification(
+        &self,
+        tenant: &str,
+        source: &str,
+        report_json: &str,
+        in_sync: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {}.verifications (tenant, source, at, in_sync, report_json) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant, source) DO UPDATE SET at = EXCLUDED.at, in_sync = EXCLUDED.in_sync, report_json = EXCLUDED.report_json",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&tenant, &source, &now_ms(), &in_sync, &report_json])
+            .await
+            .map_err(pg_err("record verification"))?;
+        self.count(1);
+        Ok(())
+    }
+
+    async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let sql = format!("SELECT source, at FROM {}.verifications WHERE tenant = $1", self.s);
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant])
+            .await
+            .map_err(pg_err("last verifications"))?;
+        Ok(rows.iter().map(|r| (r.get(0), from_ms(r.get(1)))).collect())
+    }
+
     async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError> {
         let (s, err) = (&self.s, pg_err("abandon run"));
         let mut c = self.client().await?;

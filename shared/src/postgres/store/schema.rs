@@ -123,6 +123,16 @@ ALTER TABLE {s}.dead_letters ADD COLUMN resolved_by TEXT;
 DROP INDEX {s}.runs_one_active;
 CREATE UNIQUE INDEX runs_one_active ON {s}.runs (tenant, source) WHERE state NOT IN ('done', 'abandoned');
 "#,
+    r#"
+CREATE TABLE {s}.verifications (
+    tenant      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    in_sync     BOOLEAN,
+    report_json TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

@@ -171,6 +171,38 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn record_verification(
+        &self,
+        tenant: &str,
+        source: &str,
+        report_json: &str,
+        in_sync: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let (tenant, source, report) = (tenant.to_owned(), source.to_owned(), report_json.to_owned());
+        self.db
+            .write("record verification", move |tx| {
+                tx.execute(
+                    "INSERT INTO verifications (tenant, source, at, in_sync, report_json) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (tenant, source) DO UPDATE SET at = excluded.at, in_sync = excluded.in_sync, \
+                     report_json = excluded.report_json",
+                    params![tenant, source, now_ms(), in_sync, report],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.db
+            .read("last verifications", move |c| {
+                let mut stmt = c.prepare("SELECT source, at FROM verifications WHERE tenant = ?1")?;
+                let rows = stmt.query_map([tenant], |r| Ok((r.get(0)?, from_ms(r.get(1)?))))?;
+                rows.collect()
+            })
+            .await
+    }
+
     async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError> {
         let (run_id, reason) = (run_id.to_owned(), reason.to_owned());
         self.db

@@ -126,6 +126,16 @@ ALTER TABLE dead_letters ADD COLUMN resolved_by TEXT;
 DROP INDEX runs_one_active;
 CREATE UNIQUE INDEX runs_one_active ON runs(tenant, source) WHERE state NOT IN ('done', 'abandoned');
 "#,
+    r#"
+CREATE TABLE verifications (
+    tenant      TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    in_sync     INTEGER,
+    report_json TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+"#,
 ];
 
 /// Brings the schema up to date.
