@@ -259,5 +259,9 @@ async fn a_worker_serves_probes_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("signals_queue_depth 0"), "{metrics}");
+    assert!(
+        metrics.contains("signals_blocked_runs 0") && metrics.contains("signals_open_dead_letters 0"),
+        "{metrics}"
+    );
     terminate(worker);
 }

@@ -46,6 +46,15 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         request_id: None,
         duration: started.elapsed(),
     };
+    let class = match &result {
+        Ok(r) => ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .get((r.status / 100).saturating_sub(1) as usize)
+            .copied()
+            .unwrap_or("other"),
+        Err(_) => "transport",
+    };
+    crate::metrics::add("signals_push_total", &[("class", class)], 1.0);
+    crate::metrics::observe("signals_push_seconds", &[], record.duration.as_secs_f64());
     let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
