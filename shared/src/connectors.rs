@@ -72,7 +72,10 @@ impl Connectors for DefaultConnectors {
                     p
                 }
             };
-            return Ok(Arc::new(crate::postgres::source::PgSource::new(pool, connection)));
+            let timeout = conn.statement_timeout_secs;
+            return Ok(Arc::new(
+                crate::postgres::source::PgSource::new(pool, connection).with_statement_timeout(timeout),
+            ));
         }
         #[cfg(feature = "sqlite")]
         if scheme == "sqlite" {
@@ -87,6 +90,43 @@ impl Connectors for DefaultConnectors {
             detail: format!("this build has no source adapter for `{scheme}:` connections"),
         }
         .into())
+    }
+
+    fn server_of(&self, tenant_id: &str, tenant: &Tenant, connection: &str) -> Result<String, StageError> {
+        let conn = tenant
+            .connections
+            .get(connection)
+            .ok_or_else(|| StageError::NotFound(format!("tenant `{tenant_id}` has no connection `{connection}`")))?;
+        if let Some(path) = &conn.sqlite_path {
+            return Ok(format!("sqlite:{}", path.display()));
+        }
+        let url = match &conn.url {
+            Some(r) => resolve(r)?,
+            None => unreachable!("validated: a connection has a path or a url"),
+        };
+        #[cfg(feature = "postgres")]
+        if crate::backends::is_postgres(url.expose()) {
+            if let Ok(c) = url.expose().parse::<tokio_postgres::Config>() {
+                let host = match c.get_hosts().first() {
+                    Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+                    #[cfg(unix)]
+                    Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+                    None => "localhost".into(),
+                };
+                let port = c.get_ports().first().copied().unwrap_or(5432);
+                return Ok(format!("postgres://{host}:{port}/{}", c.get_dbname().unwrap_or("")));
+            }
+        }
+        // Unknown kinds: the scheme and host part only, never credentials.
+        let shown = url
+            .expose()
+            .split('@')
+            .next_back()
+            .unwrap_or("")
+            .split(['/', '?', ';'])
+            .next()
+            .unwrap_or("");
+        Ok(shown.to_owned())
     }
 
     fn pusher(&self, destination_id: &str, destination: &Destination) -> Result<Arc<dyn Pusher>, StageError> {

@@ -13,6 +13,9 @@ pub trait Connectors: Send + Sync {
     /// The source behind a tenant connection.
     fn source(&self, tenant_id: &str, tenant: &Tenant, connection: &str)
         -> Result<Arc<dyn SnapshotSource>, StageError>;
+    /// A name for the server behind a connection, without credentials: query slots are counted
+    /// per server, whichever tenant or connection name reaches it.
+    fn server_of(&self, tenant_id: &str, tenant: &Tenant, connection: &str) -> Result<String, StageError>;
     /// The pusher for a destination.
     fn pusher(&self, destination_id: &str, destination: &Destination) -> Result<Arc<dyn Pusher>, StageError>;
 }
@@ -85,7 +88,13 @@ impl Ctx {
     ) -> Result<(Arc<dyn SnapshotSource>, SourceSpec, DataSource), StageError> {
         let t = config.tenant(tenant, version)?;
         let ds = config.source(tenant, source, version)?.clone();
-        let src = self.connectors.source(tenant, t, &ds.connection)?;
+        let mut src = self.connectors.source(tenant, t, &ds.connection)?;
+        let limit = t.connections.get(&ds.connection).and_then(|c| c.max_concurrent_queries);
+        if let Some(limit) = limit {
+            let server = self.connectors.server_of(tenant, t, &ds.connection)?;
+            let slots: Arc<dyn crate::ports::SlotStore> = self.store.clone();
+            src = Arc::new(crate::limits::LimitedSource::new(src, slots, server, limit));
+        }
         let spec = SourceSpec {
             table: ds.table.clone(),
             query: ds.query.clone(),

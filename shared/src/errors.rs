@@ -62,6 +62,12 @@ pub enum SourceError {
     /// A key cannot be encoded.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// This source adapter cannot do what the data source's config asks.
+    #[error("this source does not support {what}")]
+    Unsupported {
+        /// The operation.
+        what: String,
+    },
 }
 
 impl SourceError {

@@ -18,6 +18,7 @@ pub mod ctx;
 pub mod domain;
 pub mod errors;
 pub mod hosts;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod ports;

@@ -123,6 +123,57 @@ pub struct Connection {
     /// A connection URL or ADO.NET string, by secret reference (it usually holds a password).
     #[serde(default)]
     pub url: Option<SecretRef>,
+    /// Most queries at once on this connection's server, shared by every data source of every
+    /// tenant that reads from the same server, across all workers.
+    #[serde(default)]
+    pub max_concurrent_queries: Option<u32>,
+    /// UTC hours in which heavy work (initial syncs, full diffs) may run, as `"22-6"`; other work
+    /// runs at any hour.
+    #[serde(default)]
+    pub heavy_hours: Option<String>,
+    /// Longest a single source query may run (seconds).
+    #[serde(default)]
+    pub statement_timeout_secs: Option<u64>,
+}
+
+/// How a data source's changes are found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiffMode {
+    /// Read every row, hash it here, diff against staging (any source).
+    #[default]
+    Snapshot,
+    /// The source hashes each row; only (key, hash) crosses the link, then changed rows by key.
+    RemoteHash,
+    /// Rows whose cursor column moved since the last run, plus a periodic full diff for deletes.
+    Watermark,
+}
+
+impl DiffMode {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffMode::Snapshot => "snapshot",
+            DiffMode::RemoteHash => "remote_hash",
+            DiffMode::Watermark => "watermark",
+        }
+    }
+}
+
+/// Parses `heavy_hours` (`"22-6"`: from 22:00 to 06:00 UTC) into (start, end) hours.
+pub fn parse_hours(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a < 24 && b <= 24 && a != b).then_some((a, b))
+}
+
+/// Whether `hour` (0-23, UTC) falls in the window `(start, end)`, which may wrap midnight.
+pub fn in_window(hour: u32, (start, end): (u32, u32)) -> bool {
+    if start < end {
+        (start..end).contains(&hour)
+    } else {
+        hour >= start || hour < end
+    }
 }
 
 /// One table or query kept in sync with one destination dataset.
@@ -160,6 +211,19 @@ pub struct DataSource {
     /// When a periodic verification finds drift, re-send exactly the drifted keys.
     #[serde(default)]
     pub verify_repair: bool,
+    /// How changes are found: `snapshot` (default), `remote_hash` or `watermark`.
+    #[serde(default)]
+    pub diff: DiffMode,
+    /// The `watermark` mode's cursor: an `updated_at` timestamp or a monotonic integer (rowversion).
+    #[serde(default)]
+    pub watermark_column: Option<String>,
+    /// Re-read this much before the cursor (seconds for timestamps, units for integers), for
+    /// transactions in flight when the cursor was taken and clock skew.
+    #[serde(default = "defaults::watermark_overlap")]
+    pub watermark_overlap: i64,
+    /// In `watermark` mode, a full key diff (finds hard deletes) at least this often.
+    #[serde(default = "defaults::full_diff_interval_secs")]
+    pub full_diff_interval_secs: u64,
 }
 
 impl DataSource {
@@ -193,6 +257,12 @@ mod defaults {
     }
     pub fn chunk_rows() -> u64 {
         100_000
+    }
+    pub fn watermark_overlap() -> i64 {
+        60
+    }
+    pub fn full_diff_interval_secs() -> u64 {
+        3_600
     }
     pub fn max_concurrency() -> usize {
         8
@@ -335,6 +405,16 @@ impl Config {
                         "{at}, connection `{cid}`: set exactly one of `sqlite_path` and `url`"
                     ));
                 }
+                if c.max_concurrent_queries == Some(0) {
+                    p.push(format!(
+                        "{at}, connection `{cid}`, field `max_concurrent_queries`: must be at least 1"
+                    ));
+                }
+                if c.heavy_hours.as_deref().is_some_and(|h| parse_hours(h).is_none()) {
+                    p.push(format!(
+                        "{at}, connection `{cid}`, field `heavy_hours`: expected UTC hours like \"22-6\""
+                    ));
+                }
             }
             let mut datasets = BTreeMap::new();
             for (sid, s) in &t.sources {
@@ -355,6 +435,27 @@ impl Config {
                     if let Err(e) = super::ident::validate(k, "key column") {
                         p.push(format!("{at}, field `key`: {e}"));
                     }
+                }
+                if s.diff == DiffMode::Watermark {
+                    match &s.watermark_column {
+                        None => p.push(format!(
+                            "{at}, field `watermark_column`: `diff = \"watermark\"` needs the cursor column"
+                        )),
+                        Some(c) => {
+                            if let Err(e) = super::ident::validate(c, "watermark column") {
+                                p.push(format!("{at}, field `watermark_column`: {e}"));
+                            }
+                        }
+                    }
+                }
+                if s.diff == DiffMode::RemoteHash
+                    && t.connections
+                        .get(&s.connection)
+                        .is_some_and(|c| c.sqlite_path.is_some())
+                {
+                    p.push(format!(
+                        "{at}, field `diff`: `remote_hash` needs a server source (PostgreSQL, SQL Server), not SQLite"
+                    ));
                 }
                 if let Some(t) = &s.table {
                     if let Err(e) = super::ident::qualified(t, "table") {
@@ -486,6 +587,22 @@ key = ["sku", "site"]
             err.contains("tenant `acme`, data source `products`, field `key`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn heavy_hours_wrap_midnight() {
+        assert_eq!(parse_hours("22-6"), Some((22, 6)));
+        assert!(in_window(23, (22, 6)) && in_window(3, (22, 6)) && !in_window(12, (22, 6)));
+        assert!(in_window(9, (8, 18)) && !in_window(18, (8, 18)));
+        assert_eq!(parse_hours("25-3"), None);
+        assert_eq!(parse_hours("night"), None);
+    }
+
+    #[test]
+    fn watermark_needs_its_column_and_remote_hash_a_server() {
+        let bad = GOOD.replace("table = \"dbo.orders\"", "table = \"dbo.orders\"\ndiff = \"watermark\"");
+        let err = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("data source `orders`, field `watermark_column`"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! later) implement them; stages and hosts know nothing else.
 
 use crate::domain::{
+    encoding::RowHash,
     job::{Job, Stage},
     schema::TableSchema,
     value::Value,
@@ -49,6 +50,59 @@ pub trait SnapshotSource: Send + Sync {
     ) -> Result<Vec<Vec<u8>>, SourceError>;
     /// Streams the rows of `range` in ascending key order, values in schema column order.
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError>;
+
+    /// Push-down hashing: streams (key values, the source's own row hash) of `range` in key order,
+    /// so only keys and hashes cross the link.
+    fn read_hashes(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        unsupported("push-down hashing (diff = \"remote_hash\")")
+    }
+
+    /// The rows with these keys (in any order; keys the source no longer has are absent).
+    async fn read_keys(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _keys: &[Vec<Value>],
+    ) -> Result<Vec<Vec<Value>>, SourceError> {
+        Err(SourceError::Unsupported {
+            what: "reading rows by key".into(),
+        })
+    }
+
+    /// Watermark mode: streams the rows whose `column` is at least `from`, in key order.
+    fn read_since(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _column: &str,
+        _from: &Value,
+    ) -> Batches<Vec<Value>, SourceError> {
+        unsupported("watermark reads (diff = \"watermark\")")
+    }
+
+    /// The largest value of `column` (the next watermark), `None` for an empty table.
+    async fn max_of(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _column: &str,
+    ) -> Result<Option<Value>, SourceError> {
+        Err(SourceError::Unsupported {
+            what: "watermark reads (diff = \"watermark\")".into(),
+        })
+    }
+}
+
+/// A stream that fails at once: the adapter does not offer the operation.
+pub fn unsupported<T: Send + 'static>(what: &str) -> Batches<T, SourceError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Err(SourceError::Unsupported { what: what.to_owned() }));
+    rx
 }
 
 /// A message claimed from a queue.

@@ -360,8 +360,17 @@ pub trait DeadLetterStore: Send + Sync {
     async fn resolve_dead_letter(&self, id: i64, state: &str, by: &str) -> Result<bool, StoreError>;
 }
 
+/// Slots limiting concurrent queries per source server, shared by every process on the store.
+#[async_trait]
+pub trait SlotStore: Send + Sync {
+    /// Takes (or renews) `holder`'s slot on `server` if fewer than `limit` live slots are held.
+    async fn acquire_slot(&self, server: &str, holder: &str, limit: u32, lease: Duration) -> Result<bool, StoreError>;
+    /// Gives the slot back.
+    async fn release_slot(&self, server: &str, holder: &str) -> Result<(), StoreError>;
+}
+
 /// Every store port together: what a host hands to the stages.
-pub trait Store: ConfigStore + RunStore + StagingStore + BatchStore + DeadLetterStore {
+pub trait Store: ConfigStore + RunStore + StagingStore + BatchStore + DeadLetterStore + SlotStore {
     /// Rows this process has written to the store (for the "no changes ⇒ almost no writes" check).
     fn rows_written(&self) -> u64;
 }

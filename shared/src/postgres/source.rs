@@ -17,6 +17,7 @@ use tokio_postgres::types::ToSql;
 pub struct PgSource {
     pool: Pool,
     connection: String,
+    statement_timeout_secs: Option<u64>,
 }
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
@@ -81,22 +82,34 @@ impl PgSource {
         PgSource {
             pool,
             connection: connection.to_owned(),
+            statement_timeout_secs: None,
         }
     }
 
+    /// Cancels any single query that runs longer than this.
+    pub fn with_statement_timeout(mut self, secs: Option<u64>) -> PgSource {
+        self.statement_timeout_secs = secs;
+        self
+    }
+
     async fn client(&self) -> Result<Object, SourceError> {
-        connect(&self.pool, &self.connection).await
+        connect(&self.pool, &self.connection, self.statement_timeout_secs).await
     }
 }
 
-async fn connect(pool: &Pool, connection: &str) -> Result<Object, SourceError> {
+/// A pooled connection with our session settings. Reads are plain MVCC snapshots: they take no
+/// locks that could block the customer's writers.
+async fn connect(pool: &Pool, connection: &str, timeout_secs: Option<u64>) -> Result<Object, SourceError> {
     let c = pool.get().await.map_err(|e| SourceError::Connect {
         connection: connection.to_owned(),
         detail: e.to_string(),
     })?;
-    c.batch_execute("SET IntervalStyle = 'iso_8601'")
-        .await
-        .map_err(query_err)?;
+    let timeout_ms = timeout_secs.map_or(0, |s| s * 1000);
+    c.batch_execute(&format!(
+        "SET IntervalStyle = 'iso_8601'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; SET statement_timeout = {timeout_ms}"
+    ))
+    .await
+    .map_err(query_err)?;
     Ok(c)
 }
 
@@ -184,11 +197,11 @@ impl SnapshotSource for PgSource {
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (pool, connection) = (self.pool.clone(), self.connection.clone());
+        let (pool, connection, timeout) = (self.pool.clone(), self.connection.clone(), self.statement_timeout_secs);
         let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
         tokio::spawn(async move {
             let run = async {
-                let client = connect(&pool, &connection).await?;
+                let client = connect(&pool, &connection, timeout).await?;
                 let drift = Drift::between(&schema, &describe_on(&client, &spec).await?);
                 if !drift.is_empty() {
                     return Err(SourceError::ShapeChanged {

@@ -8,6 +8,7 @@ mod dlq;
 mod queue;
 mod runs;
 mod schema;
+mod slots;
 mod staging;
 
 use super::pool::{pg_err, pool, pool_err};

@@ -133,6 +133,25 @@ CREATE TABLE {s}.verifications (
     PRIMARY KEY (tenant, source)
 );
 "#,
+    r#"
+-- Source load and change modes: bytes read per run, the mode a run used, watermark cursors, and
+-- slots limiting concurrent queries per source server across every process.
+ALTER TABLE {s}.runs ADD COLUMN bytes_read BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE {s}.runs ADD COLUMN diff_mode TEXT;
+CREATE TABLE {s}.cursors (
+    tenant       TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    cursor_json  TEXT,
+    last_full_at BIGINT,
+    PRIMARY KEY (tenant, source)
+);
+CREATE TABLE {s}.source_slots (
+    server     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (server, holder)
+);
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

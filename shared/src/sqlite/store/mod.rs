@@ -7,6 +7,7 @@ mod dlq;
 mod queue;
 mod runs;
 mod schema;
+mod slots;
 mod staging;
 
 use super::db::Db;

@@ -136,6 +136,25 @@ CREATE TABLE verifications (
     PRIMARY KEY (tenant, source)
 );
 "#,
+    r#"
+-- Source load and change modes: bytes read per run, the mode a run used, watermark cursors, and
+-- slots limiting concurrent queries per source server across every process.
+ALTER TABLE runs ADD COLUMN bytes_read INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN diff_mode TEXT;
+CREATE TABLE cursors (
+    tenant       TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    cursor_json  TEXT,
+    last_full_at INTEGER,
+    PRIMARY KEY (tenant, source)
+);
+CREATE TABLE source_slots (
+    server     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (server, holder)
+);
+"#,
 ];
 
 /// Brings the schema up to date.
