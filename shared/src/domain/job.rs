@@ -144,6 +144,9 @@ pub struct Job {
     pub traceparent: Option<String>,
     /// When the job was created.
     pub created_at: DateTime<Utc>,
+    /// Not to run before this instant (e.g. heavy work waiting for its sync window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// Why a message is not a job this build can run.
@@ -180,6 +183,7 @@ impl Job {
             attempt: 0,
             traceparent: Some(format!("00-{}-{}-01", random_hex(16), random_hex(8))),
             created_at: Utc::now(),
+            not_before: None,
         }
     }
 

@@ -111,7 +111,16 @@ pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Cla
     let result = async {
         match outcome {
             Outcome::Done(next) => {
-                queue.enqueue(&next, Duration::ZERO).await?;
+                let (later, now): (Vec<Job>, Vec<Job>) = next.into_iter().partition(|j| j.not_before.is_some());
+                queue.enqueue(&now, Duration::ZERO).await?;
+                for j in later {
+                    let wait = j
+                        .not_before
+                        .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
+                    queue
+                        .enqueue(std::slice::from_ref(&j), wait.unwrap_or_default())
+                        .await?;
+                }
                 crate::crash::point("after_enqueue_before_ack");
                 queue.ack(claimed).await
             }

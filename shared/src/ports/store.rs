@@ -2,7 +2,7 @@
 //! ledger, dead letters — and the records they hold.
 
 use super::KeyRange;
-use crate::domain::{diff::Op, encoding::RowHash, job::Job, schema::TableSchema};
+use crate::domain::{config::DiffMode, diff::Op, encoding::RowHash, job::Job, schema::TableSchema};
 use crate::errors::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -125,6 +125,10 @@ pub struct Run {
     pub force_all: bool,
     /// Last error seen by any job of the run.
     pub last_error: Option<String>,
+    /// Bytes read from the source (canonical size of the values, keys and hashes that crossed).
+    pub bytes_read: i64,
+    /// How the run finds changes (set when planned).
+    pub mode: Option<RunMode>,
 }
 
 impl Run {
@@ -140,6 +144,19 @@ impl Run {
     pub fn changes(&self) -> i64 {
         self.inserts + self.updates + self.deletes
     }
+}
+
+/// What planning decided for a run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The shape read.
+    pub schema: TableSchema,
+    /// Re-send every row (accepted drift, changed diff mode).
+    pub force_all: bool,
+    /// Config version the run now follows.
+    pub config_version: i64,
+    /// How changes are found.
+    pub mode: RunMode,
 }
 
 /// One chunk of a run.
@@ -166,6 +183,23 @@ pub struct DeltaRow {
     pub payload: String,
 }
 
+/// How one run finds changes: the data source's mode, and for watermark runs whether this is a
+/// full diff and the cursor range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RunMode {
+    /// The data source's diff mode when the run was planned.
+    pub mode: DiffMode,
+    /// A full diff (every row compared; finds deletes) rather than a watermark read.
+    #[serde(default)]
+    pub full: bool,
+    /// Watermark runs: read rows whose cursor column is at least this (protocol JSON of the value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Watermark runs: the cursor to store once the run is merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// Counts one chunk contributes to its run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChunkStats {
@@ -177,6 +211,8 @@ pub struct ChunkStats {
     pub updates: i64,
     /// Deletes.
     pub deletes: i64,
+    /// Bytes read from the source.
+    pub bytes_read: i64,
 }
 
 /// A batch cut from a run's change records, its request body built once.
@@ -271,14 +307,7 @@ pub trait RunStore: Send + Sync {
     /// When the latest run of each data source of a tenant started, and whether one is active.
     async fn source_clocks(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>, bool)>, StoreError>;
     /// `planning → snapshotting`: records shape, chunks and config version; false if already planned.
-    async fn plan_run(
-        &self,
-        run: &Run,
-        schema: &TableSchema,
-        force_all: bool,
-        config_version: i64,
-        chunks: &[KeyRange],
-    ) -> Result<bool, StoreError>;
+    async fn plan_run(&self, run: &Run, plan: &Plan, chunks: &[KeyRange]) -> Result<bool, StoreError>;
     /// The run's chunks.
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
     /// Records an error against a run (shown in status).
@@ -315,6 +344,17 @@ pub trait StagingStore: Send + Sync {
     /// Makes staging forget what it knows of these keys (a hash no row has), so the next run
     /// re-sends each key's current state: an upsert if the source has it, a delete if not.
     async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError>;
+    /// Staging's hashes of these keys (absent keys are not returned).
+    async fn staged_hashes(
+        &self,
+        tenant: &str,
+        source: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError>;
+    /// A watermark data source's cursor (protocol JSON) and when its last full diff ran.
+    async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError>;
+    /// Stores the cursor after a merged watermark run (`full`: it was a full diff).
+    async fn set_cursor(&self, tenant: &str, source: &str, cursor: Option<&str>, full: bool) -> Result<(), StoreError>;
     /// The run's change records in sequence order: (op, payload).
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError>;
 }

@@ -2,6 +2,7 @@
 
 use super::run_task;
 use crate::ctx::Ctx;
+use crate::domain::config::DiffMode;
 use crate::domain::job::{Job, Task};
 use crate::errors::StageError;
 use crate::ports::{Run, RunState};
@@ -15,6 +16,13 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
         }
         RunState::Merged => {} // merged before a crash; the batch job may be missing
         _ => return Ok(Vec::new()),
+    }
+    // A watermark run moves its data source's cursor once its changes are in staging; doing it
+    // again after a crash is harmless (the same value).
+    if let Some(mode) = run.mode.as_ref().filter(|m| m.mode == DiffMode::Watermark) {
+        ctx.store
+            .set_cursor(&run.tenant, &run.source, mode.next.as_deref(), mode.full)
+            .await?;
     }
     Ok(vec![job.next(run_task(run, |tenant, source, run_id| Task::Batch {
         tenant,

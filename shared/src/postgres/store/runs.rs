@@ -1,9 +1,9 @@
 //! Runs and chunks in PostgreSQL.
 
 use super::{from_ms, now_ms, PgStore};
-use crate::domain::schema::TableSchema;
+
 use crate::errors::StoreError;
-use crate::ports::{Chunk, KeyRange, Run, RunKind, RunState, RunStore};
+use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 const RUN_COLS: &str = "id, tenant, source, kind, state, config_version, created_at, finished_at, \
     chunks_total, chunks_done, rows_read, inserts, updates, deletes, batches_total, batches_delivered, bytes, \
     schema_json, force_all, last_error, \
-    (SELECT COUNT(*) FROM {s}.dead_letters d WHERE d.run_id = r.id AND d.state = 'open')";
+        (SELECT COUNT(*) FROM {s}.dead_letters d WHERE d.run_id = r.id AND d.state = 'open'), bytes_read, diff_mode";
 
 fn map_run(r: &tokio_postgres::Row) -> Result<Run, StoreError> {
     let corrupt = |what: &'static str, detail: String| StoreError::Corrupt { what, detail };
@@ -46,6 +46,10 @@ fn map_run(r: &tokio_postgres::Row) -> Result<Run, StoreError> {
         force_all: r.get(18),
         last_error: r.get(19),
         dead_letters: r.get(20),
+        bytes_read: r.get(21),
+        mode: r
+            .get::<_, Option<String>>(22)
+            .and_then(|m| serde_json::from_str(&m).ok()),
     })
 }
 
@@ -127,25 +131,20 @@ impl RunStore for PgStore {
         Ok(rows.iter().map(|r| (r.get(0), from_ms(r.get(1)), r.get(2))).collect())
     }
 
-    async fn plan_run(
-        &self,
-        run: &Run,
-        schema: &TableSchema,
-        force_all: bool,
-        config_version: i64,
-        chunks: &[KeyRange],
-    ) -> Result<bool, StoreError> {
+    async fn plan_run(&self, run: &Run, plan: &Plan, chunks: &[KeyRange]) -> Result<bool, StoreError> {
         let s = &self.s;
-        let schema = serde_json::to_string(schema).expect("schemas serialise");
+        let schema = serde_json::to_string(&plan.schema).expect("schemas serialise");
+        let mode = serde_json::to_string(&plan.mode).expect("modes serialise");
+        let (force_all, config_version) = (plan.force_all, plan.config_version);
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg_err("plan run"))?;
         let n = tx
             .execute(
                 &format!(
                     "UPDATE {s}.runs SET state = 'snapshotting', schema_json = $2, force_all = $3, config_version = $4, \
-                     chunks_total = $5, updated_at = $6 WHERE id = $1 AND state = 'planning'"
+                                          chunks_total = $5, updated_at = $6, diff_mode = $7 WHERE id = $1 AND state = 'planning'"
                 ),
-                &[&run.id, &schema, &force_all, &config_version, &(chunks.len() as i64), &now_ms()],
+                &[&run.id, &schema, &force_all, &config_version, &(chunks.len() as i64), &now_ms(), &mode],
             )
             .await
             .map_err(pg_err("plan run"))?;

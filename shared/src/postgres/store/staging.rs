@@ -7,6 +7,7 @@ use crate::errors::StoreError;
 use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -123,9 +124,9 @@ impl StagingStore for PgStore {
             tx.execute(
                 &format!(
                     "UPDATE {s}.runs SET chunks_done = chunks_done + 1, rows_read = rows_read + $2, inserts = inserts + $3, \
-                     updates = updates + $4, deletes = deletes + $5, updated_at = $6 WHERE id = $1"
+                                          updates = updates + $4, deletes = deletes + $5, updated_at = $6, bytes_read = bytes_read + $7 WHERE id = $1"
                 ),
-                &[&run_id, &st.rows_read, &st.inserts, &st.updates, &st.deletes, &now_ms()],
+                &[&run_id, &st.rows_read, &st.inserts, &st.updates, &st.deletes, &now_ms(), &st.bytes_read],
             )
             .await
             .map_err(&err)?;
@@ -222,6 +223,67 @@ impl StagingStore for PgStore {
             .map_err(pg_err("invalidate staging"))?;
         self.count(n);
         Ok(n)
+    }
+
+    async fn staged_hashes(
+        &self,
+        tenant: &str,
+        source: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
+        let sql = format!(
+            "SELECT key, hash FROM {}.staging WHERE tenant = $1 AND source = $2 AND key = ANY($3)",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant, &source, &keys])
+            .await
+            .map_err(pg_err("staged hashes"))?;
+        rows.iter()
+            .map(|r| {
+                let h: Vec<u8> = r.get(1);
+                let h = h.try_into().map_err(|_| StoreError::Corrupt {
+                    what: "staging hash",
+                    detail: "not 16 bytes".into(),
+                })?;
+                Ok((r.get(0), h))
+            })
+            .collect()
+    }
+
+    async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError> {
+        let sql = format!(
+            "SELECT cursor_json, last_full_at FROM {}.cursors WHERE tenant = $1 AND source = $2",
+            self.s
+        );
+        let row = self
+            .client()
+            .await?
+            .query_opt(&sql, &[&tenant, &source])
+            .await
+            .map_err(pg_err("cursor"))?;
+        Ok(row.map_or((None, None), |r| {
+            (r.get(0), r.get::<_, Option<i64>>(1).map(super::from_ms))
+        }))
+    }
+
+    async fn set_cursor(&self, tenant: &str, source: &str, cursor: Option<&str>, full: bool) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {s}.cursors (tenant, source, cursor_json, last_full_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, source) DO UPDATE SET cursor_json = EXCLUDED.cursor_json, \
+             last_full_at = COALESCE(EXCLUDED.last_full_at, {s}.cursors.last_full_at)",
+            s = self.s
+        );
+        let full_at = full.then(now_ms);
+        self.client()
+            .await?
+            .execute(&sql, &[&tenant, &source, &cursor, &full_at])
+            .await
+            .map_err(pg_err("set cursor"))?;
+        self.count(1);
+        Ok(())
     }
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {

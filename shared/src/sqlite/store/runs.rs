@@ -1,9 +1,8 @@
 //! Runs and chunks in SQLite.
 
 use super::{from_ms, now_ms, SqliteStore};
-use crate::domain::schema::TableSchema;
 use crate::errors::StoreError;
-use crate::ports::{Chunk, KeyRange, Run, RunKind, RunState, RunStore};
+use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
@@ -11,8 +10,8 @@ use rusqlite::{params, OptionalExtension};
 /// Columns read for a [`Run`], in `map_run` order.
 pub(super) const RUN_COLS: &str = "id, tenant, source, kind, state, config_version, created_at, finished_at, \
     chunks_total, chunks_done, rows_read, inserts, updates, deletes, batches_total, batches_delivered, bytes, \
-    schema_json, force_all, last_error, \
-    (SELECT COUNT(*) FROM dead_letters d WHERE d.run_id = runs.id AND d.state = 'open')";
+        schema_json, force_all, last_error, \
+    (SELECT COUNT(*) FROM dead_letters d WHERE d.run_id = runs.id AND d.state = 'open'), bytes_read, diff_mode";
 
 fn corrupt(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.to_owned(), rusqlite::types::Type::Text)
@@ -51,6 +50,10 @@ pub(super) fn map_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
         force_all: r.get(18)?,
         last_error: r.get(19)?,
         dead_letters: r.get(20)?,
+        bytes_read: r.get(21)?,
+        mode: r
+            .get::<_, Option<String>>(22)?
+            .and_then(|m| serde_json::from_str(&m).ok()),
     })
 }
 
@@ -120,23 +123,26 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn plan_run(
-        &self,
-        run: &Run,
-        schema: &TableSchema,
-        force_all: bool,
-        config_version: i64,
-        chunks: &[KeyRange],
-    ) -> Result<bool, StoreError> {
+    async fn plan_run(&self, run: &Run, plan: &Plan, chunks: &[KeyRange]) -> Result<bool, StoreError> {
         let run_id = run.id.clone();
-        let schema = serde_json::to_string(schema).expect("schemas serialise");
+        let schema = serde_json::to_string(&plan.schema).expect("schemas serialise");
+        let mode = serde_json::to_string(&plan.mode).expect("modes serialise");
+        let (force_all, config_version) = (plan.force_all, plan.config_version);
         let chunks = chunks.to_vec();
         self.db
             .write("plan run", move |tx| {
                 let n = tx.execute(
                     "UPDATE runs SET state = 'snapshotting', schema_json = ?2, force_all = ?3, config_version = ?4, \
-                     chunks_total = ?5, updated_at = ?6 WHERE id = ?1 AND state = 'planning'",
-                    params![run_id, schema, force_all, config_version, chunks.len() as i64, now_ms()],
+                     chunks_total = ?5, updated_at = ?6, diff_mode = ?7 WHERE id = ?1 AND state = 'planning'",
+                    params![
+                        run_id,
+                        schema,
+                        force_all,
+                        config_version,
+                        chunks.len() as i64,
+                        now_ms(),
+                        mode
+                    ],
                 )?;
                 if n == 0 {
                     return Ok(false);

@@ -5,6 +5,7 @@ use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema:
 use crate::errors::StoreError;
 use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, OptionalExtension};
 
@@ -107,9 +108,9 @@ impl StagingStore for SqliteStore {
                 if first {
                     tx.execute(
                         "UPDATE runs SET chunks_done = chunks_done + 1, rows_read = rows_read + ?2, \
-                         inserts = inserts + ?3, updates = updates + ?4, deletes = deletes + ?5, updated_at = ?6 \
-                         WHERE id = ?1",
-                        params![run_id, s.rows_read, s.inserts, s.updates, s.deletes, now_ms()],
+                                                  inserts = inserts + ?3, updates = updates + ?4, deletes = deletes + ?5, updated_at = ?6, \
+                         bytes_read = bytes_read + ?7 WHERE id = ?1",
+                        params![run_id, s.rows_read, s.inserts, s.updates, s.deletes, now_ms(), s.bytes_read],
                     )?;
                 }
                 let all: bool = tx.query_row(
@@ -178,6 +179,61 @@ impl StagingStore for SqliteStore {
                     up.execute(params![tenant, source, k, INVALID_HASH.to_vec()])?;
                 }
                 Ok(keys.len() as u64)
+            })
+            .await
+    }
+
+    async fn staged_hashes(
+        &self,
+        tenant: &str,
+        source: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
+        let (tenant, source) = (tenant.to_owned(), source.to_owned());
+        self.db
+            .read("staged hashes", move |c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT key, hash FROM staging WHERE tenant = ?1 AND source = ?2 AND key = ?3")?;
+                let mut out = Vec::new();
+                for k in keys {
+                    let mut rows = stmt.query(params![tenant, source, k])?;
+                    if let Some(r) = rows.next()? {
+                        out.push((r.get(0)?, hash_of(r, 1)?));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError> {
+        let (tenant, source) = (tenant.to_owned(), source.to_owned());
+        let row: Option<(Option<String>, Option<i64>)> = self
+            .db
+            .read("cursor", move |c| {
+                c.query_row(
+                    "SELECT cursor_json, last_full_at FROM cursors WHERE tenant = ?1 AND source = ?2",
+                    params![tenant, source],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+            })
+            .await?;
+        Ok(row.map_or((None, None), |(c, at)| (c, at.map(super::from_ms))))
+    }
+
+    async fn set_cursor(&self, tenant: &str, source: &str, cursor: Option<&str>, full: bool) -> Result<(), StoreError> {
+        let (tenant, source, cursor) = (tenant.to_owned(), source.to_owned(), cursor.map(str::to_owned));
+        self.db
+            .write("set cursor", move |tx| {
+                let full_at = full.then(now_ms);
+                tx.execute(
+                    "INSERT INTO cursors (tenant, source, cursor_json, last_full_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (tenant, source) DO UPDATE SET cursor_json = excluded.cursor_json, \
+                     last_full_at = COALESCE(excluded.last_full_at, cursors.last_full_at)",
+                    params![tenant, source, cursor, full_at],
+                )?;
+                Ok(())
             })
             .await
     }

@@ -247,4 +247,43 @@ impl SnapshotSource for PgSource {
         });
         rx
     }
+
+    fn read_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, crate::domain::encoding::RowHash), SourceError> {
+        pushdown::read_hashes(self, spec, schema, range)
+    }
+
+    async fn read_keys(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Vec<Value>>, SourceError> {
+        pushdown::read_keys(self, spec, schema, keys).await
+    }
+
+    fn read_since(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+        from: &Value,
+    ) -> Batches<Vec<Value>, SourceError> {
+        pushdown::read_since(self, spec, schema, column, from)
+    }
+
+    async fn max_of(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+    ) -> Result<Option<Value>, SourceError> {
+        pushdown::max_of(self, spec, schema, column).await
+    }
 }
+
+mod pushdown;

@@ -1,0 +1,122 @@
+//! The ordinary diff of one chunk: every source row of the key range, hashed here, merge-joined
+//! with staging's (key → hash) for the same range. Store writes scale with changes.
+
+use super::render_key;
+use crate::ctx::Ctx;
+use crate::domain::diff::{check_order, step, Op, Step};
+use crate::domain::encoding::{row_hash, RowHash};
+use crate::domain::json::write_object;
+use crate::domain::key::{decode_key, encode_key};
+use crate::domain::schema::TableSchema;
+use crate::domain::value::Value;
+use crate::errors::{SourceError, StageError};
+use crate::ports::{Batches, ChunkStats, DeltaRow, KeyRange, Run};
+use crate::stages::cursor::Cursor;
+
+/// Delta rows written per store call.
+pub(super) const DELTA_FLUSH: usize = 2_000;
+
+/// A source row with its key bytes and hash.
+pub(super) struct Keyed {
+    key: Vec<u8>,
+    hash: RowHash,
+    values: Vec<Value>,
+}
+
+pub(super) async fn diff_chunk(
+    ctx: &Ctx,
+    run: &Run,
+    schema: &TableSchema,
+    source_rows: Batches<Vec<Value>, SourceError>,
+    range: &KeyRange,
+    chunk_no: u32,
+) -> Result<ChunkStats, StageError> {
+    let key_idx = schema.key_indexes();
+    let names: Vec<&str> = schema.column_names().collect();
+    let key_names: Vec<&str> = schema.key.iter().map(String::as_str).collect();
+    let mut source = Cursor::new(source_rows);
+    let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
+    let (mut scratch, mut prev_key): (Vec<u8>, Option<Vec<u8>>) = (Vec::new(), None);
+    let mut stats = ChunkStats::default();
+    let mut delta: Vec<DeltaRow> = Vec::new();
+    let mut s_head: Option<Keyed> = None;
+    let mut g_head = staging.next().await?;
+    let mut s_done = false;
+    loop {
+        if s_head.is_none() && !s_done {
+            match source.next().await? {
+                None => s_done = true,
+                Some(values) => {
+                    stats.rows_read += 1;
+                    let kv: Vec<&Value> = key_idx.iter().map(|&i| &values[i]).collect();
+                    let mut key = Vec::with_capacity(16);
+                    encode_key(&mut key, &kv, &schema.key).map_err(SourceError::from)?;
+                    if let Some(prev) = &prev_key {
+                        check_order(prev, &key, || render_key(&kv))?;
+                    }
+                    prev_key = Some(key.clone());
+                    let hash = row_hash(&values, &mut scratch);
+                    stats.bytes_read += scratch.len() as i64;
+                    s_head = Some(Keyed { key, hash, values });
+                }
+            }
+        }
+        let st = step(
+            s_head.as_ref().map(|k| (k.key.as_slice(), &k.hash)),
+            g_head.as_ref().map(|(k, h)| (k.as_slice(), h)),
+            run.force_all,
+        );
+        let row_json = |k: &Keyed| {
+            let mut s = String::with_capacity(256);
+            write_object(&mut s, names.iter().copied(), &k.values);
+            s
+        };
+        match st {
+            Step::Done => break,
+            Step::Insert | Step::Update => {
+                let k = s_head.take().expect("step saw a source row");
+                let op = if st == Step::Insert { Op::Insert } else { Op::Update };
+                if st == Step::Insert {
+                    stats.inserts += 1;
+                } else {
+                    stats.updates += 1;
+                    g_head = staging.next().await?;
+                }
+                let payload = row_json(&k);
+                delta.push(DeltaRow {
+                    key: k.key,
+                    op,
+                    hash: Some(k.hash),
+                    payload,
+                });
+            }
+            Step::Unchanged => {
+                s_head = None;
+                g_head = staging.next().await?;
+            }
+            Step::Delete => {
+                let (key, _) = g_head.take().expect("step saw a staging row");
+                stats.deletes += 1;
+                let values = decode_key(&key).map_err(SourceError::from)?;
+                let mut payload = String::new();
+                write_object(&mut payload, key_names.iter().copied(), &values);
+                delta.push(DeltaRow {
+                    key,
+                    op: Op::Delete,
+                    hash: None,
+                    payload,
+                });
+                g_head = staging.next().await?;
+            }
+        }
+        if delta.len() >= DELTA_FLUSH {
+            ctx.store
+                .write_delta(&run.id, chunk_no, std::mem::take(&mut delta))
+                .await?;
+        }
+    }
+    if !delta.is_empty() {
+        ctx.store.write_delta(&run.id, chunk_no, delta).await?;
+    }
+    Ok(stats)
+}

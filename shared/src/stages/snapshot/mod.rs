@@ -1,0 +1,117 @@
+//! Snapshot: plan a run's key-range chunks (and how it finds changes), then diff each chunk —
+//! the ordinary diff (`full`), push-down hashing (`remote`) or a watermark read (`watermark`) —
+//! writing only the chunk's delta. The last chunk to finish emits the merge job.
+
+mod full;
+mod plan;
+mod remote;
+mod watermark;
+
+pub(super) use plan::plan;
+
+use super::run_task;
+use crate::ctx::Ctx;
+use crate::domain::config::DiffMode;
+use crate::domain::job::{Job, Task};
+use crate::domain::json::write_value;
+use crate::domain::value::Value;
+use crate::errors::StageError;
+use crate::ports::{Run, RunState};
+
+pub(super) async fn chunk_jobs(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
+    Ok(ctx
+        .store
+        .chunks(&run.id)
+        .await?
+        .into_iter()
+        .filter(|c| !c.done)
+        .map(|c| {
+            job.next(run_task(run, |tenant, source, run_id| Task::Chunk {
+                tenant,
+                source,
+                run_id,
+                chunk: c.no,
+            }))
+        })
+        .collect())
+}
+
+pub(super) fn merge_job(job: &Job, run: &Run) -> Job {
+    job.next(run_task(run, |tenant, source, run_id| Task::Merge {
+        tenant,
+        source,
+        run_id,
+    }))
+}
+
+/// A key as JSON, for error messages.
+pub(super) fn render_key(values: &[&Value]) -> String {
+    let mut s = String::from("[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        write_value(&mut s, v);
+    }
+    s.push(']');
+    s
+}
+
+/// Diffs one chunk and writes its delta; the last chunk to finish emits the merge job.
+pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Result<Vec<Job>, StageError> {
+    match run.state {
+        RunState::Snapshotting => {}
+        RunState::Snapshotted => return Ok(vec![merge_job(job, run)]),
+        _ => return Ok(Vec::new()), // a late duplicate: the run has moved on
+    }
+    let chunk = ctx
+        .store
+        .chunks(&run.id)
+        .await?
+        .into_iter()
+        .find(|c| c.no == chunk_no)
+        .ok_or_else(|| StageError::NotFound(format!("run `{}` has no chunk {chunk_no}", run.id)))?;
+    if chunk.done {
+        return Ok(Vec::new());
+    }
+    let schema = run
+        .schema
+        .clone()
+        .ok_or_else(|| StageError::NotFound(format!("run `{}` was not planned", run.id)))?;
+    let config = ctx.config(run.config_version).await?;
+    let (src, spec, ds) = ctx.source_for(&config, &run.tenant, &run.source, run.config_version)?;
+
+    // A chunk replaces only its own delta: clear what an interrupted attempt left.
+    ctx.store.reset_chunk(&run.id, &chunk).await?;
+    let mode = run.mode.clone().unwrap_or_default();
+    let stats = match mode.mode {
+        DiffMode::RemoteHash => {
+            remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, chunk_no).await?
+        }
+        DiffMode::Watermark if !mode.full => {
+            let column = ds.watermark_column.clone().unwrap_or_default();
+            watermark::diff_since(
+                ctx,
+                run,
+                &schema,
+                src.as_ref(),
+                &spec,
+                &column,
+                mode.from.as_deref(),
+                chunk_no,
+            )
+            .await?
+        }
+        _ => {
+            let rows = src.read(&spec, &schema, &chunk.range);
+            full::diff_chunk(ctx, run, &schema, rows, &chunk.range, chunk_no).await?
+        }
+    };
+    let all_done = ctx.store.finish_chunk(&run.id, chunk_no, stats).await?;
+    crate::crash::point("after_chunk_delta");
+    Ok(if all_done {
+        vec![merge_job(job, run)]
+    } else {
+        Vec::new()
+    })
+}

@@ -1,0 +1,200 @@
+//! Planning a run: describe the source, check the shape against staging's, decide how changes
+//! are found (a watermark read or a full diff), and cut key-range chunks.
+
+use super::{chunk_jobs, merge_job};
+use crate::ctx::Ctx;
+use crate::domain::config::{in_window, parse_hours, DataSource, DiffMode};
+use crate::domain::job::Job;
+use crate::domain::json::{key_value_from_json, write_value};
+use crate::domain::schema::{ColumnType, Drift, TableSchema};
+use crate::domain::value::Value;
+use crate::errors::StageError;
+use crate::ports::{KeyRange, Plan, Run, RunKind, RunMode, RunState, SnapshotSource, SourceSpec};
+use chrono::{Duration, Timelike, Utc};
+
+/// Plans the run; outside the connection's heavy hours an initial sync or full diff waits.
+pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
+    match run.state {
+        RunState::Planning => {}
+        RunState::Snapshotting => return chunk_jobs(ctx, job, run).await,
+        RunState::Snapshotted => return Ok(vec![merge_job(job, run)]),
+        _ => return Ok(Vec::new()),
+    }
+    // Planning reads the latest config: a dead-lettered plan retried after a config fix uses the fix.
+    let (version, config) = ctx
+        .latest_config()
+        .await?
+        .ok_or_else(|| StageError::NotFound("no configuration applied".into()))?;
+    let (src, spec, ds) = ctx.source_for(&config, &run.tenant, &run.source, version)?;
+    let schema = src.describe(&spec).await?;
+    let mut force_all = false;
+    if let Some(old) = ctx.store.staged_schema(&run.tenant, &run.source).await? {
+        let drift = Drift::between(&old, &schema);
+        if !drift.is_empty() && !ds.accept_drift {
+            return Err(StageError::Drift {
+                tenant: run.tenant.clone(),
+                source_id: run.source.clone(),
+                drift: drift.to_string(),
+            });
+        }
+        if !drift.is_empty() {
+            tracing::warn!(tenant = %run.tenant, source = %run.source, %drift,
+                "schema drift accepted: re-sending every row in the new shape");
+            force_all = true;
+        }
+    }
+    let mode = choose_mode(ctx, run, &ds, src.as_ref(), &spec, &schema).await?;
+    if mode.full {
+        let conn = config.tenant(&run.tenant, version)?.connections.get(&ds.connection);
+        if let Some((start, end)) = conn.and_then(|c| c.heavy_hours.as_deref()).and_then(parse_hours) {
+            let now = Utc::now();
+            if !in_window(now.hour(), (start, end)) {
+                let hours = (24 + start - now.hour()) % 24;
+                let at = (now + Duration::hours(hours as i64))
+                    .with_minute(0)
+                    .and_then(|t| t.with_second(0))
+                    .unwrap_or(now);
+                tracing::info!(tenant = %run.tenant, source = %run.source, %at, "heavy work waits for the sync window");
+                ctx.store
+                    .note_error(
+                        &run.id,
+                        &format!("waiting for the sync window (heavy hours {start}-{end} UTC)"),
+                    )
+                    .await?;
+                let mut again = job.next(job.task.clone());
+                again.not_before = Some(at);
+                return Ok(vec![again]);
+            }
+        }
+    }
+    let ranges = if mode.mode == DiffMode::Watermark && !mode.full {
+        vec![KeyRange::default()] // a watermark read is one small query
+    } else {
+        let bounds = src.split(&spec, &schema, ds.chunk_rows).await?;
+        let mut ranges = Vec::with_capacity(bounds.len() + 1);
+        let mut lo = None;
+        for b in bounds {
+            ranges.push(KeyRange {
+                lo: lo.take(),
+                hi: Some(b.clone()),
+            });
+            lo = Some(b);
+        }
+        ranges.push(KeyRange { lo, hi: None });
+        ranges
+    };
+    let plan = Plan {
+        schema,
+        force_all,
+        config_version: version,
+        mode,
+    };
+    ctx.store.plan_run(run, &plan, &ranges).await?;
+    chunk_jobs(ctx, job, run).await
+}
+
+/// Decides how this run finds changes and notes a change of diff mode (a controlled resync:
+/// staging's hashes of one mode match no row of the other, so every row is re-sent once).
+async fn choose_mode(
+    ctx: &Ctx,
+    run: &Run,
+    ds: &DataSource,
+    src: &dyn SnapshotSource,
+    spec: &SourceSpec,
+    schema: &TableSchema,
+) -> Result<RunMode, StageError> {
+    let previous = ctx
+        .store
+        .runs(Some(&run.tenant), 100)
+        .await?
+        .into_iter()
+        .filter(|r| r.source == run.source && r.id != run.id && r.display_state() == "done")
+        .find_map(|r| r.mode);
+    let hashes_of = |m: DiffMode| {
+        if m == DiffMode::RemoteHash {
+            "remote"
+        } else {
+            "canonical"
+        }
+    };
+    if let Some(prev) = previous.as_ref().filter(|p| hashes_of(p.mode) != hashes_of(ds.diff)) {
+        tracing::warn!(tenant = %run.tenant, source = %run.source, from = prev.mode.as_str(), to = ds.diff.as_str(),
+            "diff mode changed: a controlled resync re-sends every row once");
+        ctx.store
+            .note_error(
+                &run.id,
+                &format!(
+                    "diff mode changed from {} to {}: every row is re-sent once",
+                    prev.mode.as_str(),
+                    ds.diff.as_str()
+                ),
+            )
+            .await?;
+    }
+    if ds.diff != DiffMode::Watermark {
+        return Ok(RunMode {
+            mode: ds.diff,
+            full: true,
+            from: None,
+            next: None,
+        });
+    }
+    let column = ds.watermark_column.as_deref().unwrap_or_default();
+    let ty = schema
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .map(|c| c.ty)
+        .ok_or_else(|| {
+            StageError::NotFound(format!(
+                "tenant `{}`, data source `{}`: watermark column `{column}` is not in the source",
+                run.tenant, run.source
+            ))
+        })?;
+    // The next cursor is taken before reading, so rows changed during the read are read again.
+    let next = src.max_of(spec, schema, column).await?.map(|v| {
+        let mut s = String::new();
+        write_value(&mut s, &v);
+        s
+    });
+    let (cursor, last_full) = ctx.store.cursor(&run.tenant, &run.source).await?;
+    let full_due = last_full.is_none_or(|t| Utc::now() - t >= Duration::seconds(ds.full_diff_interval_secs as i64));
+    let from = cursor.as_deref().and_then(|c| back_off(c, ty, ds.watermark_overlap));
+    let full = run.kind == RunKind::Initial || full_due || from.is_none();
+    Ok(RunMode {
+        mode: DiffMode::Watermark,
+        full,
+        from: if full { None } else { from },
+        next,
+    })
+}
+
+/// The cursor minus the overlap, as protocol JSON.
+fn back_off(cursor_json: &str, ty: ColumnType, overlap: i64) -> Option<String> {
+    let v = key_value_from_json(&serde_json::from_str(cursor_json).ok()?, ty)?;
+    let back = match v {
+        Value::Int(i) => Value::Int(i.saturating_sub(overlap)),
+        Value::Timestamp(t) => Value::Timestamp(t - Duration::seconds(overlap)),
+        Value::TimestampTz(t) => Value::TimestampTz(t - Duration::seconds(overlap)),
+        Value::Date(d) => Value::Date(d - Duration::days(overlap.div_euclid(86_400) + 1)),
+        _ => return None,
+    };
+    let mut s = String::new();
+    write_value(&mut s, &back);
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_back_off_by_the_overlap() {
+        assert_eq!(back_off("100", ColumnType::Int, 10).as_deref(), Some("90"));
+        assert_eq!(
+            back_off("\"2025-01-01T00:01:00+00:00\"", ColumnType::Timestamptz, 60).as_deref(),
+            Some("\"2025-01-01T00:00:00+00:00\"")
+        );
+        assert_eq!(back_off("\"x\"", ColumnType::Int, 1), None);
+    }
+}
