@@ -58,3 +58,113 @@ async fn six_sources_on_one_server_never_run_more_than_its_limit_of_queries() {
     assert!(peak >= 1, "the watcher saw the source queries");
     h.assert_in_sync().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_hash_reads_keys_and_hashes_plus_only_the_changed_rows() {
+    const ROWS: i64 = 200_000;
+    let h = Harness::on(StoreKind::Postgres).await;
+    let pg = PgSource::new(&h).await;
+    pg.exec(&format!(
+        "CREATE TABLE {{s}}.big (id BIGINT PRIMARY KEY, name TEXT, amount NUMERIC(12,2), flag BOOLEAN, at TIMESTAMPTZ);
+         INSERT INTO {{s}}.big SELECT g, 'name ' || g, g / 100.0, g % 2 = 0, TIMESTAMPTZ '2025-01-01' + g * INTERVAL '1 minute'
+         FROM generate_series(1, {ROWS}) g;"
+    ))
+    .await;
+    let sources =
+        "[tenants.t.sources.big]\nconnection = \"db\"\ntable = \"{s}.big\"\nkey = [\"id\"]\ninterval_secs = 1\n\
+                   chunk_rows = 50000\ndiff = \"remote_hash\"\n";
+    h.apply(
+        &pg.config(&h, sources)
+            .replace("batch_max_rows = 500", "batch_max_rows = 5000"),
+    )
+    .await;
+    h.onboard().await;
+    let initial = h.runs().await.remove(0);
+    assert_eq!((initial.display_state(), initial.inserts), ("done", ROWS));
+
+    // 1% changes: 1,000 updates, 500 inserts, 500 deletes.
+    pg.exec(&format!(
+        "UPDATE {{s}}.big SET name = name || '*' WHERE id % 200 = 0;
+         DELETE FROM {{s}}.big WHERE id % 400 = 1;
+         INSERT INTO {{s}}.big SELECT g, 'new', 1, true, now() FROM generate_series({ROWS} + 1, {ROWS} + 500) g;"
+    ))
+    .await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.display_state(), run.inserts, run.updates, run.deletes),
+        ("done", 500, 1_000, 500)
+    );
+    // Every row crosses as (key, hash): 9 key bytes + 32; the 1,500 changed rows cross whole.
+    let keys_and_hashes = run.rows_read * (9 + 32);
+    assert!(
+        run.bytes_read >= keys_and_hashes,
+        "{} < {keys_and_hashes}",
+        run.bytes_read
+    );
+    assert!(
+        run.bytes_read <= keys_and_hashes + 1_500 * 120,
+        "read {} bytes",
+        run.bytes_read
+    );
+    assert!(
+        run.bytes_read * 2 < initial.bytes_read,
+        "interval {} vs initial {}",
+        run.bytes_read,
+        initial.bytes_read
+    );
+    h.assert_in_sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_reads_what_moved_and_the_periodic_full_diff_finds_the_rest() {
+    let h = Harness::on(StoreKind::Postgres).await;
+    let pg = PgSource::new(&h).await;
+    pg.exec(
+        "CREATE TABLE {s}.items (id BIGINT PRIMARY KEY, name TEXT, updated_at TIMESTAMPTZ NOT NULL);
+                  INSERT INTO {s}.items SELECT g, 'item ' || g, TIMESTAMPTZ '2025-01-01 00:00:00+00' + g * INTERVAL '1 minute'
+         FROM generate_series(1, 2000) g;",
+    )
+    .await;
+    let sources = "[tenants.t.sources.items]\nconnection = \"db\"\ntable = \"{s}.items\"\nkey = [\"id\"]\ninterval_secs = 1\n\
+                   diff = \"watermark\"\nwatermark_column = \"updated_at\"\nwatermark_overlap = 1\nfull_diff_interval_secs = 4\n";
+    h.apply(&pg.config(&h, sources)).await;
+    h.onboard().await;
+    h.assert_in_sync().await;
+
+    pg.exec(
+        "UPDATE {s}.items SET name = 'moved', updated_at = '2025-06-01 00:00:00+00' WHERE id = 10;
+         INSERT INTO {s}.items VALUES (5000, 'new', '2025-06-01 00:00:00+00');
+         UPDATE {s}.items SET name = 'sneaky' WHERE id = 20;
+         DELETE FROM {s}.items WHERE id = 30;",
+    )
+    .await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.display_state(), run.inserts, run.updates, run.deletes),
+        ("done", 1, 1, 0),
+        "{run:#?}"
+    );
+    // Only rows at or past the cursor minus the 1 s overlap: the two moved ones, and row 2000,
+    // whose timestamp is the cursor itself (re-read, unchanged, not sent).
+    assert_eq!(run.rows_read, 3, "only the rows past the cursor were read");
+    let report = &h.verify().await[0].2;
+    assert_eq!(
+        (report.different, report.extra),
+        (1, 1),
+        "the cursor cannot see id 20's edit nor id 30's delete yet"
+    );
+
+    // The periodic full diff is due: it finds the edit that did not move the cursor and the delete.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.display_state(), run.inserts, run.updates, run.deletes),
+        ("done", 0, 1, 1),
+        "{run:#?}"
+    );
+    assert!(run.mode.as_ref().is_some_and(|m| m.full));
+    h.assert_in_sync().await;
+}
