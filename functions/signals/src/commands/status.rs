@@ -23,20 +23,41 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         return Ok(());
     }
     println!(
-        "{:<12} {:<16} {:<8} {:<12} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9}  last error",
-        "tenant", "source", "kind", "state", "rows", "inserts", "updates", "deletes", "batches", "secs"
+        "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}  last error",
+        "tenant",
+        "source",
+        "kind",
+        "mode",
+        "state",
+        "rows",
+        "read MB",
+        "inserts",
+        "updates",
+        "deletes",
+        "batches",
+        "secs"
     );
     for r in &runs {
         let secs = r
             .finished_at
             .map(|f| (f - r.created_at).num_milliseconds() as f64 / 1000.0);
+        let mode = r
+            .mode
+            .as_ref()
+            .map_or("-".to_owned(), |m| match (m.mode.as_str(), m.full) {
+                ("watermark", true) => "wm-full".into(),
+                ("watermark", false) => "wm-since".into(),
+                (other, _) => other.into(),
+            });
         println!(
-            "{:<12} {:<16} {:<8} {:<12} {:>9} {:>8} {:>8} {:>8} {:>4}/{:<4} {:>9}  {}",
+            "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9.2} {:>8} {:>8} {:>8} {:>4}/{:<4} {:>8}  {}",
             r.tenant,
             r.source,
             r.kind.as_str(),
+            mode,
             r.display_state(),
             r.rows_read,
+            r.bytes_read as f64 / 1e6,
             r.inserts,
             r.updates,
             r.deletes,
