@@ -168,3 +168,46 @@ async fn watermark_reads_what_moved_and_the_periodic_full_diff_finds_the_rest() 
     assert!(run.mode.as_ref().is_some_and(|m| m.full));
     h.assert_in_sync().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_work_waits_for_the_sync_window() {
+    use chrono::Timelike;
+    use signals_shared::domain::job::{Job, Task};
+    use signals_shared::hosts::{execute, Outcome};
+    let h = Harness::new().await;
+    signals_tests::create_items(&h.src(), 10);
+    // A two-hour window that starts an hour from now: the current hour is outside it.
+    let start = (chrono::Utc::now().hour() + 1) % 24;
+    let window = format!("heavy_hours = \"{start}-{}\"\n", (start + 2) % 24);
+    let config = h.config(&signals_tests::items_source(1_000)).replace(
+        "[tenants.t.connections.db]\n",
+        &format!("[tenants.t.connections.db]\n{window}"),
+    );
+    h.apply(&config).await;
+    let Outcome::Done(plans) = execute(
+        &h.ctx,
+        &Job::new(Task::Onboard {
+            tenant: "t".into(),
+            reports: vec![],
+        }),
+    )
+    .await
+    else {
+        panic!("onboarding failed")
+    };
+    let Outcome::Done(next) = execute(&h.ctx, &plans[0]).await else {
+        panic!("planning failed")
+    };
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].task, plans[0].task, "the plan job itself comes back later");
+    let at = next[0].not_before.expect("deferred");
+    assert_eq!((at.hour(), at.minute()), (start, 0));
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.display_state(), "planning");
+    assert!(
+        run.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("waiting for the sync window")),
+        "{run:#?}"
+    );
+}

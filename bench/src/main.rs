@@ -15,7 +15,7 @@ use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::hosts::runner::{self, RunnerOptions};
 use std::io::BufRead;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SRC: &str = "sigbench_src";
 
@@ -89,21 +89,39 @@ async fn copy_baseline(c: &tokio_postgres::Client) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
-fn config(url: &str, pg_ref: &str) -> String {
+fn config(url: &str, pg_ref: &str, extra: &str) -> String {
     format!(
         "[destinations.receiver]\nurl = \"{url}\"\nbatch_max_rows = 5000\n\n[tenants.bench]\ndestination = \"receiver\"\n\n\
          [tenants.bench.connections.pg]\nurl = \"{pg_ref}\"\n\n\
-         [tenants.bench.sources.big]\nconnection = \"pg\"\ntable = \"{SRC}.big\"\nkey = [\"id\"]\nchunk_rows = 100000\n"
+         [tenants.bench.sources.big]\nconnection = \"pg\"\ntable = \"{SRC}.big\"\nkey = [\"id\"]\nchunk_rows = 100000\n\
+         interval_secs = 1\n{extra}"
     )
 }
 
-async fn fresh_store(name: &str, url: &str, pg_ref: &str) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
+/// 0.5% updates (moving `updated_at`), 0.25% inserts, 0.25% deletes.
+async fn change_one_percent(c: &tokio_postgres::Client, rows: i64) -> anyhow::Result<u64> {
+    let (upd, ins) = (rows / 200, rows / 400);
+    let n = c.execute(&format!("UPDATE {SRC}.big SET name = name || '*', updated_at = now() WHERE id % 200 = 7"), &[]).await?
+        + c.execute(&format!("DELETE FROM {SRC}.big WHERE id % 400 = 3"), &[]).await?
+        + c.execute(
+            &format!(
+                "INSERT INTO {SRC}.big SELECT i, 1, 'SKU-new', 'new', 1, 1.00, 0, true, DATE '2026-01-01', now(), now(), \
+                 md5(i::text)::uuid, NULL FROM generate_series({rows} + 1, {rows} + {ins}) AS i"
+            ),
+            &[],
+        )
+        .await?;
+    let _ = upd;
+    Ok(n)
+}
+
+async fn fresh_store(name: &str, toml: &str) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
     client()
         .await?
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
         .await?;
     let store = backends::open(&pg_url(), name).await?;
-    store.apply_config(&config(url, pg_ref), "bench").await?;
+    store.apply_config(toml, "bench").await?;
     store
         .enqueue(
             &[Job::new(Task::Onboard {
@@ -180,7 +198,7 @@ async fn pg(rows: i64) -> anyhow::Result<()> {
         bytes,
     ));
 
-    let (store, ctx) = fresh_store("sigbench_stages", &url, &pg_ref).await?;
+    let (store, ctx) = fresh_store("sigbench_stages", &config(&url, &pg_ref, "")).await?;
     let p = Phase::start();
     run_stages(&ctx, &store, &[Stage::Scheduler, Stage::Snapshot]).await?;
     report.add(p.finish("snapshot: read, hash, diff, write delta (initial: every row)", bytes));
@@ -191,19 +209,62 @@ async fn pg(rows: i64) -> anyhow::Result<()> {
     run_stages(&ctx, &store, &[Stage::Batch, Stage::Push]).await?;
     report.add(p.finish("batch + push to the receiver (HTTP, SQLite apply)", bytes));
 
-    let (store, ctx) = fresh_store("sigbench_full", &url, &pg_ref).await?;
-    let started = Instant::now();
-    let p = Phase::start();
-    run_stages(&ctx, &store, &[]).await?;
-    report.add(p.finish("full initial sync, all stages concurrently", bytes));
-    let runs = store.runs(Some("bench"), 1).await?;
-    anyhow::ensure!(
-        runs.first()
-            .is_some_and(|r| r.display_state() == "done" && r.inserts == rows),
-        "sync incomplete: {runs:?}"
+    // One full initial sync per diff mode (the snapshot one timed), then one 1% change, then
+    // one interval sync per mode: bytes read from the source beside the table's size.
+    let modes = [("snapshot", ""), ("remote_hash", "diff = \"remote_hash\"\n"), (
+        "watermark",
+        "diff = \"watermark\"\nwatermark_column = \"updated_at\"\nwatermark_overlap = 60\nfull_diff_interval_secs = 86400\n",
+    )];
+    let mut stores = Vec::new();
+    for (i, (name, extra)) in modes.iter().enumerate() {
+        let (store, ctx) = fresh_store(&format!("sigbench_{name}"), &config(&url, &pg_ref, extra)).await?;
+        let p = Phase::start();
+        run_stages(&ctx, &store, &[]).await?;
+        let m = p.finish(
+            &format!("full initial sync, all stages concurrently ({name} mode)"),
+            bytes,
+        );
+        if i == 0 {
+            report.add(m);
+        }
+        let runs = store.runs(Some("bench"), 1).await?;
+        anyhow::ensure!(
+            runs.first()
+                .is_some_and(|r| r.display_state() == "done" && r.inserts == rows),
+            "{name}: initial sync incomplete: {runs:?}"
+        );
+        eprintln!("{name}: initial sync done");
+        stores.push((*name, store, ctx));
+    }
+    let changed = change_one_percent(&c, rows).await?;
+    eprintln!("changed {changed} rows (1%)");
+    let mut loads = Vec::new();
+    for (name, store, ctx) in &stores {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
+        let p = Phase::start();
+        run_stages(ctx, store, &[]).await?;
+        report.add(p.finish(&format!("interval sync after 1% changes ({name} mode)"), bytes));
+        let run = store.runs(Some("bench"), 1).await?.remove(0);
+        anyhow::ensure!(
+            run.display_state() == "done" && run.changes() > 0,
+            "{name}: interval sync incomplete: {run:?}"
+        );
+        loads.push((*name, run.bytes_read, run.rows_read, run.changes()));
+    }
+    let full = loads.first().map_or(1, |l| l.1).max(1);
+    println!(
+        "\nbytes read from the source by one interval sync after 1% changes (table: {:.1} MB as COPY text)\n",
+        bytes as f64 / 1e6
     );
-    eprintln!("full sync verified done in {:.1}s", started.elapsed().as_secs_f64());
-
+    println!("| mode | bytes read | × snapshot mode | rows read | changes sent |\n| --- | ---: | ---: | ---: | ---: |");
+    for (name, read, rows_read, changes) in &loads {
+        println!(
+            "| {name} | {:.1} MB | {:.3} | {rows_read} | {changes} |",
+            *read as f64 / 1e6,
+            *read as f64 / full as f64
+        );
+    }
     let _ = child.kill();
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", report.render());
