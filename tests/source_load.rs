@@ -95,8 +95,8 @@ async fn remote_hash_reads_keys_and_hashes_plus_only_the_changed_rows() {
         (run.display_state(), run.inserts, run.updates, run.deletes),
         ("done", 500, 1_000, 500)
     );
-    // Every row crosses as (key, hash): 9 key bytes + 32; the 1,500 changed rows cross whole.
-    let keys_and_hashes = run.rows_read * (9 + 32);
+    // Every row crosses as (key, hash): 9 key bytes + 16; the 1,500 changed rows cross whole.
+    let keys_and_hashes = run.rows_read * (9 + 16);
     assert!(
         run.bytes_read >= keys_and_hashes,
         "{} < {keys_and_hashes}",

@@ -12,7 +12,7 @@ pub(super) fn hash_expr(schema: &TableSchema) -> String {
         .map(|c| quote(&c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("sha256(convert_to(json_build_array({cols})::text, 'UTF8'))")
+    format!("substring(sha256(convert_to(json_build_array({cols})::text, 'UTF8')) from 1 for 16)")
 }
 
 /// Streams (key values, first 16 bytes of the server's SHA-256) of a range, in key order.

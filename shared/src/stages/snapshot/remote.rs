@@ -19,8 +19,8 @@ use std::collections::HashMap;
 /// Changed rows fetched per query.
 const FETCH: usize = 500;
 
-/// Bytes a server-side SHA-256 adds to each key on the wire.
-const HASH_BYTES: i64 = 32;
+/// Bytes the server's hash (SHA-256 cut to 16 bytes in SQL) adds to each key on the wire.
+const HASH_BYTES: i64 = 16;
 
 struct Pending {
     key_values: Vec<Value>,
