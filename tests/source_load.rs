@@ -211,3 +211,33 @@ async fn heavy_work_waits_for_the_sync_window() {
         "{run:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sources_take_an_integer_version_as_their_watermark() {
+    let h = Harness::new().await;
+    h.src()
+        .execute_batch(
+            "CREATE TABLE docs (id INTEGER PRIMARY KEY, body TEXT, version INTEGER NOT NULL);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO docs SELECT i, 'doc ' || i, i FROM n;",
+        )
+        .unwrap();
+    let sources =
+        "[tenants.t.sources.docs]\nconnection = \"db\"\ntable = \"docs\"\nkey = [\"id\"]\ninterval_secs = 1\n\
+                   diff = \"watermark\"\nwatermark_column = \"version\"\nwatermark_overlap = 0\n";
+    h.apply(&h.config(sources)).await;
+    h.onboard().await;
+    h.src()
+        .execute_batch(
+            "UPDATE docs SET body = 'edited', version = 501 WHERE id = 7; INSERT INTO docs VALUES (900, 'new', 502);",
+        )
+        .unwrap();
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.display_state(), run.inserts, run.updates, run.rows_read),
+        ("done", 1, 1, 3),
+        "{run:#?}"
+    );
+    h.assert_in_sync().await;
+}

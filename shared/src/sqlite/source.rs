@@ -215,9 +215,87 @@ impl SnapshotSource for SqliteSource {
     }
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
+        match range_where(schema, range) {
+            Ok((cond, params)) => self.select(spec, schema, cond, params),
+            Err(e) => failed(e),
+        }
+    }
+
+    fn read_since(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+        from: &Value,
+    ) -> Batches<Vec<Value>, SourceError> {
+        match from {
+            // SQLite stores timestamps as text in many formats; only integer cursors compare safely.
+            Value::Int(i) => self.select(
+                spec,
+                schema,
+                format!(" WHERE {} >= ?1", quote_ident(column)),
+                vec![(*i).into()],
+            ),
+            other => failed(SourceError::Unsupported {
+                what: format!(
+                    "a {} watermark on SQLite (use an integer version column)",
+                    other.type_name()
+                ),
+            }),
+        }
+    }
+
+    async fn max_of(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+    ) -> Result<Option<Value>, SourceError> {
+        let c = schema
+            .columns
+            .iter()
+            .find(|c| c.name == column)
+            .ok_or_else(|| SourceError::MissingKeyColumn {
+                object: object_name(spec),
+                column: column.to_owned(),
+                available: schema.column_names().collect::<Vec<_>>().join(", "),
+            })?;
+        let conn = self.open()?;
+        let sql = format!("SELECT MAX({}) FROM {}", quote_ident(column), from_clause(spec));
+        let v = conn
+            .query_row(&sql, [], |r| Ok(to_value(r.get_ref(0)?, c.ty, c.scale)))
+            .map_err(query_err)?
+            .map_err(|detail| SourceError::BadValue {
+                column: column.to_owned(),
+                detail,
+            })?;
+        Ok(match v {
+            Value::Null => None,
+            v => Some(v),
+        })
+    }
+}
+
+/// A stream that carries one error.
+fn failed<T: Send + 'static>(e: SourceError) -> Batches<T, SourceError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Err(e));
+    rx
+}
+
+impl SqliteSource {
+    /// Streams `SELECT columns FROM source{cond} ORDER BY key` on a blocking thread, checking
+    /// first that the shape is still the run's.
+    fn select(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        cond: String,
+        params: Vec<rusqlite::types::Value>,
+    ) -> Batches<Vec<Value>, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let conn = self.open();
-        let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
+        let (spec, schema) = (spec.clone(), schema.clone());
         tokio::task::spawn_blocking(move || {
             let run = || -> Result<(), SourceError> {
                 let conn = conn?;
@@ -229,7 +307,6 @@ impl SnapshotSource for SqliteSource {
                     });
                 }
                 let cols = schema.column_names().map(quote_ident).collect::<Vec<_>>().join(", ");
-                let (cond, params) = range_where(&schema, &range)?;
                 let sql = format!(
                     "SELECT {cols} FROM {}{cond} ORDER BY {}",
                     from_clause(&spec),
