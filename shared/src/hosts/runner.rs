@@ -3,7 +3,7 @@
 
 use super::{execute, settle};
 use crate::ctx::Ctx;
-use crate::domain::job::{Job, Stage, Task};
+use crate::domain::job::{EnvelopeError, Job, Stage, Task, ENVELOPE_VERSION};
 use crate::errors::StoreError;
 use crate::ports::{Claimed, JobQueue};
 use std::future::Future;
@@ -52,9 +52,24 @@ pub struct RunnerStats {
     pub handled: u64,
 }
 
+/// How long a message from a newer version stays invisible to this (older) worker.
+pub const NEWER_VERSION_WAIT: Duration = Duration::from_secs(30);
+
 async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, lease: Duration) {
     let mut job = match Job::decode(claimed.body.as_bytes()) {
         Ok(job) => job,
+        // Written by a newer build during a rolling upgrade: not ours to judge. Leave it, unchanged,
+        // for a worker that knows its version.
+        Err(EnvelopeError::UnsupportedVersion { found }) if found > u64::from(ENVELOPE_VERSION) => {
+            tracing::warn!(
+                found,
+                "job envelope from a newer version: leaving it for a newer worker"
+            );
+            let _ = queue
+                .retry_later(&claimed, NEWER_VERSION_WAIT, "envelope from a newer version")
+                .await;
+            return;
+        }
         Err(e) => {
             tracing::error!(error = %e, "undecodable message: dead-lettering it");
             let dl = ctx
