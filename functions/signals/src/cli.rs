@@ -57,6 +57,14 @@ enum Command {
         #[command(subcommand)]
         action: commands::dlq::DlqAction,
     },
+    /// Pause a tenant or data source: no new runs; running runs park at their next stage.
+    Pause(commands::ops::Target),
+    /// Resume a paused tenant or data source.
+    Resume(commands::ops::Target),
+    /// Re-send the current state of a data source (or a key range of it) now.
+    Resync(commands::ops::ResyncArgs),
+    /// Stop a tenant's syncs and remove its rows from the store (audited, confirmed).
+    Offboard(commands::ops::OffboardArgs),
     /// The reference receiver of the push protocol.
     Receiver(commands::receiver::ReceiverArgs),
     /// Compare a receiver's datasets with the sources, row for row.
@@ -126,6 +134,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => commands::dlq::dlq(&store, action).await,
         Command::Receiver(args) => commands::receiver::receiver(args).await,
+        Command::Pause(t) => commands::ops::pause(&store, t, true).await,
+        Command::Resume(t) => commands::ops::pause(&store, t, false).await,
+        Command::Resync(args) => commands::ops::resync_cmd(&store, args).await,
+        Command::Offboard(args) => commands::ops::offboard(&store, args).await,
         Command::Verify(args) => commands::verify::verify(&store, args).await,
         Command::Replay(args) => commands::replay::replay(&store, args).await,
         Command::Demo(args) => demo::demo(args).await,

@@ -4,3 +4,4 @@
 pub mod drop;
 pub mod reconcile;
 pub mod repair;
+pub mod resync;

@@ -165,6 +165,12 @@ pub trait Pusher: Send + Sync {
     /// Sends the body with the batch id as `Idempotency-Key`; transport failures are errors.
     async fn push(&self, req: &PushRequest<'_>) -> Result<PushResponse, PushError>;
 
+    /// Asks the destination to drop every dataset of a tenant (offboarding); false if it offers
+    /// no such endpoint.
+    async fn drop_tenant(&self, _tenant: &str) -> Result<bool, PushError> {
+        Ok(false)
+    }
+
     /// The destination's reconciliation checksums, if it offers them (`None` if it does not).
     async fn checksums(
         &self,

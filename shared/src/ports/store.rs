@@ -400,6 +400,20 @@ pub trait DeadLetterStore: Send + Sync {
     async fn resolve_dead_letter(&self, id: i64, state: &str, by: &str) -> Result<bool, StoreError>;
 }
 
+/// Operator state: pauses and the audit log.
+#[async_trait]
+pub trait OperatorStore: Send + Sync {
+    /// Pauses (or resumes) a data source, or with `source = None` a whole tenant.
+    async fn set_paused(&self, tenant: &str, source: Option<&str>, paused: bool, by: &str) -> Result<(), StoreError>;
+    /// The tenant's pauses: `None` means the whole tenant.
+    async fn pauses(&self, tenant: &str) -> Result<Vec<Option<String>>, StoreError>;
+    /// Records an operator action.
+    async fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
+    /// Removes every row of a tenant — queued jobs, staging, scratch rows, cursors, pauses and,
+    /// unless `keep_history`, its runs, ledger and dead letters. Returns the rows removed.
+    async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError>;
+}
+
 /// Slots limiting concurrent queries per source server, shared by every process on the store.
 #[async_trait]
 pub trait SlotStore: Send + Sync {
@@ -410,7 +424,9 @@ pub trait SlotStore: Send + Sync {
 }
 
 /// Every store port together: what a host hands to the stages.
-pub trait Store: ConfigStore + RunStore + StagingStore + BatchStore + DeadLetterStore + SlotStore {
+pub trait Store:
+    ConfigStore + RunStore + StagingStore + BatchStore + DeadLetterStore + SlotStore + OperatorStore
+{
     /// Rows this process has written to the store (for the "no changes ⇒ almost no writes" check).
     fn rows_written(&self) -> u64;
 }

@@ -208,6 +208,24 @@ impl ReceiverDb {
         })
     }
 
+    /// Drops every dataset of a tenant (offboarding). Returns how many.
+    pub fn drop_tenant(&self, tenant: &str) -> rusqlite::Result<usize> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = {
+            let mut stmt = tx.prepare("SELECT id FROM datasets WHERE tenant = ?1")?;
+            let rows = stmt.query_map([tenant], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for id in &ids {
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS rows_{id}"))?;
+        }
+        tx.execute("DELETE FROM datasets WHERE tenant = ?1", [tenant])?;
+        tx.execute("DELETE FROM applied WHERE tenant = ?1", [tenant])?;
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
     /// Changes a stored row behind the pipeline's back (tests of drift detection).
     pub fn tamper(&self, tenant: &str, dataset: &str, key_text: &str, row: Option<&str>) -> rusqlite::Result<usize> {
         let conn = self.lock();

@@ -5,7 +5,7 @@ use super::db::{ApplyError, ReceiverDb};
 use super::faults::{Draw, Faults, RateFaults};
 use crate::protocol::ChecksumRequest;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -181,6 +181,20 @@ async fn checksums(
     }
 }
 
+async fn drop_tenant(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, Path(tenant): Path<String>) -> Response {
+    if let Some(want) = &st.expect_authorization {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
+            return json_error(StatusCode::UNAUTHORIZED, "missing or wrong Authorization");
+        }
+    }
+    let st2 = st.clone();
+    match tokio::task::spawn_blocking(move || st2.db.drop_tenant(&tenant)).await {
+        Ok(Ok(n)) => Json(serde_json::json!({ "datasets_dropped": n })).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
 async fn add_fault(State(st): State<Arc<ReceiverState>>, Json(f): Json<super::faults::Fault>) -> StatusCode {
     st.faults.push(f);
     StatusCode::NO_CONTENT
@@ -203,6 +217,7 @@ pub fn router(state: Arc<ReceiverState>) -> Router {
     Router::new()
         .route("/v1/batches", post(batches))
         .route("/v1/checksums", post(checksums))
+        .route("/v1/tenants/{tenant}", axum::routing::delete(drop_tenant))
         .route("/v1/health", get(|| async { "ok" }))
         .route("/_admin/faults", post(add_fault).delete(clear_faults))
         .route("/_admin/stats", get(stats))

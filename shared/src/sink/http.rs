@@ -145,6 +145,22 @@ impl Pusher for HttpPusher {
             request_id,
         })
     }
+    async fn drop_tenant(&self, tenant: &str) -> Result<bool, PushError> {
+        let url = format!("{}/tenants/{tenant}", self.url.trim_end_matches("/batches"));
+        let r = self.authorize(self.client.delete(&url))?;
+        let transport = |e: reqwest::Error| PushError::Transport {
+            url: url.clone(),
+            detail: e.without_url().to_string(),
+        };
+        match r.send().await.map_err(transport)?.status().as_u16() {
+            200..=299 => Ok(true),
+            404 | 405 | 501 => Ok(false),
+            status => Err(PushError::Setup(format!(
+                "dropping the tenant at {url} answered {status}"
+            ))),
+        }
+    }
+
     async fn checksums(&self, req: &ChecksumRequest) -> Result<Option<ChecksumResponse>, PushError> {
         let url = format!("{}/checksums", self.url.trim_end_matches("/batches"));
         let body = serde_json::to_vec(req).map_err(|e| PushError::Setup(e.to_string()))?;

@@ -13,8 +13,29 @@ use crate::domain::job::{Job, Task};
 use crate::errors::StageError;
 use crate::ports::Run;
 
-/// Runs one job through its stage.
+/// How long a parked job (its data source paused) waits before it looks again.
+pub const PARK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether an operator paused this tenant or data source.
+pub async fn paused(ctx: &Ctx, tenant: &str, source: &str) -> Result<bool, StageError> {
+    Ok(ctx
+        .store
+        .pauses(tenant)
+        .await?
+        .iter()
+        .any(|p| p.as_deref().is_none_or(|s| s == source)))
+}
+
+/// Runs one job through its stage; a job of a paused data source is parked at this boundary.
 pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
+    if let (Some(tenant), Some(source)) = (job.scope().0, job.scope().1) {
+        if paused(ctx, tenant, source).await? {
+            tracing::info!(tenant, source, "data source paused: parking the job");
+            let mut again = job.next(job.task.clone());
+            again.not_before = Some(chrono::Utc::now() + chrono::Duration::from_std(PARK).expect("small"));
+            return Ok(vec![again]);
+        }
+    }
     match &job.task {
         Task::Tick => scheduler::tick(ctx, job).await,
         Task::Onboard { tenant, reports } => scheduler::onboard(ctx, job, tenant, reports).await,

@@ -25,6 +25,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     let now = Utc::now();
     let mut next = Vec::new();
     for (tid, tenant) in &config.tenants {
+        let pauses = ctx.store.pauses(tid).await?;
         let verified: HashMap<String, _> = ctx.store.last_verifications(tid).await?.into_iter().collect();
         let clocks: HashMap<String, _> = ctx
             .store
@@ -38,7 +39,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
                 interval_secs: source.interval_secs,
                 last_started: clocks.get(sid).map(|c| c.0),
                 active: clocks.get(sid).is_some_and(|c| c.1),
-                paused: tenant.paused || source.paused,
+                paused: tenant.paused || source.paused || pauses.iter().any(|p| p.as_ref().is_none_or(|s| s == sid)),
             };
             match due(&clock, now) {
                 Due::Yes => {

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod dlq;
+pub mod ops;
 pub mod receiver;
 pub mod replay;
 pub mod run;

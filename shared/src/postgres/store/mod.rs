@@ -5,6 +5,7 @@
 mod batches;
 mod config;
 mod dlq;
+mod operator;
 mod queue;
 mod runs;
 mod schema;

@@ -152,6 +152,23 @@ CREATE TABLE {s}.source_slots (
     PRIMARY KEY (server, holder)
 );
 "#,
+    r#"
+-- Operator pauses ('' source: the whole tenant) and an audit log of operator actions.
+CREATE TABLE {s}.pauses (
+    tenant    TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    paused_at BIGINT NOT NULL,
+    paused_by TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+CREATE TABLE {s}.audit_log (
+    at      BIGINT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

@@ -4,6 +4,7 @@
 mod batches;
 mod config;
 mod dlq;
+mod operator;
 mod queue;
 mod runs;
 mod schema;

@@ -155,6 +155,23 @@ CREATE TABLE source_slots (
     PRIMARY KEY (server, holder)
 );
 "#,
+    r#"
+-- Operator pauses ('' source: the whole tenant) and an audit log of operator actions.
+CREATE TABLE pauses (
+    tenant    TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    paused_at INTEGER NOT NULL,
+    paused_by TEXT NOT NULL,
+    PRIMARY KEY (tenant, source)
+);
+CREATE TABLE audit_log (
+    at      INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+"#,
 ];
 
 /// Brings the schema up to date.

@@ -1,0 +1,88 @@
+//! Pauses and the audit log in PostgreSQL.
+
+use super::{now_ms, PgStore};
+use crate::errors::StoreError;
+use crate::ports::OperatorStore;
+use crate::postgres::pool::pg_err;
+use async_trait::async_trait;
+
+#[async_trait]
+impl OperatorStore for PgStore {
+    async fn set_paused(&self, tenant: &str, source: Option<&str>, paused: bool, by: &str) -> Result<(), StoreError> {
+        let source = source.unwrap_or("");
+        let c = self.client().await?;
+        if paused {
+            let sql = format!(
+                "INSERT INTO {}.pauses (tenant, source, paused_at, paused_by) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                self.s
+            );
+            c.execute(&sql, &[&tenant, &source, &now_ms(), &by])
+                .await
+                .map_err(pg_err("set paused"))?;
+        } else {
+            let sql = format!("DELETE FROM {}.pauses WHERE tenant = $1 AND source = $2", self.s);
+            c.execute(&sql, &[&tenant, &source])
+                .await
+                .map_err(pg_err("set paused"))?;
+        }
+        Ok(())
+    }
+
+    async fn pauses(&self, tenant: &str) -> Result<Vec<Option<String>>, StoreError> {
+        let sql = format!("SELECT source FROM {}.pauses WHERE tenant = $1", self.s);
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&tenant])
+            .await
+            .map_err(pg_err("pauses"))?;
+        Ok(rows
+            .iter()
+            .map(|r| Some(r.get::<_, String>(0)).filter(|s| !s.is_empty()))
+            .collect())
+    }
+
+    async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError> {
+        let (s, err) = (&self.s, pg_err("purge tenant"));
+        let runs = format!("(SELECT id FROM {s}.runs WHERE tenant = $1)");
+        let mut sql = vec![
+            format!("DELETE FROM {s}.jobs WHERE (body::jsonb) ->> 'tenant' = $1"),
+            format!("DELETE FROM {s}.staging WHERE tenant = $1"),
+            format!("DELETE FROM {s}.staged_schemas WHERE tenant = $1"),
+            format!("DELETE FROM {s}.deltas WHERE run_id IN {runs}"),
+            format!("DELETE FROM {s}.chunks WHERE run_id IN {runs}"),
+            format!("DELETE FROM {s}.cursors WHERE tenant = $1"),
+            format!("DELETE FROM {s}.verifications WHERE tenant = $1"),
+            format!("DELETE FROM {s}.pauses WHERE tenant = $1"),
+        ];
+        if keep_history {
+            sql.push(format!("UPDATE {s}.batches SET body = NULL WHERE run_id IN {runs}"));
+        } else {
+            sql.push(format!("DELETE FROM {s}.deliveries WHERE run_id IN {runs}"));
+            sql.push(format!("DELETE FROM {s}.batches WHERE run_id IN {runs}"));
+            sql.push(format!("DELETE FROM {s}.dead_letters WHERE tenant = $1"));
+            sql.push(format!("DELETE FROM {s}.runs WHERE tenant = $1"));
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        let mut n = 0;
+        for q in sql {
+            n += tx.execute(&q, &[&tenant]).await.map_err(&err)?;
+        }
+        tx.commit().await.map_err(&err)?;
+        Ok(n)
+    }
+
+    async fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {}.audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&now_ms(), &actor, &action, &subject, &detail])
+            .await
+            .map_err(pg_err("audit"))?;
+        Ok(())
+    }
+}

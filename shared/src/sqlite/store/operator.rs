@@ -1,0 +1,88 @@
+//! Pauses and the audit log in SQLite.
+
+use super::{now_ms, SqliteStore};
+use crate::errors::StoreError;
+use crate::ports::OperatorStore;
+use async_trait::async_trait;
+use rusqlite::params;
+
+#[async_trait]
+impl OperatorStore for SqliteStore {
+    async fn set_paused(&self, tenant: &str, source: Option<&str>, paused: bool, by: &str) -> Result<(), StoreError> {
+        let (tenant, source, by) = (tenant.to_owned(), source.unwrap_or("").to_owned(), by.to_owned());
+        self.db
+            .write("set paused", move |tx| {
+                if paused {
+                    tx.execute(
+                        "INSERT INTO pauses (tenant, source, paused_at, paused_by) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                        params![tenant, source, now_ms(), by],
+                    )?;
+                } else {
+                    tx.execute("DELETE FROM pauses WHERE tenant = ?1 AND source = ?2", params![tenant, source])?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn pauses(&self, tenant: &str) -> Result<Vec<Option<String>>, StoreError> {
+        let tenant = tenant.to_owned();
+        self.db
+            .read("pauses", move |c| {
+                let mut stmt = c.prepare_cached("SELECT source FROM pauses WHERE tenant = ?1")?;
+                let rows = stmt.query_map([tenant], |r| r.get::<_, String>(0))?;
+                rows.map(|s| s.map(|s| (!s.is_empty()).then_some(s))).collect()
+            })
+            .await
+    }
+
+    async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError> {
+        let tenant = tenant.to_owned();
+        self.db
+            .write("purge tenant", move |tx| {
+                let runs = "(SELECT id FROM runs WHERE tenant = ?1)";
+                let mut sql = vec![
+                    "DELETE FROM jobs WHERE json_extract(body, '$.tenant') = ?1".to_owned(),
+                    "DELETE FROM staging WHERE tenant = ?1".to_owned(),
+                    "DELETE FROM staged_schemas WHERE tenant = ?1".to_owned(),
+                    format!("DELETE FROM deltas WHERE run_id IN {runs}"),
+                    format!("DELETE FROM chunks WHERE run_id IN {runs}"),
+                    "DELETE FROM cursors WHERE tenant = ?1".to_owned(),
+                    "DELETE FROM verifications WHERE tenant = ?1".to_owned(),
+                    "DELETE FROM pauses WHERE tenant = ?1".to_owned(),
+                ];
+                if keep_history {
+                    sql.push(format!("UPDATE batches SET body = NULL WHERE run_id IN {runs}"));
+                } else {
+                    sql.push(format!("DELETE FROM deliveries WHERE run_id IN {runs}"));
+                    sql.push(format!("DELETE FROM batches WHERE run_id IN {runs}"));
+                    sql.push("DELETE FROM dead_letters WHERE tenant = ?1".to_owned());
+                    sql.push("DELETE FROM runs WHERE tenant = ?1".to_owned());
+                }
+                let mut n = 0;
+                for s in sql {
+                    n += tx.execute(&s, [&tenant])? as u64;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
+    async fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        let row = (
+            actor.to_owned(),
+            action.to_owned(),
+            subject.to_owned(),
+            detail.to_owned(),
+        );
+        self.db
+            .write("audit", move |tx| {
+                tx.execute(
+                    "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![now_ms(), row.0, row.1, row.2, row.3],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+}
