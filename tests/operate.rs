@@ -234,3 +234,59 @@ async fn offboarding_removes_every_row_of_that_tenant_and_nothing_else() {
     assert!(h.receiver.db.rows("t", "items").unwrap().is_empty());
     assert_eq!(h.receiver.db.rows("u", "items").unwrap().len(), 1_200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_columns_never_leave_the_source_and_masked_ones_travel_masked() {
+    let h = Harness::new().await;
+    h.src()
+        .execute_batch(
+            "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, email TEXT, ssn TEXT);
+             INSERT INTO people VALUES (1, 'Ann', 'ann.secret@example.com', 'SSN-111-11-1111'),
+                                       (2, 'Bob', 'bob.secret@example.com', 'SSN-222-22-2222'),
+                                       (3, 'Cy', NULL, NULL);",
+        )
+        .unwrap();
+    let source =
+        "[tenants.t.sources.people]\nconnection = \"db\"\ntable = \"people\"\nkey = [\"id\"]\ninterval_secs = 1\n";
+    let private = format!("{source}exclude_columns = [\"ssn\"]\nmask_columns = [\"email\"]\n");
+    h.apply(&h.config(&private)).await;
+    h.onboard().await;
+    h.assert_in_sync().await;
+    let rows = h.receiver.db.rows("t", "people").unwrap();
+    let ann = &rows.iter().find(|(k, _)| k == "[1]").unwrap().1;
+    assert!(ann.contains("\"email\":\"sha256:") && !ann.contains("ssn"), "{ann}");
+    // No file of the store, the receiver or anything else we wrote holds the raw values.
+    let leaks = ["SSN-111", "SSN-222", "ann.secret", "bob.secret"];
+    for entry in std::fs::read_dir(h.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.ends_with("source.db") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for leak in leaks {
+            assert!(
+                !bytes.windows(leak.len()).any(|w| w == leak.as_bytes()),
+                "{leak} found in {}",
+                path.display()
+            );
+        }
+    }
+
+    // Un-masking is a controlled resync: every row re-sent once, in the new shape.
+    h.apply(&h.config(&format!("{source}exclude_columns = [\"ssn\"]\n")))
+        .await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.display_state(), run.updates), ("done", 3), "{run:#?}");
+    assert!(run
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("every row is re-sent once")));
+    h.assert_in_sync().await;
+    let rows = h.receiver.db.rows("t", "people").unwrap();
+    assert!(
+        rows.iter().any(|(_, r)| r.contains("ann.secret@example.com")),
+        "unmasked now"
+    );
+    assert!(rows.iter().all(|(_, r)| !r.contains("SSN-")), "still excluded");
+}

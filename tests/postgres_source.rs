@@ -92,6 +92,7 @@ async fn the_same_logical_row_hashes_the_same_from_sqlite_and_postgresql() {
         table: Some(table),
         query: None,
         key: vec!["id".into()],
+        ..Default::default()
     };
     let pool = signals_shared::postgres::pool::pool(&pg_url(), 2).unwrap();
     let from_pg = rows_of(&PgReader::new(pool, "pg"), &spec(format!("{}.same", pg.schema))).await;

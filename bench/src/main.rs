@@ -147,6 +147,7 @@ async fn read_source(pg_ref: &str) -> anyhow::Result<u64> {
         table: Some(format!("{SRC}.big")),
         query: None,
         key: vec!["id".into()],
+        ..Default::default()
     };
     let schema = source.describe(&spec).await?;
     let mut rx = source.read(&spec, &schema, &KeyRange::default());

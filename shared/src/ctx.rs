@@ -99,7 +99,15 @@ impl Ctx {
             table: ds.table.clone(),
             query: ds.query.clone(),
             key: ds.key.clone(),
+            exclude: ds.exclude_columns.clone(),
         };
+        if !ds.mask_columns.is_empty() {
+            let salt = match &t.mask_salt {
+                Some(r) => crate::secrets::resolve(r)?.expose().as_bytes().to_vec(),
+                None => tenant.as_bytes().to_vec(),
+            };
+            src = Arc::new(crate::privacy::MaskedSource::new(src, ds.mask_columns.clone(), salt));
+        }
         Ok((src, spec, ds))
     }
 

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod ports;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod privacy;
 pub mod protocol;
 #[cfg(feature = "receiver")]
 pub mod receiver;

@@ -190,6 +190,7 @@ mod tests {
                 native: "INTEGER".into(),
             }],
             key: vec!["id".into()],
+            ..Default::default()
         };
         let h = BatchHeader {
             tenant: "acme",
@@ -217,6 +218,7 @@ mod tests {
         let schema = TableSchema {
             columns: vec![],
             key: vec!["id".into()],
+            ..Default::default()
         };
         let h = BatchHeader {
             tenant: "t",

@@ -107,6 +107,10 @@ pub struct Tenant {
     /// No new runs start for a paused tenant.
     #[serde(default)]
     pub paused: bool,
+    /// Secret mixed into masked values, so they cannot be recomputed from guesses (default: the
+    /// tenant id only).
+    #[serde(default)]
+    pub mask_salt: Option<SecretRef>,
     /// Most of this tenant's batches in flight at once from one process (default: the
     /// destination's `max_concurrency`), so one tenant's onboarding cannot take every slot.
     #[serde(default)]
@@ -224,6 +228,13 @@ pub struct DataSource {
     /// In `watermark` mode, a full key diff (finds hard deletes) at least this often.
     #[serde(default = "defaults::full_diff_interval_secs")]
     pub full_diff_interval_secs: u64,
+    /// Columns never read from the source (never stored, never pushed).
+    #[serde(default)]
+    pub exclude_columns: Vec<String>,
+    /// Columns replaced by a keyed hash as they are read (personal data): stored and pushed only
+    /// masked. Changing either list is a controlled resync.
+    #[serde(default)]
+    pub mask_columns: Vec<String>,
 }
 
 impl DataSource {
@@ -434,6 +445,14 @@ impl Config {
                 for k in &s.key {
                     if let Err(e) = super::ident::validate(k, "key column") {
                         p.push(format!("{at}, field `key`: {e}"));
+                    }
+                }
+                for c in s.exclude_columns.iter().chain(&s.mask_columns) {
+                    if let Err(e) = super::ident::validate(c, "column") {
+                        p.push(format!("{at}, field `exclude_columns`/`mask_columns`: {e}"));
+                    }
+                    if s.key.contains(c) {
+                        p.push(format!("{at}: key column `{c}` cannot be excluded or masked"));
                     }
                 }
                 if s.diff == DiffMode::Watermark {

@@ -50,12 +50,18 @@ pub struct Column {
 }
 
 /// The columns of a data source, in source order, and which of them form the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableSchema {
     /// All columns in source order.
     pub columns: Vec<Column>,
     /// Key column names, in key order.
     pub key: Vec<String>,
+    /// Columns left out by configuration (for drift: a change here is a controlled resync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    /// Columns carried masked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masked: Vec<String>,
 }
 
 impl TableSchema {
@@ -155,6 +161,7 @@ mod tests {
                 col("b", ColumnType::Int),
             ],
             key: vec!["id".into()],
+            ..Default::default()
         };
         let new = TableSchema {
             columns: vec![
@@ -163,6 +170,7 @@ mod tests {
                 col("c", ColumnType::Date),
             ],
             key: vec!["id".into()],
+            ..Default::default()
         };
         let d = Drift::between(&old, &new);
         assert_eq!(d.to_string(), "added: c; dropped: a; retyped: b: int -> text");

@@ -135,6 +135,7 @@ mod tests {
                 native: "INTEGER".into(),
             }],
             key: vec!["id".into()],
+            ..Default::default()
         };
         let r = parse_range("40..70", &schema).unwrap();
         let key = |i: i64| {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc::Receiver;
 pub type Batches<T, E> = Receiver<Result<Vec<T>, E>>;
 
 /// What to read: a table or a query, and its key columns.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceSpec {
     /// Table name (`schema.table` allowed).
     pub table: Option<String>,
@@ -25,6 +25,8 @@ pub struct SourceSpec {
     pub query: Option<String>,
     /// Key columns in order.
     pub key: Vec<String>,
+    /// Columns to leave out of every query (they never leave the source).
+    pub exclude: Vec<String>,
 }
 
 /// A key range `[lo, hi)` in encoded key bytes; `None` is unbounded.

@@ -85,6 +85,8 @@ impl SqliteSource {
                 native,
             });
         }
+        // Excluded columns never leave the source: they are not in the shape, so no query selects them.
+        columns.retain(|c| !spec.exclude.contains(&c.name));
         for k in &spec.key {
             if !columns.iter().any(|c| &c.name == k) {
                 return Err(SourceError::MissingKeyColumn {
@@ -97,6 +99,8 @@ impl SqliteSource {
         Ok(TableSchema {
             columns,
             key: spec.key.clone(),
+            excluded: spec.exclude.clone(),
+            ..Default::default()
         })
     }
 }
@@ -195,6 +199,7 @@ impl SnapshotSource for SqliteSource {
                     .map(|i| schema.columns[i].clone())
                     .collect(),
                 key: schema.key.clone(),
+                ..Default::default()
             };
             let (mut n, mut bounds) = (0u64, Vec::new());
             while let Some(row) = rows.next().map_err(query_err)? {

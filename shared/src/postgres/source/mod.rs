@@ -135,6 +135,8 @@ async fn describe_on(client: &Object, spec: &SourceSpec) -> Result<TableSchema, 
             native,
         });
     }
+    // Excluded columns never leave the source: they are not in the shape, so no query selects them.
+    columns.retain(|c| !spec.exclude.contains(&c.name));
     for k in &spec.key {
         if !columns.iter().any(|c| &c.name == k) {
             return Err(SourceError::MissingKeyColumn {
@@ -147,6 +149,8 @@ async fn describe_on(client: &Object, spec: &SourceSpec) -> Result<TableSchema, 
     Ok(TableSchema {
         columns,
         key: spec.key.clone(),
+        excluded: spec.exclude.clone(),
+        ..Default::default()
     })
 }
 
@@ -167,6 +171,7 @@ impl SnapshotSource for PgSource {
         let key_schema = TableSchema {
             columns: keys.iter().map(|c| (*c).clone()).collect(),
             key: schema.key.clone(),
+            ..Default::default()
         };
         let select = keys.iter().map(|c| select_expr(c)).collect::<Vec<_>>().join(", ");
         let order = keys.iter().map(|c| key_expr(c)).collect::<Vec<_>>().join(", ");

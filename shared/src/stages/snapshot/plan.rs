@@ -30,14 +30,35 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
     let mut force_all = false;
     if let Some(old) = ctx.store.staged_schema(&run.tenant, &run.source).await? {
         let drift = Drift::between(&old, &schema);
-        if !drift.is_empty() && !ds.accept_drift {
+        // Excluding or masking columns changes the shape on purpose: a controlled resync.
+        let privacy: Vec<&String> = old
+            .excluded
+            .iter()
+            .chain(&old.masked)
+            .chain(&schema.excluded)
+            .chain(&schema.masked)
+            .collect();
+        let planned = (old.excluded != schema.excluded || old.masked != schema.masked)
+            && drift.added.iter().chain(&drift.dropped).all(|c| privacy.contains(&c))
+            && drift
+                .retyped
+                .iter()
+                .all(|r| privacy.iter().any(|p| r.starts_with(&format!("{p}:"))))
+            && !drift.key_changed;
+        if !drift.is_empty() && !ds.accept_drift && !planned {
             return Err(StageError::Drift {
                 tenant: run.tenant.clone(),
                 source_id: run.source.clone(),
                 drift: drift.to_string(),
             });
         }
-        if !drift.is_empty() {
+        if planned {
+            tracing::warn!(tenant = %run.tenant, source = %run.source, "excluded or masked columns changed: re-sending every row once");
+            ctx.store
+                .note_error(&run.id, "excluded or masked columns changed: every row is re-sent once")
+                .await?;
+            force_all = true;
+        } else if !drift.is_empty() {
             tracing::warn!(tenant = %run.tenant, source = %run.source, %drift,
                 "schema drift accepted: re-sending every row in the new shape");
             force_all = true;
