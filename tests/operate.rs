@@ -290,3 +290,64 @@ async fn excluded_columns_never_leave_the_source_and_masked_ones_travel_masked()
     );
     assert!(rows.iter().all(|(_, r)| !r.contains("SSN-")), "still excluded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_pruning_runs_during_a_sync_without_failing_or_blocking_it() {
+    use signals_shared::ports::PruneCutoffs;
+    let h = Harness::new().await;
+    create_items(&h.src(), 20_000);
+    let config = h.config(&items_source(2_000))
+        + "\n[retention]\nruns_days = 0\nledger_days = 0\nbatch_bodies_days = 0\ndead_letters_days = 0\n";
+    h.apply(&config).await;
+    h.onboard().await;
+    signals_tests::mutate_items(&h.src(), 20_000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.interval().await; // an earlier, finished run now exists beside the latest
+
+    // A big interval sync with pruning hammering the store at the same time.
+    h.src()
+        .execute("UPDATE items SET name = name || '!' WHERE id % 3 = 0", [])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pruner = {
+        let store = h.store.clone();
+        tokio::spawn(async move {
+            let mut removed = 0;
+            for _ in 0..40 {
+                let now = chrono::Utc::now();
+                let cut = PruneCutoffs {
+                    runs: now,
+                    ledger: now,
+                    bodies: now,
+                    dead_letters: now,
+                };
+                removed += store.prune(&cut).await.expect("pruning never fails a sync");
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            removed
+        })
+    };
+    h.interval().await;
+    let mut removed = pruner.await.unwrap();
+    let now = chrono::Utc::now();
+    removed += h
+        .store
+        .prune(&PruneCutoffs {
+            runs: now,
+            ledger: now,
+            bodies: now,
+            dead_letters: now,
+        })
+        .await
+        .unwrap();
+    assert!(removed > 0, "pruning removed old history");
+    let runs = h.runs().await;
+    assert_eq!(runs[0].display_state(), "done");
+    assert!(runs[0].updates > 5_000, "{runs:#?}");
+    assert_eq!(runs.len(), 1, "only the data source's latest run is kept: {runs:#?}");
+    h.assert_in_sync().await;
+
+    // The scheduler queues pruning by itself (hourly by default), and it succeeds.
+    h.run_job(Job::new(Task::Tick)).await;
+    assert!(h.store.last_audit("pruned").await.unwrap().is_some());
+}

@@ -19,6 +19,42 @@ pub struct Config {
     /// Tenants by tenant id.
     #[serde(default)]
     pub tenants: BTreeMap<String, Tenant>,
+    /// How long history is kept.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Retention periods, pruned in the background in small steps so syncs never wait on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Finished runs (and their batches and delivery ledger), except each data source's latest.
+    #[serde(default = "defaults::runs_days")]
+    pub runs_days: u32,
+    /// Delivery attempts of runs still kept.
+    #[serde(default = "defaults::runs_days")]
+    pub ledger_days: u32,
+    /// Bodies of delivered batches.
+    #[serde(default = "defaults::bodies_days")]
+    pub batch_bodies_days: u32,
+    /// Retried or dropped dead letters (open ones are kept until resolved).
+    #[serde(default = "defaults::dead_letters_days")]
+    pub dead_letters_days: u32,
+    /// How often pruning runs.
+    #[serde(default = "defaults::prune_interval_secs")]
+    pub prune_interval_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            runs_days: defaults::runs_days(),
+            ledger_days: defaults::runs_days(),
+            batch_bodies_days: defaults::bodies_days(),
+            dead_letters_days: defaults::dead_letters_days(),
+            prune_interval_secs: defaults::prune_interval_secs(),
+        }
+    }
 }
 
 /// A Data Push API endpoint and how batches are cut and retried for it.
@@ -268,6 +304,18 @@ mod defaults {
     }
     pub fn chunk_rows() -> u64 {
         100_000
+    }
+    pub fn runs_days() -> u32 {
+        90
+    }
+    pub fn bodies_days() -> u32 {
+        7
+    }
+    pub fn dead_letters_days() -> u32 {
+        30
+    }
+    pub fn prune_interval_secs() -> u64 {
+        3_600
     }
     pub fn watermark_overlap() -> i64 {
         60

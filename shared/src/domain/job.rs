@@ -65,6 +65,8 @@ pub enum Task {
         #[serde(default)]
         reports: Vec<String>,
     },
+    /// Prune history past its retention period.
+    Prune,
     /// Reconcile a data source with its destination (periodic verification).
     Verify {
         /// Tenant id.
@@ -219,7 +221,7 @@ impl Job {
     /// The stage that handles this job.
     pub fn stage(&self) -> Stage {
         match self.task {
-            Task::Tick | Task::Onboard { .. } => Stage::Scheduler,
+            Task::Tick | Task::Onboard { .. } | Task::Prune => Stage::Scheduler,
             Task::Plan { .. } | Task::Chunk { .. } | Task::Verify { .. } => Stage::Snapshot,
             Task::Merge { .. } => Stage::Merge,
             Task::Batch { .. } => Stage::Batch,
@@ -230,7 +232,7 @@ impl Job {
     /// (tenant, data source, run) where the job has them.
     pub fn scope(&self) -> (Option<&str>, Option<&str>, Option<&str>) {
         match &self.task {
-            Task::Tick => (None, None, None),
+            Task::Tick | Task::Prune => (None, None, None),
             Task::Onboard { tenant, .. } => (Some(tenant), None, None),
             Task::Verify { tenant, source, .. } => (Some(tenant), Some(source), None),
             Task::Plan { tenant, source, run_id }

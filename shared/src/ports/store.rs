@@ -146,6 +146,19 @@ impl Run {
     }
 }
 
+/// Instants before which history may go.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneCutoffs {
+    /// Finished runs (not a data source's latest) with their batches and ledger.
+    pub runs: DateTime<Utc>,
+    /// Delivery attempts.
+    pub ledger: DateTime<Utc>,
+    /// Delivered batch bodies.
+    pub bodies: DateTime<Utc>,
+    /// Resolved dead letters.
+    pub dead_letters: DateTime<Utc>,
+}
+
 /// What planning decided for a run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -409,6 +422,10 @@ pub trait OperatorStore: Send + Sync {
     async fn pauses(&self, tenant: &str) -> Result<Vec<Option<String>>, StoreError>;
     /// Records an operator action.
     async fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
+    /// When `action` was last recorded in the audit log.
+    async fn last_audit(&self, action: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Prunes history older than the cutoffs, in small transactions. Returns the rows removed.
+    async fn prune(&self, cutoffs: &PruneCutoffs) -> Result<u64, StoreError>;
     /// Removes every row of a tenant — queued jobs, staging, scratch rows, cursors, pauses and,
     /// unless `keep_history`, its runs, ledger and dead letters. Returns the rows removed.
     async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError>;

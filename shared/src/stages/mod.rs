@@ -38,6 +38,7 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     }
     match &job.task {
         Task::Tick => scheduler::tick(ctx, job).await,
+        Task::Prune => scheduler::prune(ctx).await,
         Task::Onboard { tenant, reports } => scheduler::onboard(ctx, job, tenant, reports).await,
         Task::Verify { tenant, source, repair } => verify(ctx, tenant, source, *repair).await,
         Task::Plan { tenant, run_id, .. } => snapshot::plan(ctx, job, &load_run(ctx, tenant, run_id).await?).await,

@@ -24,6 +24,12 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     };
     let now = Utc::now();
     let mut next = Vec::new();
+    let every = chrono::Duration::seconds(config.retention.prune_interval_secs as i64);
+    if ctx.store.last_audit("prune").await?.is_none_or(|at| now - at >= every) {
+        // Recorded first, so the ticks before the job runs do not queue it again.
+        ctx.store.audit("scheduler", "prune", "store", "scheduled").await?;
+        next.push(job.next(Task::Prune));
+    }
     for (tid, tenant) in &config.tenants {
         let pauses = ctx.store.pauses(tid).await?;
         let verified: HashMap<String, _> = ctx.store.last_verifications(tid).await?.into_iter().collect();
@@ -106,4 +112,25 @@ pub(super) async fn onboard(ctx: &Ctx, job: &Job, tenant: &str, reports: &[Strin
         }
     }
     Ok(next)
+}
+
+/// Prunes history past the configured retention, in small steps.
+pub(super) async fn prune(ctx: &Ctx) -> Result<Vec<Job>, StageError> {
+    let Some((_, config)) = ctx.latest_config().await? else {
+        return Ok(Vec::new());
+    };
+    let r = &config.retention;
+    let ago = |days: u32| Utc::now() - chrono::Duration::days(i64::from(days));
+    let cutoffs = crate::ports::PruneCutoffs {
+        runs: ago(r.runs_days),
+        ledger: ago(r.ledger_days),
+        bodies: ago(r.batch_bodies_days),
+        dead_letters: ago(r.dead_letters_days),
+    };
+    let removed = ctx.store.prune(&cutoffs).await?;
+    tracing::info!(removed, "pruned history past its retention");
+    ctx.store
+        .audit("scheduler", "pruned", "store", &format!("{removed} rows"))
+        .await?;
+    Ok(Vec::new())
 }

@@ -2,9 +2,10 @@
 
 use super::{now_ms, PgStore};
 use crate::errors::StoreError;
-use crate::ports::OperatorStore;
+use crate::ports::{OperatorStore, PruneCutoffs};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 #[async_trait]
 impl OperatorStore for PgStore {
@@ -40,6 +41,60 @@ impl OperatorStore for PgStore {
             .iter()
             .map(|r| Some(r.get::<_, String>(0)).filter(|s| !s.is_empty()))
             .collect())
+    }
+
+    async fn last_audit(&self, action: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let sql = format!("SELECT MAX(at) FROM {}.audit_log WHERE action = $1", self.s);
+        let at: Option<i64> = self
+            .client()
+            .await?
+            .query_one(&sql, &[&action])
+            .await
+            .map_err(pg_err("last audit"))?
+            .get(0);
+        Ok(at.map(super::from_ms))
+    }
+
+    async fn prune(&self, cut: &PruneCutoffs) -> Result<u64, StoreError> {
+        let s = &self.s;
+        let old_runs = format!(
+            "SELECT r.id FROM {s}.runs r WHERE r.state IN ('done', 'abandoned') AND r.finished_at < $1 \
+             AND r.created_at < (SELECT MAX(created_at) FROM {s}.runs x WHERE x.tenant = r.tenant AND x.source = r.source)"
+        );
+        let steps = [
+            (format!("DELETE FROM {s}.deliveries WHERE id IN (SELECT id FROM {s}.deliveries WHERE run_id IN ({old_runs}) LIMIT 1000)"), cut.runs),
+            (format!("DELETE FROM {s}.batches WHERE id IN (SELECT id FROM {s}.batches WHERE run_id IN ({old_runs}) LIMIT 1000)"), cut.runs),
+            (
+                format!(
+                    "DELETE FROM {s}.runs WHERE id IN ({old_runs} AND NOT EXISTS (SELECT 1 FROM {s}.batches b WHERE b.run_id = r.id) LIMIT 1000)"
+                ),
+                cut.runs,
+            ),
+            (format!("DELETE FROM {s}.deliveries WHERE id IN (SELECT id FROM {s}.deliveries WHERE at < $1 LIMIT 1000)"), cut.ledger),
+            (
+                format!("UPDATE {s}.batches SET body = NULL WHERE id IN (SELECT id FROM {s}.batches WHERE delivered_at < $1 AND body IS NOT NULL LIMIT 1000)"),
+                cut.bodies,
+            ),
+            (
+                format!("DELETE FROM {s}.dead_letters WHERE id IN (SELECT id FROM {s}.dead_letters WHERE state <> 'open' AND resolved_at < $1 LIMIT 1000)"),
+                cut.dead_letters,
+            ),
+        ];
+        let c = self.client().await?;
+        let mut total = 0;
+        for (sql, cutoff) in steps {
+            loop {
+                let n = c
+                    .execute(&sql, &[&cutoff.timestamp_millis()])
+                    .await
+                    .map_err(pg_err("prune"))?;
+                total += n;
+                if n < 1000 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError> {

@@ -2,8 +2,9 @@
 
 use super::{now_ms, SqliteStore};
 use crate::errors::StoreError;
-use crate::ports::OperatorStore;
+use crate::ports::{OperatorStore, PruneCutoffs};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rusqlite::params;
 
 #[async_trait]
@@ -34,6 +35,67 @@ impl OperatorStore for SqliteStore {
                 rows.map(|s| s.map(|s| (!s.is_empty()).then_some(s))).collect()
             })
             .await
+    }
+
+    async fn last_audit(&self, action: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let action = action.to_owned();
+        let at: Option<i64> = self
+            .db
+            .read("last audit", move |c| {
+                c.query_row("SELECT MAX(at) FROM audit_log WHERE action = ?1", [action], |r| {
+                    r.get(0)
+                })
+            })
+            .await?;
+        Ok(at.map(super::from_ms))
+    }
+
+    async fn prune(&self, cut: &PruneCutoffs) -> Result<u64, StoreError> {
+        let steps = [
+            (
+                "DELETE FROM deliveries WHERE rowid IN (SELECT d.rowid FROM deliveries d JOIN runs r ON r.id = d.run_id \
+                 WHERE r.state IN ('done', 'abandoned') AND r.finished_at < ?1 AND r.created_at < (SELECT MAX(created_at) \
+                 FROM runs x WHERE x.tenant = r.tenant AND x.source = r.source) LIMIT 1000)",
+                cut.runs,
+            ),
+            (
+                "DELETE FROM batches WHERE rowid IN (SELECT b.rowid FROM batches b JOIN runs r ON r.id = b.run_id \
+                 WHERE r.state IN ('done', 'abandoned') AND r.finished_at < ?1 AND r.created_at < (SELECT MAX(created_at) \
+                 FROM runs x WHERE x.tenant = r.tenant AND x.source = r.source) LIMIT 1000)",
+                cut.runs,
+            ),
+            (
+                "DELETE FROM runs WHERE rowid IN (SELECT r.rowid FROM runs r WHERE r.state IN ('done', 'abandoned') \
+                 AND r.finished_at < ?1 AND r.created_at < (SELECT MAX(created_at) FROM runs x \
+                 WHERE x.tenant = r.tenant AND x.source = r.source) \
+                 AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.run_id = r.id) LIMIT 1000)",
+                cut.runs,
+            ),
+            ("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries WHERE at < ?1 LIMIT 1000)", cut.ledger),
+            (
+                "UPDATE batches SET body = NULL WHERE rowid IN (SELECT rowid FROM batches \
+                 WHERE delivered_at < ?1 AND body IS NOT NULL LIMIT 1000)",
+                cut.bodies,
+            ),
+            (
+                "DELETE FROM dead_letters WHERE rowid IN (SELECT rowid FROM dead_letters \
+                 WHERE state <> 'open' AND resolved_at < ?1 LIMIT 1000)",
+                cut.dead_letters,
+            ),
+        ];
+        let mut total = 0;
+        for (sql, cutoff) in steps {
+            // Small transactions: a sync never waits long for the writer.
+            loop {
+                let ms = cutoff.timestamp_millis();
+                let n = self.db.write("prune", move |tx| tx.execute(sql, [ms])).await? as u64;
+                total += n;
+                if n < 1000 {
+                    break;
+                }
+            }
+        }
+        Ok(total)
     }
 
     async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError> {
