@@ -4,8 +4,10 @@ CARGO ?= cargo
 
 .PHONY: test lint fmt build demo bench bench-pg
 
-## Run the whole test suite (unit, integration, end-to-end) against real services.
+## Run the whole test suite (unit, integration, end-to-end) against real services; installs
+## what the tests need first (scripts/test-deps.sh).
 test:
+	./scripts/test-deps.sh
 	$(CARGO) test --workspace --all-targets
 
 ## Formatting and lints exactly as CI checks them.

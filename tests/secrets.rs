@@ -63,3 +63,115 @@ async fn dummy_secrets_appear_in_no_log_error_status_or_stored_row() {
         assert_absent(&path.display().to_string(), &std::fs::read(&path).unwrap());
     }
 }
+
+/// A moto server (PyPI `moto[server]`, installed by `scripts/test-deps.sh`) on a free port.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 with moto[server] must be installed (make test installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Moto {
+                    child,
+                    url: format!("http://127.0.0.1:{port}"),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("moto_server did not start on port {port}");
+    }
+
+    /// Creates a secret with boto3 (a dependency of moto) and returns its ARN.
+    fn create_secret(&self, name: &str, value: &str) -> String {
+        let script = format!(
+            "import boto3; c = boto3.client('secretsmanager', endpoint_url='{}', region_name='eu-west-1', \
+             aws_access_key_id='test', aws_secret_access_key='test'); \
+             print(c.create_secret(Name='{name}', SecretString='{value}')['ARN'])",
+            self.url
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_aws_secrets_manager() {
+    let moto = Moto::start();
+    let arn = moto.create_secret("signals/push", r#"{"token": "sm-DUMMY-9931"}"#);
+    let h = Harness::with_receiver_auth(Some("Bearer sm-DUMMY-9931".into())).await;
+    create_items(&h.src(), 600);
+    let auth = format!("auth = {{ bearer = {{ token = \"aws-sm:{arn}#token\" }} }}");
+    let config = write_config(&h, &h.config_with(&h.url, &auth, &items_source(1_000)));
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "eu-west-1"),
+    ];
+    let mut transcript = String::new();
+    for args in [
+        vec!["config", "apply", &config],
+        vec!["onboard", "--tenant", "t"],
+        vec!["run", "--until-idle"],
+    ] {
+        let (status, out) = run_cli(BIN, &h, &args, &env);
+        assert!(status.success(), "{args:?}: {out}");
+        transcript.push_str(&out);
+    }
+    h.assert_in_sync().await;
+    assert!(
+        !transcript.contains("sm-DUMMY-9931"),
+        "the secret's value leaked:\n{transcript}"
+    );
+
+    // A reference to a secret that does not exist is a clear error naming the reference only.
+    let missing = format!("aws-sm:{}#token", arn.replace("signals/push", "signals/nope"));
+    let config = write_config(
+        &h,
+        &h.config_with(
+            &h.url,
+            &format!("auth = {{ bearer = {{ token = \"{missing}\" }} }}"),
+            &items_source(1_000),
+        ),
+    );
+    assert!(run_cli(BIN, &h, &["config", "apply", &config], &env).0.success());
+    signals_tests::mutate_items(&h.src(), 600);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(
+        run_cli(BIN, &h, &["run", "--until-idle", "--tick", "--max-attempts", "1"], &env)
+            .0
+            .success()
+    );
+    let (_, shown) = run_cli(BIN, &h, &["dlq", "show", "1"], &env);
+    assert!(
+        shown.contains("Secrets Manager") && shown.contains("ResourceNotFoundException"),
+        "{shown}"
+    );
+}

@@ -83,6 +83,13 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
                 Outcome::Done(next)
             }
             Err(e) => {
+                if matches!(
+                    e,
+                    crate::errors::StageError::Source(crate::errors::SourceError::Connect { .. })
+                ) {
+                    // A rotated password looks like a failed login: re-fetch secrets next time.
+                    crate::secrets::invalidate_cached();
+                }
                 let error = e.to_string();
                 let p = policy(ctx, job).await;
                 match p.decide(job.attempt.max(1), e.retryable(), e.retry_after(), fastrand::f64()) {

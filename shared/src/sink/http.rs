@@ -133,6 +133,10 @@ impl Pusher for HttpPusher {
         let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, chrono::Utc::now()));
         let request_id = header("x-request-id");
         let text = resp.text().await.map_err(transport)?;
+        if matches!(status, 401 | 403) {
+            // The credential may have been rotated: fetch secret-manager values afresh next time.
+            crate::secrets::invalidate_cached();
+        }
         match (status, classify_status(status)) {
             (429 | 503, _) => self.limiter.throttled(retry_after),
             (_, StatusClass::Success) => self.limiter.success(),

@@ -1,7 +1,13 @@
 //! Resolves secret references. A resolved value is wrapped so that it never prints.
 
+#[cfg(feature = "aws-secrets")]
+pub mod aws_sm;
+
 use crate::domain::secret_ref::SecretRef;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// A secret value; `Debug` and `Display` print `***`.
 #[derive(Clone)]
@@ -44,15 +50,42 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// AWS Secrets Manager could not give the secret.
+    #[cfg(feature = "aws-secrets")]
+    #[error("secret `{reference}`: {source}")]
+    AwsSm {
+        /// The reference.
+        reference: String,
+        /// What went wrong (never the value).
+        #[source]
+        source: aws_sm::AwsSmError,
+    },
     /// This build cannot read that kind of reference.
-    #[error("secret `{reference}`: AWS Secrets Manager is not available in this build")]
+    #[error("secret `{reference}`: AWS Secrets Manager is not available in this build (feature aws-secrets)")]
     Unsupported {
         /// The reference.
         reference: String,
     },
 }
 
-/// Resolves a reference now (values are not cached: rotation takes effect on the next job).
+/// How long a secret fetched from a secret manager is reused before it is fetched again.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+type Cache = Mutex<HashMap<String, (Secret, Instant)>>;
+
+fn cache() -> &'static Cache {
+    static C: OnceLock<Cache> = OnceLock::new();
+    C.get_or_init(Cache::default)
+}
+
+/// Forgets cached secret-manager values, so the next use fetches them again (after an
+/// authentication failure: the secret may have been rotated).
+pub fn invalidate_cached() {
+    cache().lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
+/// Resolves a reference. Environment variables and files are read every time (rotation takes
+/// effect on the next job); Secrets Manager values are cached for [`CACHE_TTL`].
 pub fn resolve(r: &SecretRef) -> Result<Secret, SecretError> {
     match r {
         SecretRef::Env(name) => std::env::var(name).map(Secret).map_err(|_| SecretError::EnvMissing {
@@ -64,9 +97,27 @@ pub fn resolve(r: &SecretRef) -> Result<Secret, SecretError> {
                 reference: r.to_string(),
                 source,
             }),
+        #[cfg(not(feature = "aws-secrets"))]
         SecretRef::AwsSm(_) => Err(SecretError::Unsupported {
             reference: r.to_string(),
         }),
+        #[cfg(feature = "aws-secrets")]
+        SecretRef::AwsSm(arn) => {
+            if let Some((s, at)) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(arn) {
+                if at.elapsed() < CACHE_TTL {
+                    return Ok(s.clone());
+                }
+            }
+            let value = Secret(aws_sm::fetch(arn).map_err(|source| SecretError::AwsSm {
+                reference: r.to_string(),
+                source,
+            })?);
+            cache()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(arn.clone(), (value.clone(), Instant::now()));
+            Ok(value)
+        }
     }
 }
 
