@@ -76,6 +76,11 @@ async fn pausing_mid_initial_sync_parks_the_source_and_resuming_finishes_it() {
     assert_eq!(state("other"), "done", "other data sources are unaffected");
     assert_eq!(state("items"), "snapshotting", "the paused source is parked mid-sync");
     assert_eq!(runs.iter().find(|r| r.source == "items").unwrap().chunks_done, 1);
+    let (_, status) = run_cli(BIN, &h, &["status"], &[]);
+    assert!(
+        status.contains("paused: t/items") && status.contains(" paused "),
+        "status shows the pause:\n{status}"
+    );
     h.assert_in_sync_for("other").await;
 
     assert!(run_cli(BIN, &h, &["resume", "--tenant", "t", "--source", "items"], &[])

@@ -7,16 +7,37 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
     let store = open_store(store).await?;
     let runs = store.runs(tenant, limit).await?;
     let open_dl = store.dead_letters(true).await?.len();
+    // Operator pauses, per tenant: `None` pauses the whole tenant.
+    let mut paused: Vec<(String, Option<String>)> = Vec::new();
+    let mut tenants: Vec<&str> = runs.iter().map(|r| r.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    for t in tenants {
+        paused.extend(store.pauses(t).await?.into_iter().map(|s| (t.to_owned(), s)));
+    }
+    let is_paused = |r: &signals_shared::ports::Run| {
+        paused
+            .iter()
+            .any(|(t, s)| *t == r.tenant && s.as_deref().is_none_or(|s| s == r.source))
+    };
+    let state = |r: &signals_shared::ports::Run| -> &'static str {
+        match r.display_state() {
+            "done" | "abandoned" | "blocked" => r.display_state(),
+            _ if is_paused(r) => "paused",
+            other => other,
+        }
+    };
     let (depth, oldest) = store.depth(&[]).await?;
     if json {
         let out = serde_json::json!({
             "runs": runs.iter().map(|r| {
                 let mut v = serde_json::to_value(r).expect("runs serialise");
-                v["state"] = r.display_state().into();
+                v["state"] = state(r).into();
                 v.as_object_mut().map(|o| o.remove("schema"));
                 v
             }).collect::<Vec<_>>(),
             "open_dead_letters": open_dl,
+            "paused": paused.iter().map(|(t, s)| match s { Some(s) => format!("{t}/{s}"), None => t.clone() }).collect::<Vec<_>>(),
             "queue": { "depth": depth, "oldest_age_secs": oldest.map(|d| d.as_secs_f64()) },
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -55,7 +76,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
             r.source,
             r.kind.as_str(),
             mode,
-            r.display_state(),
+            state(r),
             r.rows_read,
             r.bytes_read as f64 / 1e6,
             r.inserts,
@@ -76,6 +97,13 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         "\nqueue: {depth} jobs{}; open dead letters: {open_dl}",
         oldest.map_or(String::new(), |o| format!(", oldest visible {:.0}s", o.as_secs_f64()))
     );
+    if !paused.is_empty() {
+        let list: Vec<String> = paused
+            .iter()
+            .map(|(t, s)| s.as_ref().map_or(t.clone(), |s| format!("{t}/{s}")))
+            .collect();
+        println!("paused: {} (`signals resume` to continue)", list.join(", "));
+    }
     if open_dl > 0 {
         println!("blocked runs wait for `signals dlq retry ID` (see `signals dlq list`)");
     }
