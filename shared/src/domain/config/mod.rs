@@ -4,6 +4,8 @@
 //! the store and every run records the version it started with. Every error names the file, the
 //! tenant or destination, the data source and the field.
 
+mod validate;
+
 use super::secret_ref::SecretRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -384,14 +386,6 @@ pub enum ConfigError {
     },
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 impl Config {
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -424,133 +418,6 @@ impl Config {
                 problems,
             })
         }
-    }
-
-    /// Every inconsistency, each naming its place as `tenant `t`, data source `s`, field `f``.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        for (id, d) in &self.destinations {
-            let at = format!("destination `{id}`");
-            if !valid_id(id) {
-                p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
-            }
-            if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
-                p.push(format!("{at}, field `url`: must start with http:// or https://"));
-            }
-            if d.batch_max_rows == 0 {
-                p.push(format!("{at}, field `batch_max_rows`: must be at least 1"));
-            }
-            if d.batch_max_bytes < 1024 {
-                p.push(format!("{at}, field `batch_max_bytes`: must be at least 1024"));
-            }
-            if d.max_attempts == 0 {
-                p.push(format!("{at}, field `max_attempts`: must be at least 1"));
-            }
-            if d.max_concurrency == 0 {
-                p.push(format!("{at}, field `max_concurrency`: must be at least 1"));
-            }
-        }
-        for (tid, t) in &self.tenants {
-            let at = format!("tenant `{tid}`");
-            if !valid_id(tid) {
-                p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
-            }
-            if !self.destinations.contains_key(&t.destination) {
-                p.push(format!("{at}, field `destination`: no destination `{}`", t.destination));
-            }
-            for (cid, c) in &t.connections {
-                if c.sqlite_path.is_some() == c.url.is_some() {
-                    p.push(format!(
-                        "{at}, connection `{cid}`: set exactly one of `sqlite_path` and `url`"
-                    ));
-                }
-                if c.max_concurrent_queries == Some(0) {
-                    p.push(format!(
-                        "{at}, connection `{cid}`, field `max_concurrent_queries`: must be at least 1"
-                    ));
-                }
-                if c.heavy_hours.as_deref().is_some_and(|h| parse_hours(h).is_none()) {
-                    p.push(format!(
-                        "{at}, connection `{cid}`, field `heavy_hours`: expected UTC hours like \"22-6\""
-                    ));
-                }
-            }
-            let mut datasets = BTreeMap::new();
-            for (sid, s) in &t.sources {
-                let at = format!("{at}, data source `{sid}`");
-                if !valid_id(sid) {
-                    p.push(format!("{at}: id must be 1-64 of a-z, 0-9, `_`, `-`"));
-                }
-                if !t.connections.contains_key(&s.connection) {
-                    p.push(format!("{at}, field `connection`: no connection `{}`", s.connection));
-                }
-                if s.table.is_some() == s.query.is_some() {
-                    p.push(format!("{at}: set exactly one of `table` and `query`"));
-                }
-                if s.key.is_empty() {
-                    p.push(format!("{at}, field `key`: name at least one key column"));
-                }
-                for k in &s.key {
-                    if let Err(e) = super::ident::validate(k, "key column") {
-                        p.push(format!("{at}, field `key`: {e}"));
-                    }
-                }
-                for c in s.exclude_columns.iter().chain(&s.mask_columns) {
-                    if let Err(e) = super::ident::validate(c, "column") {
-                        p.push(format!("{at}, field `exclude_columns`/`mask_columns`: {e}"));
-                    }
-                    if s.key.contains(c) {
-                        p.push(format!("{at}: key column `{c}` cannot be excluded or masked"));
-                    }
-                }
-                if s.diff == DiffMode::Watermark {
-                    match &s.watermark_column {
-                        None => p.push(format!(
-                            "{at}, field `watermark_column`: `diff = \"watermark\"` needs the cursor column"
-                        )),
-                        Some(c) => {
-                            if let Err(e) = super::ident::validate(c, "watermark column") {
-                                p.push(format!("{at}, field `watermark_column`: {e}"));
-                            }
-                        }
-                    }
-                }
-                if s.diff == DiffMode::RemoteHash
-                    && t.connections
-                        .get(&s.connection)
-                        .is_some_and(|c| c.sqlite_path.is_some())
-                {
-                    p.push(format!(
-                        "{at}, field `diff`: `remote_hash` needs a server source (PostgreSQL, SQL Server), not SQLite"
-                    ));
-                }
-                if let Some(t) = &s.table {
-                    if let Err(e) = super::ident::qualified(t, "table") {
-                        p.push(format!("{at}, field `table`: {e}"));
-                    }
-                }
-                if s.interval_secs == 0 {
-                    p.push(format!("{at}, field `interval_secs`: must be at least 1"));
-                }
-                if s.chunk_rows < 1000 {
-                    p.push(format!("{at}, field `chunk_rows`: must be at least 1000"));
-                }
-                if let Some(other) = datasets.insert(s.dataset_name(sid).to_owned(), sid) {
-                    p.push(format!(
-                        "{at}, field `dataset`: dataset `{}` is already fed by data source `{other}`",
-                        s.dataset_name(sid)
-                    ));
-                }
-            }
-            for (rid, sources) in &t.reports {
-                for s in sources {
-                    if !t.sources.contains_key(s) {
-                        p.push(format!("{at}, report `{rid}`: no data source `{s}`"));
-                    }
-                }
-            }
-        }
-        p
     }
 
     /// The tenant, or an error naming it.
@@ -592,99 +459,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[destinations.platform]
-url = "https://push.example.com"
-auth = { bearer = { token = "env:PUSH_TOKEN" } }
-
-[tenants.acme]
-destination = "platform"
-reports = { sales = ["orders", "customers"], stock = ["customers", "products"] }
-
-[tenants.acme.connections.erp]
-url = "env:ACME_ERP_URL"
-
-[tenants.acme.sources.orders]
-connection = "erp"
-table = "dbo.orders"
-key = ["id"]
-
-[tenants.acme.sources.customers]
-connection = "erp"
-table = "customers"
-key = ["id"]
-interval_secs = 60
-
-[tenants.acme.sources.products]
-connection = "erp"
-query = "SELECT * FROM products WHERE active = 1"
-key = ["sku", "site"]
-"#;
-
-    #[test]
-    fn parses_and_applies_defaults() {
-        let c = Config::parse(GOOD, "good.toml").unwrap();
-        let d = &c.destinations["platform"];
-        assert_eq!(d.batch_max_rows, 5_000);
-        assert_eq!(c.tenants["acme"].sources["orders"].interval_secs, 300);
-        let srcs = c
-            .sources_for_reports("acme", &["sales".into(), "stock".into()], 1)
-            .unwrap();
-        assert_eq!(srcs, vec!["customers", "orders", "products"]);
-    }
-
-    #[test]
-    fn errors_name_file_tenant_source_and_field() {
-        let bad = GOOD
-            .replace(
-                "connection = \"erp\"\ntable = \"customers\"",
-                "connection = \"crm\"\ntable = \"customers\"",
-            )
-            .replace("key = [\"sku\", \"site\"]", "key = []");
-        let err = Config::parse(&bad, "acme.toml").unwrap_err().to_string();
-        assert!(err.starts_with("acme.toml: invalid configuration"), "{err}");
-        assert!(
-            err.contains("tenant `acme`, data source `customers`, field `connection`: no connection `crm`"),
-            "{err}"
-        );
-        assert!(
-            err.contains("tenant `acme`, data source `products`, field `key`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn heavy_hours_wrap_midnight() {
-        assert_eq!(parse_hours("22-6"), Some((22, 6)));
-        assert!(in_window(23, (22, 6)) && in_window(3, (22, 6)) && !in_window(12, (22, 6)));
-        assert!(in_window(9, (8, 18)) && !in_window(18, (8, 18)));
-        assert_eq!(parse_hours("25-3"), None);
-        assert_eq!(parse_hours("night"), None);
-    }
-
-    #[test]
-    fn watermark_needs_its_column_and_remote_hash_a_server() {
-        let bad = GOOD.replace("table = \"dbo.orders\"", "table = \"dbo.orders\"\ndiff = \"watermark\"");
-        let err = Config::parse(&bad, "x.toml").unwrap_err().to_string();
-        assert!(err.contains("data source `orders`, field `watermark_column`"), "{err}");
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_secret_refs_are_refused() {
-        let err = Config::parse(&GOOD.replace("interval_secs = 60", "interval = 60"), "x.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown field `interval`"), "{err}");
-        let err = Config::parse(
-            &GOOD.replace("env:ACME_ERP_URL", "Server=db;Password=hunter2"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("secret reference"), "{err}");
-        assert!(!err.contains("hunter2"), "a secret value leaked into an error: {err}");
-    }
-}
+mod tests;

@@ -1,0 +1,95 @@
+//! Config parsing and validation tests.
+use super::*;
+
+const GOOD: &str = r#"
+[destinations.platform]
+url = "https://push.example.com"
+auth = { bearer = { token = "env:PUSH_TOKEN" } }
+
+[tenants.acme]
+destination = "platform"
+reports = { sales = ["orders", "customers"], stock = ["customers", "products"] }
+
+[tenants.acme.connections.erp]
+url = "env:ACME_ERP_URL"
+
+[tenants.acme.sources.orders]
+connection = "erp"
+table = "dbo.orders"
+key = ["id"]
+
+[tenants.acme.sources.customers]
+connection = "erp"
+table = "customers"
+key = ["id"]
+interval_secs = 60
+
+[tenants.acme.sources.products]
+connection = "erp"
+query = "SELECT * FROM products WHERE active = 1"
+key = ["sku", "site"]
+"#;
+
+#[test]
+fn parses_and_applies_defaults() {
+    let c = Config::parse(GOOD, "good.toml").unwrap();
+    let d = &c.destinations["platform"];
+    assert_eq!(d.batch_max_rows, 5_000);
+    assert_eq!(c.tenants["acme"].sources["orders"].interval_secs, 300);
+    let srcs = c
+        .sources_for_reports("acme", &["sales".into(), "stock".into()], 1)
+        .unwrap();
+    assert_eq!(srcs, vec!["customers", "orders", "products"]);
+}
+
+#[test]
+fn errors_name_file_tenant_source_and_field() {
+    let bad = GOOD
+        .replace(
+            "connection = \"erp\"\ntable = \"customers\"",
+            "connection = \"crm\"\ntable = \"customers\"",
+        )
+        .replace("key = [\"sku\", \"site\"]", "key = []");
+    let err = Config::parse(&bad, "acme.toml").unwrap_err().to_string();
+    assert!(err.starts_with("acme.toml: invalid configuration"), "{err}");
+    assert!(
+        err.contains("tenant `acme`, data source `customers`, field `connection`: no connection `crm`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tenant `acme`, data source `products`, field `key`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn heavy_hours_wrap_midnight() {
+    assert_eq!(parse_hours("22-6"), Some((22, 6)));
+    assert!(in_window(23, (22, 6)) && in_window(3, (22, 6)) && !in_window(12, (22, 6)));
+    assert!(in_window(9, (8, 18)) && !in_window(18, (8, 18)));
+    assert_eq!(parse_hours("25-3"), None);
+    assert_eq!(parse_hours("night"), None);
+}
+
+#[test]
+fn watermark_needs_its_column_and_remote_hash_a_server() {
+    let bad = GOOD.replace("table = \"dbo.orders\"", "table = \"dbo.orders\"\ndiff = \"watermark\"");
+    let err = Config::parse(&bad, "x.toml").unwrap_err().to_string();
+    assert!(err.contains("data source `orders`, field `watermark_column`"), "{err}");
+}
+
+#[test]
+fn unknown_fields_and_bad_secret_refs_are_refused() {
+    let err = Config::parse(&GOOD.replace("interval_secs = 60", "interval = 60"), "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `interval`"), "{err}");
+    let err = Config::parse(
+        &GOOD.replace("env:ACME_ERP_URL", "Server=db;Password=hunter2"),
+        "x.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("secret reference"), "{err}");
+    assert!(!err.contains("hunter2"), "a secret value leaked into an error: {err}");
+}
