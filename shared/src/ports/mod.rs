@@ -29,6 +29,27 @@ pub struct SourceSpec {
     pub exclude: Vec<String>,
 }
 
+impl SourceSpec {
+    /// The shape a source describes: its columns minus the excluded ones (they never leave the
+    /// source: no query selects what the shape lacks), with every key column present.
+    pub fn shape(&self, mut columns: Vec<crate::domain::schema::Column>) -> Result<TableSchema, SourceError> {
+        columns.retain(|c| !self.exclude.contains(&c.name));
+        if let Some(k) = self.key.iter().find(|k| !columns.iter().any(|c| &c.name == *k)) {
+            return Err(SourceError::MissingKeyColumn {
+                object: self.table.clone().unwrap_or_else(|| "query".into()),
+                column: k.clone(),
+                available: columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok(TableSchema {
+            columns,
+            key: self.key.clone(),
+            excluded: self.exclude.clone(),
+            ..Default::default()
+        })
+    }
+}
+
 /// A key range `[lo, hi)` in encoded key bytes; `None` is unbounded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KeyRange {

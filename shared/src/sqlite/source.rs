@@ -85,23 +85,7 @@ impl SqliteSource {
                 native,
             });
         }
-        // Excluded columns never leave the source: they are not in the shape, so no query selects them.
-        columns.retain(|c| !spec.exclude.contains(&c.name));
-        for k in &spec.key {
-            if !columns.iter().any(|c| &c.name == k) {
-                return Err(SourceError::MissingKeyColumn {
-                    object: object_name(spec),
-                    column: k.clone(),
-                    available: columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
-                });
-            }
-        }
-        Ok(TableSchema {
-            columns,
-            key: spec.key.clone(),
-            excluded: spec.exclude.clone(),
-            ..Default::default()
-        })
+        spec.shape(columns)
     }
 }
 

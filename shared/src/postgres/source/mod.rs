@@ -135,23 +135,7 @@ async fn describe_on(client: &Object, spec: &SourceSpec) -> Result<TableSchema, 
             native,
         });
     }
-    // Excluded columns never leave the source: they are not in the shape, so no query selects them.
-    columns.retain(|c| !spec.exclude.contains(&c.name));
-    for k in &spec.key {
-        if !columns.iter().any(|c| &c.name == k) {
-            return Err(SourceError::MissingKeyColumn {
-                object: spec.table.clone().unwrap_or_else(|| "query".into()),
-                column: k.clone(),
-                available: columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
-            });
-        }
-    }
-    Ok(TableSchema {
-        columns,
-        key: spec.key.clone(),
-        excluded: spec.exclude.clone(),
-        ..Default::default()
-    })
+    spec.shape(columns)
 }
 
 #[async_trait]
@@ -201,56 +185,24 @@ impl SnapshotSource for PgSource {
     }
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (pool, connection, timeout) = (self.pool.clone(), self.connection.clone(), self.statement_timeout_secs);
-        let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
-        tokio::spawn(async move {
-            let run = async {
-                let client = connect(&pool, &connection, timeout).await?;
-                let drift = Drift::between(&schema, &describe_on(&client, &spec).await?);
-                if !drift.is_empty() {
-                    return Err(SourceError::ShapeChanged {
-                        detail: drift.to_string(),
-                    });
-                }
-                let mut params = Params::new();
-                let cond = range_where(&schema, &range, &mut params)?;
-                let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
-                let order = key_columns(&schema)
-                    .iter()
-                    .map(|c| key_expr(c))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!("SELECT {select} FROM {}{cond} ORDER BY {order}", from_clause(&spec)?);
-                let rows = client
-                    .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
-                    .await
-                    .map_err(query_err)?;
-                futures_util::pin_mut!(rows);
-                let mut batch = Vec::with_capacity(BATCH);
-                while let Some(row) = rows.next().await {
-                    let row = row.map_err(query_err)?;
-                    let values = schema
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| read_value(&row, i, c))
-                        .collect::<Result<_, _>>()?;
-                    batch.push(values);
-                    if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                if !batch.is_empty() {
-                    let _ = tx.send(Ok(batch)).await;
-                }
-                Ok(())
-            };
-            if let Err(e) = run.await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        rx
+        let sql = (|| {
+            let mut params = Params::new();
+            let cond = range_where(schema, range, &mut params)?;
+            let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+            let order = key_columns(schema)
+                .iter()
+                .map(|c| key_expr(c))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok((
+                format!("SELECT {select} FROM {}{cond} ORDER BY {order}", from_clause(spec)?),
+                params,
+            ))
+        })();
+        let cols = schema.columns.clone();
+        self.stream(Some((spec.clone(), schema.clone())), sql, move |row| {
+            row_values(row, &cols)
+        })
     }
 
     fn read_hashes(
@@ -292,3 +244,57 @@ impl SnapshotSource for PgSource {
 }
 
 mod pushdown;
+
+/// A row's values in schema column order.
+fn row_values(row: &tokio_postgres::Row, columns: &[Column]) -> Result<Vec<Value>, SourceError> {
+    columns.iter().enumerate().map(|(i, c)| read_value(row, i, c)).collect()
+}
+
+impl PgSource {
+    /// Streams a query's rows, mapped by `map`, in bounded batches from a task of its own. With
+    /// `shape`, the source's columns are checked against the run's first: a change mid-run is an
+    /// error, not a silently different row.
+    fn stream<T: Send + 'static>(
+        &self,
+        shape: Option<(SourceSpec, TableSchema)>,
+        sql: Result<(String, Params), SourceError>,
+        map: impl Fn(&tokio_postgres::Row) -> Result<T, SourceError> + Send + Sync + 'static,
+    ) -> Batches<T, SourceError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (pool, connection, timeout) = (self.pool.clone(), self.connection.clone(), self.statement_timeout_secs);
+        tokio::spawn(async move {
+            let run = async {
+                let (sql, params) = sql?;
+                let client = connect(&pool, &connection, timeout).await?;
+                if let Some((spec, schema)) = shape {
+                    let drift = Drift::between(&schema, &describe_on(&client, &spec).await?);
+                    if !drift.is_empty() {
+                        return Err(SourceError::ShapeChanged {
+                            detail: drift.to_string(),
+                        });
+                    }
+                }
+                let rows = client
+                    .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+                    .await
+                    .map_err(query_err)?;
+                futures_util::pin_mut!(rows);
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Some(row) = rows.next().await {
+                    batch.push(map(&row.map_err(query_err)?)?);
+                    if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                if !batch.is_empty() {
+                    let _ = tx.send(Ok(batch)).await;
+                }
+                Ok(())
+            };
+            if let Err(e) = run.await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+}

@@ -15,65 +15,39 @@ pub(super) fn hash_expr(schema: &TableSchema) -> String {
     format!("substring(sha256(convert_to(json_build_array({cols})::text, 'UTF8')) from 1 for 16)")
 }
 
-/// Streams (key values, first 16 bytes of the server's SHA-256) of a range, in key order.
+/// Streams (key values, the server's 16-byte row hash) of a range, in key order.
 pub(super) fn read_hashes(
     src: &PgSource,
     spec: &SourceSpec,
     schema: &TableSchema,
     range: &KeyRange,
 ) -> Batches<(Vec<Value>, RowHash), SourceError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let (pool, connection, timeout) = (src.pool.clone(), src.connection.clone(), src.statement_timeout_secs);
-    let (spec, schema, range) = (spec.clone(), schema.clone(), range.clone());
-    tokio::spawn(async move {
-        let run = async {
-            let client = connect(&pool, &connection, timeout).await?;
-            let keys = key_columns(&schema);
-            let mut params = Params::new();
-            let cond = range_where(&schema, &range, &mut params)?;
-            let select = keys.iter().map(|c| select_expr(c)).collect::<Vec<_>>().join(", ");
-            let order = keys.iter().map(|c| key_expr(c)).collect::<Vec<_>>().join(", ");
-            let sql = format!(
+    let keys: Vec<Column> = key_columns(schema).into_iter().cloned().collect();
+    let sql = (|| {
+        let mut params = Params::new();
+        let cond = range_where(schema, range, &mut params)?;
+        let select = keys.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+        let order = keys.iter().map(key_expr).collect::<Vec<_>>().join(", ");
+        Ok((
+            format!(
                 "SELECT {select}, {} FROM {}{cond} ORDER BY {order}",
-                hash_expr(&schema),
-                from_clause(&spec)?
-            );
-            let rows = client
-                .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
-                .await
-                .map_err(query_err)?;
-            futures_util::pin_mut!(rows);
-            let mut batch = Vec::with_capacity(BATCH);
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(query_err)?;
-                let key = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| read_value(&row, i, c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let digest: Vec<u8> = row.try_get(keys.len()).map_err(query_err)?;
-                let hash: RowHash =
-                    digest
-                        .get(..16)
-                        .and_then(|d| d.try_into().ok())
-                        .ok_or_else(|| SourceError::Query {
-                            detail: "the server's row hash is shorter than 16 bytes".into(),
-                        })?;
-                batch.push((key, hash));
-                if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch)).await;
-            }
-            Ok(())
-        };
-        if let Err(e) = run.await {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
-    rx
+                hash_expr(schema),
+                from_clause(spec)?
+            ),
+            params,
+        ))
+    })();
+    src.stream(Some((spec.clone(), schema.clone())), sql, move |row| {
+        let key = row_values(row, &keys)?;
+        let digest: Vec<u8> = row.try_get(keys.len()).map_err(query_err)?;
+        let hash: RowHash = digest
+            .get(..16)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| SourceError::Query {
+                detail: "the server's row hash is shorter than 16 bytes".into(),
+            })?;
+        Ok((key, hash))
+    })
 }
 
 /// An array parameter of one key column's values, with its cast.
@@ -166,58 +140,28 @@ pub(super) fn read_since(
     column: &str,
     from: &Value,
 ) -> Batches<Vec<Value>, SourceError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let (pool, connection, timeout) = (src.pool.clone(), src.connection.clone(), src.statement_timeout_secs);
-    let (spec, schema, column, from) = (spec.clone(), schema.clone(), column.to_owned(), from.clone());
-    tokio::spawn(async move {
-        let run = async {
-            let client = connect(&pool, &connection, timeout).await?;
-            let (p, cast) = key_param(&from).ok_or_else(|| SourceError::BadValue {
-                column: column.clone(),
-                detail: format!("a {} cannot be a watermark", from.type_name()),
-            })?;
-            let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
-            let order = key_columns(&schema)
-                .iter()
-                .map(|c| key_expr(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "SELECT {select} FROM {} WHERE {} >= $1::{cast} ORDER BY {order}",
-                from_clause(&spec)?,
-                quote(&column)
-            );
-            let params = [p];
-            let rows = client
-                .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
-                .await
-                .map_err(query_err)?;
-            futures_util::pin_mut!(rows);
-            let mut batch = Vec::with_capacity(BATCH);
-            while let Some(row) = rows.next().await {
-                let row = row.map_err(query_err)?;
-                batch.push(
-                    schema
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| read_value(&row, i, c))
-                        .collect::<Result<_, _>>()?,
-                );
-                if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch)).await;
-            }
-            Ok(())
-        };
-        if let Err(e) = run.await {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
-    rx
+    let sql = (|| {
+        let (p, cast) = key_param(from).ok_or_else(|| SourceError::BadValue {
+            column: column.to_owned(),
+            detail: format!("a {} cannot be a watermark", from.type_name()),
+        })?;
+        let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+        let order = key_columns(schema)
+            .iter()
+            .map(|c| key_expr(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {select} FROM {} WHERE {} >= $1::{cast} ORDER BY {order}",
+            from_clause(spec)?,
+            quote(column)
+        );
+        Ok((sql, vec![p]))
+    })();
+    let cols = schema.columns.clone();
+    src.stream(Some((spec.clone(), schema.clone())), sql, move |row| {
+        row_values(row, &cols)
+    })
 }
 
 /// `SELECT MAX(column)`.
