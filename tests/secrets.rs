@@ -114,6 +114,21 @@ impl Moto {
     }
 }
 
+impl Moto {
+    fn put_secret(&self, arn: &str, value: &str) {
+        let script = format!(
+            "import boto3; c = boto3.client('secretsmanager', endpoint_url='{}', region_name='eu-west-1', \
+             aws_access_key_id='test', aws_secret_access_key='test'); c.put_secret_value(SecretId='{arn}', SecretString='{value}')",
+            self.url
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -174,4 +189,26 @@ async fn credentials_come_from_aws_secrets_manager() {
         shown.contains("Secrets Manager") && shown.contains("ResourceNotFoundException"),
         "{shown}"
     );
+}
+
+#[test]
+fn secrets_manager_values_are_cached_and_fetched_again_after_an_authentication_failure() {
+    use signals_shared::domain::secret_ref::SecretRef;
+    use signals_shared::secrets::{invalidate_cached, resolve};
+    let moto = Moto::start();
+    let arn = moto.create_secret("signals/rotating", "first-DUMMY");
+    // Only this test reads these variables in this process; the CLI tests pass their own.
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", moto.url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let r = SecretRef::AwsSm(arn.clone());
+    assert_eq!(resolve(&r).unwrap().expose(), "first-DUMMY");
+    moto.put_secret(&arn, "second-DUMMY");
+    assert_eq!(resolve(&r).unwrap().expose(), "first-DUMMY", "cached within its TTL");
+    invalidate_cached(); // what an authentication failure does
+    assert_eq!(resolve(&r).unwrap().expose(), "second-DUMMY", "rotated value fetched");
 }

@@ -191,3 +191,45 @@ impl Pusher for HttpPusher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::config::Config;
+
+    fn destination(auth: &str) -> Destination {
+        let toml = format!("[destinations.d]\nurl = \"https://push.example.com\"\nauth = {auth}\n");
+        Config::parse(&toml, "t.toml")
+            .unwrap()
+            .destinations
+            .remove("d")
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bad_mtls_identity_is_a_clear_error_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(&key, "PRIVATE-KEY-DUMMY").unwrap();
+        let auth = format!(
+            "{{ mtls = {{ cert = \"file:{}\", key = \"file:{}\" }} }}",
+            cert.display(),
+            key.display()
+        );
+        let err = HttpPusher::new(&destination(&auth))
+            .err()
+            .expect("invalid PEM is refused")
+            .to_string();
+        assert_eq!(err, "push setup: the mTLS certificate or key is not valid PEM");
+        let missing = "{ mtls = { cert = \"env:SIGNALS_TEST_NO_SUCH_CERT\", key = \"env:SIGNALS_TEST_NO_SUCH_KEY\" } }";
+        let err = HttpPusher::new(&destination(missing))
+            .err()
+            .expect("missing secret")
+            .to_string();
+        assert!(
+            err.contains("env:SIGNALS_TEST_NO_SUCH_CERT") && err.contains("not set"),
+            "{err}"
+        );
+    }
+}
