@@ -14,7 +14,7 @@ use crate::errors::StageError;
 use crate::ports::Run;
 
 /// How long a parked job (its data source paused) waits before it looks again.
-pub const PARK: std::time::Duration = std::time::Duration::from_secs(2);
+pub const PARK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether an operator paused this tenant or data source.
 pub async fn paused(ctx: &Ctx, tenant: &str, source: &str) -> Result<bool, StageError> {
