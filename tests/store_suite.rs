@@ -244,7 +244,36 @@ async fn identifiers_from_config_are_validated(h: Harness) {
     assert!(err.contains("is not a valid store schema name"), "{err}");
 }
 
+/// A deep onboarding backlog does not hold up interval work: claims go by priority first.
+async fn interval_work_is_claimed_before_an_onboarding_backlog(h: Harness) {
+    let backlog: Vec<Job> = (0..300).map(|i| chunk_job("big", &format!("onboarding-{i}"))).collect();
+    h.store.enqueue(&backlog, Duration::ZERO).await.unwrap();
+    let mut interval = chunk_job("small", "interval-run");
+    interval.priority = signals_shared::domain::job::PRIORITY_INTERVAL;
+    h.store
+        .enqueue(&[interval.clone(), Job::new(Task::Tick)], Duration::ZERO)
+        .await
+        .unwrap();
+    let first = h.store.claim(2, Duration::from_secs(30), &[]).await.unwrap();
+    let tasks: Vec<Job> = first.iter().map(|c| Job::decode(c.body.as_bytes()).unwrap()).collect();
+    // (Rows of one claim come back in no particular order; what matters is which are claimed.)
+    assert!(
+        tasks.iter().any(|j| j.task == Task::Tick),
+        "the timer is claimed first: {tasks:?}"
+    );
+    assert!(
+        tasks.iter().any(|j| j.task == interval.task),
+        "interval work goes ahead of 300 older onboarding jobs"
+    );
+    let one = h.store.claim(1, Duration::from_secs(30), &[]).await.unwrap();
+    assert!(
+        Job::decode(one[0].body.as_bytes()).unwrap().scope().0 == Some("big"),
+        "then the backlog"
+    );
+}
+
 signals_tests::on_every_store!(
+    interval_work_is_claimed_before_an_onboarding_backlog,
     the_queue_leases_counts_attempts_and_reclaims,
     one_active_run_per_data_source,
     dead_letters_are_recorded_once_per_message,

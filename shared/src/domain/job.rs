@@ -149,7 +149,20 @@ pub struct Job {
     /// Not to run before this instant (e.g. heavy work waiting for its sync window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// Claim order: higher first. Interval runs (and the timer) outrank onboarding, so a tenant's
+    /// deep initial-sync backlog cannot starve other tenants' interval syncs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
 }
+
+fn is_zero(p: &u8) -> bool {
+    *p == 0
+}
+
+/// Priority of the timer, periodic verification and pruning.
+pub const PRIORITY_TIMER: u8 = 2;
+/// Priority of every job of an interval run.
+pub const PRIORITY_INTERVAL: u8 = 1;
 
 /// Why a message is not a job this build can run.
 #[derive(Debug, thiserror::Error)]
@@ -186,12 +199,22 @@ impl Job {
             traceparent: Some(format!("00-{}-{}-01", random_hex(16), random_hex(8))),
             created_at: Utc::now(),
             not_before: None,
+            priority: 0,
         }
+        .with_default_priority()
     }
 
-    /// A follow-up job in the same trace (new span id).
+    fn with_default_priority(mut self) -> Job {
+        if matches!(self.task, Task::Tick | Task::Verify { .. } | Task::Prune) {
+            self.priority = PRIORITY_TIMER;
+        }
+        self
+    }
+
+    /// A follow-up job in the same trace (new span id), with the same priority.
     pub fn next(&self, task: Task) -> Job {
         let mut job = Job::new(task);
+        job.priority = self.priority;
         if let Some(trace_id) = self.trace_id() {
             job.traceparent = Some(format!("00-{trace_id}-{}-01", random_hex(8)));
         }

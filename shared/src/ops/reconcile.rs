@@ -244,11 +244,13 @@ pub async fn reconcile(
     if repair {
         out.repaired = repair::schedule(ctx.store.as_ref(), tenant, source, keys).await?;
         if let Some(run) = ctx.store.open_run(tenant, source, RunKind::Interval, version).await? {
-            jobs.push(Job::new(Task::Plan {
+            let mut plan = Job::new(Task::Plan {
                 tenant: tenant.into(),
                 source: source.into(),
                 run_id: run.id.clone(),
-            }));
+            });
+            plan.priority = crate::domain::job::PRIORITY_INTERVAL;
+            jobs.push(plan);
             out.repair_run = Some(run.id);
         }
     }

@@ -110,11 +110,13 @@ pub async fn resync(
     out.keys += ctx.store.invalidate_staging(tenant, source, keys).await?;
     let mut jobs = Vec::new();
     if let Some(run) = ctx.store.open_run(tenant, source, RunKind::Interval, version).await? {
-        jobs.push(Job::new(Task::Plan {
+        let mut plan = Job::new(Task::Plan {
             tenant: tenant.into(),
             source: source.into(),
             run_id: run.id.clone(),
-        }));
+        });
+        plan.priority = crate::domain::job::PRIORITY_INTERVAL;
+        jobs.push(plan);
         out.run = Some(run.id);
     }
     Ok((out, jobs))

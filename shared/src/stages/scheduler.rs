@@ -1,7 +1,7 @@
 //! Scheduler: opens interval runs for due data sources on a tick, and initial runs on onboarding.
 
 use crate::ctx::Ctx;
-use crate::domain::job::{Job, Task};
+use crate::domain::job::{Job, Task, PRIORITY_INTERVAL};
 use crate::domain::schedule::{due, Due, SourceClock};
 use crate::errors::StageError;
 use crate::ports::{Run, RunKind};
@@ -9,11 +9,18 @@ use chrono::Utc;
 use std::collections::HashMap;
 
 fn plan_job(job: &Job, run: &Run) -> Job {
-    job.next(super::run_task(run, |tenant, source, run_id| Task::Plan {
+    let mut plan = job.next(super::run_task(run, |tenant, source, run_id| Task::Plan {
         tenant,
         source,
         run_id,
-    }))
+    }));
+    // Every job of the run inherits this: interval work goes before onboarding backlogs.
+    plan.priority = if run.kind == RunKind::Interval {
+        PRIORITY_INTERVAL
+    } else {
+        0
+    };
+    plan
 }
 
 /// Opens an interval run for every data source whose interval has elapsed.

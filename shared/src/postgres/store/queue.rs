@@ -34,16 +34,20 @@ impl JobQueue for PgStore {
         }
         let stages: Vec<&str> = jobs.iter().map(|j| j.stage().as_str()).collect();
         let bodies: Vec<String> = jobs.iter().map(Job::encode).collect();
+        let priorities: Vec<i32> = jobs.iter().map(|j| i32::from(j.priority)).collect();
         let now = now_ms();
         let sql = format!(
-            "INSERT INTO {}.jobs (stage, body, enqueued_at, visible_at) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]), \
-             LATERAL (SELECT $3::BIGINT, $4::BIGINT) t",
+            "INSERT INTO {}.jobs (stage, body, priority, enqueued_at, visible_at) \
+             SELECT u.*, $3::BIGINT, $4::BIGINT FROM UNNEST($1::TEXT[], $2::TEXT[], $5::INT4[]) AS u",
             self.s
         );
         let n = self
             .client()
             .await?
-            .execute(&sql, &[&stages, &bodies, &now, &(now + delay.as_millis() as i64)])
+            .execute(
+                &sql,
+                &[&stages, &bodies, &now, &(now + delay.as_millis() as i64), &priorities],
+            )
             .await
             .map_err(pg_err("enqueue"))?;
         self.count(n);
@@ -57,7 +61,7 @@ impl JobQueue for PgStore {
         let sql = format!(
             "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id IN ( \
                SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) \
-               ORDER BY visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+               ORDER BY priority DESC, visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
              RETURNING id, body, attempts",
             s = self.s
         );

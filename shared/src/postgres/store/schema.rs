@@ -169,6 +169,10 @@ CREATE TABLE {s}.audit_log (
     detail  TEXT NOT NULL
 );
 "#,
+    r#"
+-- Claim order: interval work (and the timer) before a deep onboarding backlog.
+ALTER TABLE {s}.jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

@@ -29,15 +29,18 @@ impl JobQueue for SqliteStore {
         if jobs.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(String, String)> = jobs.iter().map(|j| (j.stage().to_string(), j.encode())).collect();
+        let rows: Vec<(String, String, u8)> = jobs
+            .iter()
+            .map(|j| (j.stage().to_string(), j.encode(), j.priority))
+            .collect();
         self.db
             .write("enqueue", move |tx| {
                 let now = now_ms();
                 let mut ins = tx.prepare_cached(
-                    "INSERT INTO jobs (stage, body, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO jobs (stage, body, enqueued_at, visible_at, priority) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
-                for (stage, body) in rows {
-                    ins.execute(params![stage, body, now, now + delay.as_millis() as i64])?;
+                for (stage, body, priority) in rows {
+                    ins.execute(params![stage, body, now, now + delay.as_millis() as i64, priority])?;
                 }
                 Ok(())
             })
@@ -52,7 +55,7 @@ impl JobQueue for SqliteStore {
                 let token = uuid::Uuid::new_v4().simple().to_string();
                 let mut stmt = tx.prepare_cached(&format!(
                     "UPDATE jobs SET visible_at = ?1, lease_token = ?2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3{filter} ORDER BY visible_at, id LIMIT ?4) \
+                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3{filter} ORDER BY priority DESC, visible_at, id LIMIT ?4) \
                      RETURNING id, body, attempts"
                 ))?;
                 let rows = stmt.query_map(params![now + lease.as_millis() as i64, token, now, max as i64], |r| {

@@ -172,6 +172,10 @@ CREATE TABLE audit_log (
     detail  TEXT NOT NULL
 );
 "#,
+    r#"
+-- Claim order: interval work (and the timer) before a deep onboarding backlog.
+ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date.
