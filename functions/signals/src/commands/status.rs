@@ -33,6 +33,9 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
             "runs": runs.iter().map(|r| {
                 let mut v = serde_json::to_value(r).expect("runs serialise");
                 v["state"] = state(r).into();
+                if r.finished_at.is_none() {
+                    v["progress"] = progress(r).into();
+                }
                 v.as_object_mut().map(|o| o.remove("schema"));
                 v
             }).collect::<Vec<_>>(),
@@ -84,7 +87,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
             r.deletes,
             r.batches_delivered,
             r.batches_total,
-            secs.map_or("-".into(), |s| format!("{s:.1}")),
+            secs.map_or_else(|| progress(r), |s| format!("{s:.1}")),
             r.last_error
                 .as_deref()
                 .unwrap_or("")
@@ -108,4 +111,22 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         println!("blocked runs wait for `signals dlq retry ID` (see `signals dlq list`)");
     }
     Ok(())
+}
+
+/// For a run still going: chunks done, rows per second so far, and the time left at that pace.
+pub fn progress(r: &signals_shared::ports::Run) -> String {
+    let elapsed = (chrono::Utc::now() - r.created_at).num_milliseconds().max(1) as f64 / 1000.0;
+    if r.chunks_total == 0 || r.chunks_done == 0 {
+        return format!("{elapsed:.0}s…");
+    }
+    if r.chunks_done < r.chunks_total {
+        let eta = elapsed / r.chunks_done as f64 * (r.chunks_total - r.chunks_done) as f64;
+        return format!(
+            "{}/{} chunks {:.0} rows/s ETA {eta:.0}s",
+            r.chunks_done,
+            r.chunks_total,
+            r.rows_read as f64 / elapsed
+        );
+    }
+    format!("pushing {}/{}", r.batches_delivered, r.batches_total)
 }
