@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build demo bench bench-pg
+.PHONY: test lint fmt build demo bench bench-pg bench-smoke
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services; installs
 ## what the tests need first (scripts/test-deps.sh).
@@ -30,3 +30,7 @@ bench-pg:
 	$(CARGO) run --release -p signals-bench -- pg --rows $${ROWS:-1000000}
 
 bench: bench-pg
+
+## A small run of the benchmark, so CI keeps it working (figures from it mean nothing).
+bench-smoke:
+	ROWS=20000 $(MAKE) bench-pg

@@ -269,5 +269,15 @@ async fn pg(rows: i64) -> anyhow::Result<()> {
     let _ = child.kill();
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", report.render());
+    let mut json = report.to_json();
+    json["source_bytes_read_per_interval_sync"] = loads
+        .iter()
+        .map(|(name, read, rows_read, changes)| serde_json::json!({ "mode": name, "bytes": read, "rows": rows_read, "changes": changes }))
+        .collect::<Vec<_>>()
+        .into();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("pg.json"), serde_json::to_string_pretty(&json)?)?;
+    eprintln!("figures written to target/bench/pg.json");
     Ok(())
 }

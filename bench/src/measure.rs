@@ -69,6 +69,26 @@ impl Report {
     pub fn add(&mut self, m: Measured) {
         self.phases.push(m);
     }
+    /// The figures as JSON (for `target/bench/*.json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let base = self.baseline.as_ref().map_or(1.0, |b| b.secs);
+        let phase = |m: &Measured| {
+            serde_json::json!({
+                "phase": m.name,
+                "seconds": m.secs,
+                "rows_per_s": self.rows as f64 / m.secs,
+                "mb_per_s": m.bytes as f64 / 1e6 / m.secs,
+                "x_baseline": m.secs / base,
+                "peak_rss_mb": m.peak_rss as f64 / 1e6,
+            })
+        };
+        serde_json::json!({
+            "rows": self.rows,
+            "baseline": self.baseline.as_ref().map(phase),
+            "phases": self.phases.iter().map(phase).collect::<Vec<_>>(),
+        })
+    }
+
     /// Markdown table.
     pub fn render(&self) -> String {
         let base = self.baseline.as_ref().map_or(1.0, |b| b.secs);

@@ -8,13 +8,13 @@ use crate::ctx::Ctx;
 use crate::domain::checksum::{bucket_of, row_checksum, Bucket};
 use crate::domain::diff::{step, Step};
 use crate::domain::encoding::row_hash;
-use crate::domain::job::{Job, Task};
+use crate::domain::job::Job;
 use crate::domain::json::{key_value_from_json, write_object, write_value};
 use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::domain::value::Value;
 use crate::errors::{SourceError, StageError};
-use crate::ports::{KeyRange, RunKind};
+use crate::ports::KeyRange;
 use crate::protocol::ChecksumRequest;
 use crate::stages::cursor::Cursor;
 use serde::Serialize;
@@ -243,16 +243,7 @@ pub async fn reconcile(
     let mut jobs = Vec::new();
     if repair {
         out.repaired = repair::schedule(ctx.store.as_ref(), tenant, source, keys).await?;
-        if let Some(run) = ctx.store.open_run(tenant, source, RunKind::Interval, version).await? {
-            let mut plan = Job::new(Task::Plan {
-                tenant: tenant.into(),
-                source: source.into(),
-                run_id: run.id.clone(),
-            });
-            plan.priority = crate::domain::job::PRIORITY_INTERVAL;
-            jobs.push(plan);
-            out.repair_run = Some(run.id);
-        }
+        (out.repair_run, jobs) = repair::open_run_now(ctx.store.as_ref(), tenant, source, version).await?;
     }
     Ok((out, jobs))
 }

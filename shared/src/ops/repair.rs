@@ -3,11 +3,12 @@
 //! upsert if the source has the row, a delete if it does not — with run ids, sequence numbers and
 //! idempotency keys like any other change.
 
+use crate::domain::job::{Job, Task, PRIORITY_INTERVAL};
 use crate::domain::json::key_value_from_json;
 use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::errors::StoreError;
-use crate::ports::Store;
+use crate::ports::{RunKind, Store};
 
 /// Key bytes of the change records in a batch body (rows of inserts/updates, keys of deletes).
 pub fn keys_of_body(body: &[u8], schema: &TableSchema) -> Result<Vec<Vec<u8>>, String> {
@@ -43,6 +44,29 @@ pub fn key_of_object(obj: &serde_json::Value, schema: &TableSchema) -> Result<Ve
     let mut key = Vec::new();
     encode_key(&mut key, &values.iter().collect::<Vec<_>>(), &schema.key).map_err(|e| e.to_string())?;
     Ok(key)
+}
+
+/// Opens the data source's next run now, if none is active, and returns its id and plan job
+/// (interval priority: a repair is small). With a run active, its successor sends the repair.
+pub async fn open_run_now(
+    store: &dyn Store,
+    tenant: &str,
+    source: &str,
+    config_version: i64,
+) -> Result<(Option<String>, Vec<Job>), StoreError> {
+    let Some(run) = store
+        .open_run(tenant, source, RunKind::Interval, config_version)
+        .await?
+    else {
+        return Ok((None, Vec::new()));
+    };
+    let mut plan = Job::new(Task::Plan {
+        tenant: tenant.into(),
+        source: source.into(),
+        run_id: run.id.clone(),
+    });
+    plan.priority = PRIORITY_INTERVAL;
+    Ok((Some(run.id), vec![plan]))
 }
 
 /// Marks the keys for re-sending by the next run of the data source; returns how many.

@@ -3,12 +3,12 @@
 //! as an upsert and each key staging has but the source lacks as a delete.
 
 use crate::ctx::Ctx;
-use crate::domain::job::{Job, Task};
+use crate::domain::job::Job;
 use crate::domain::json::key_value_from_json;
 use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::errors::StageError;
-use crate::ports::{KeyRange, RunKind};
+use crate::ports::KeyRange;
 use crate::stages::cursor::Cursor;
 
 /// What a resync did.
@@ -108,17 +108,8 @@ pub async fn resync(
         }
     }
     out.keys += ctx.store.invalidate_staging(tenant, source, keys).await?;
-    let mut jobs = Vec::new();
-    if let Some(run) = ctx.store.open_run(tenant, source, RunKind::Interval, version).await? {
-        let mut plan = Job::new(Task::Plan {
-            tenant: tenant.into(),
-            source: source.into(),
-            run_id: run.id.clone(),
-        });
-        plan.priority = crate::domain::job::PRIORITY_INTERVAL;
-        jobs.push(plan);
-        out.run = Some(run.id);
-    }
+    let (run, jobs) = super::repair::open_run_now(ctx.store.as_ref(), tenant, source, version).await?;
+    out.run = run;
     Ok((out, jobs))
 }
 
