@@ -6,7 +6,7 @@ use crate::ctx::Ctx;
 use crate::domain::diff::{check_order, step, Op, Step};
 use crate::domain::encoding::{row_hash, RowHash};
 use crate::domain::json::write_object;
-use crate::domain::key::{decode_key, encode_key};
+use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::domain::value::Value;
 use crate::errors::{SourceError, StageError};
@@ -97,15 +97,7 @@ pub(super) async fn diff_chunk(
             Step::Delete => {
                 let (key, _) = g_head.take().expect("step saw a staging row");
                 stats.deletes += 1;
-                let values = decode_key(&key).map_err(SourceError::from)?;
-                let mut payload = String::new();
-                write_object(&mut payload, key_names.iter().copied(), &values);
-                delta.push(DeltaRow {
-                    key,
-                    op: Op::Delete,
-                    hash: None,
-                    payload,
-                });
+                delta.push(super::delete_marker(key, &key_names)?);
                 g_head = staging.next().await?;
             }
         }

@@ -44,6 +44,23 @@ pub(super) fn merge_job(job: &Job, run: &Run) -> Job {
     }))
 }
 
+/// The delta row for a key staging has and the source no longer does: its payload is the key
+/// as an object of its columns.
+pub(super) fn delete_marker(
+    key: Vec<u8>,
+    key_names: &[&str],
+) -> Result<crate::ports::DeltaRow, crate::errors::SourceError> {
+    let values = crate::domain::key::decode_key(&key)?;
+    let mut payload = String::new();
+    crate::domain::json::write_object(&mut payload, key_names.iter().copied(), &values);
+    Ok(crate::ports::DeltaRow {
+        key,
+        op: crate::domain::diff::Op::Delete,
+        hash: None,
+        payload,
+    })
+}
+
 /// A key as JSON, for error messages.
 pub(super) fn render_key(values: &[&Value]) -> String {
     let mut s = String::from("[");
