@@ -260,6 +260,11 @@ async fn a_worker_serves_probes_and_metrics() {
     );
     assert!(metrics.contains("signals_queue_depth 0"), "{metrics}");
     assert!(
+        metrics.contains("signals_rows_read_total 1500")
+            && metrics.contains("signals_changes_total{op=\"insert\"} 1500"),
+        "{metrics}"
+    );
+    assert!(
         metrics.contains("signals_blocked_runs 0") && metrics.contains("signals_open_dead_letters 0"),
         "{metrics}"
     );

@@ -77,6 +77,8 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
     match classify_status(resp.status) {
         StatusClass::Success => {
             crate::crash::point("after_push_2xx");
+            crate::metrics::add("signals_batches_pushed_total", &[], 1.0);
+            crate::metrics::add("signals_bytes_pushed_total", &[], batch.body.len() as f64);
             if ctx.store.mark_delivered(run, &record).await? {
                 tracing::info!(tenant = %run.tenant, source = %run.source, run = %run.id, "run done");
             }

@@ -125,6 +125,15 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
         }
     };
     let all_done = ctx.store.finish_chunk(&run.id, chunk_no, stats).await?;
+    crate::metrics::add("signals_rows_read_total", &[], stats.rows_read as f64);
+    crate::metrics::add("signals_source_bytes_read_total", &[], stats.bytes_read as f64);
+    for (op, n) in [
+        ("insert", stats.inserts),
+        ("update", stats.updates),
+        ("delete", stats.deletes),
+    ] {
+        crate::metrics::add("signals_changes_total", &[("op", op)], n as f64);
+    }
     crate::crash::point("after_chunk_delta");
     Ok(if all_done {
         vec![merge_job(job, run)]
