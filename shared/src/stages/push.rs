@@ -6,12 +6,15 @@ use crate::domain::job::Job;
 use crate::domain::job::Task;
 use crate::domain::retry::{classify_status, StatusClass};
 use crate::errors::StageError;
-use crate::ports::{Attempt, BatchRecord, PushRequest, Run};
+use crate::ports::{Attempt, BatchRecord, PushRequest, Run, RunState};
 use crate::protocol::split_body;
 use std::time::Instant;
 
 /// Delivers the batch unless it was delivered already.
 pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> Result<Vec<Job>, StageError> {
+    if run.state == RunState::Abandoned {
+        return Ok(Vec::new()); // an operator gave the run up; its batches are not sent
+    }
     let batch = ctx
         .store
         .batch(&run.id, batch_id)
