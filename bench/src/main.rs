@@ -34,22 +34,40 @@ async fn main() -> anyhow::Result<()> {
             };
             pg(rows).await
         }
-        Some("receiver") => receiver(args.get(1).context("receiver needs a db path")?).await,
+        Some("receiver") => {
+            receiver(
+                args.get(1).context("receiver needs a db path")?,
+                args.iter().any(|a| a == "--ack-after-parse"),
+            )
+            .await
+        }
         _ => bail!("usage: signals-bench pg [--rows N]"),
     }
 }
 
 /// The child process: a receiver that prints its URL and serves until killed.
-async fn receiver(db: &str) -> anyhow::Result<()> {
+async fn receiver(db: &str, ack_after_parse: bool) -> anyhow::Result<()> {
     use signals_shared::receiver::{db::ReceiverDb, server};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("http://{}", listener.local_addr()?);
-    let state = Arc::new(server::ReceiverState::new(
-        ReceiverDb::open(std::path::Path::new(db))?,
-        None,
-    ));
+    let mut state = server::ReceiverState::new(ReceiverDb::open(std::path::Path::new(db))?, None);
+    state.ack_after_parse = ack_after_parse;
+    let state = Arc::new(state);
     server::serve(listener, state, std::future::pending()).await?;
     Ok(())
+}
+
+/// A receiver in a child process (its memory is its own); returns it and its URL.
+fn spawn_receiver(db: &std::path::Path, ack_after_parse: bool) -> anyhow::Result<(std::process::Child, String)> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["receiver", &db.display().to_string()]);
+    if ack_after_parse {
+        cmd.arg("--ack-after-parse");
+    }
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
+    Ok((child, line.trim().to_owned()))
 }
 
 async fn client() -> anyhow::Result<tokio_postgres::Client> {
@@ -178,13 +196,8 @@ async fn pg(rows: i64) -> anyhow::Result<()> {
     // The source connection is a secret reference, as in production.
     std::fs::write(dir.join("pg.url"), pg_url())?;
     let pg_ref = format!("file:{}", dir.join("pg.url").display());
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["receiver", &dir.join("receiver.db").display().to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
-    let url = line.trim().to_owned();
+    let (mut child, url) = spawn_receiver(&dir.join("receiver.db"), false)?;
+    let (mut parse_only, parse_only_url) = spawn_receiver(&dir.join("receiver-ack.db"), true)?;
 
     let mut report = Report::new(rows as u64);
     let p = Phase::start();
@@ -237,6 +250,14 @@ async fn pg(rows: i64) -> anyhow::Result<()> {
         eprintln!("{name}: initial sync done");
         stores.push((*name, store, ctx));
     }
+    let (store, ctx) = fresh_store("sigbench_ackonly", &config(&parse_only_url, &pg_ref, "")).await?;
+    let p = Phase::start();
+    run_stages(&ctx, &store, &[]).await?;
+    report.add(p.finish(
+        "full initial sync, receiver acknowledging after parsing (no SQLite apply)",
+        bytes,
+    ));
+    let _ = parse_only.kill();
     let changed = change_one_percent(&c, rows).await?;
     eprintln!("changed {changed} rows (1%)");
     let mut loads = Vec::new();

@@ -28,6 +28,9 @@ pub struct ReceiverState {
     pub max_body_bytes: Option<usize>,
     /// Requests that arrived gzip-compressed.
     pub gzip_bodies: AtomicU64,
+    /// Acknowledge a batch once its JSON parses, without applying it (benchmarks measure the
+    /// sender's side apart from this receiver's own SQLite writes).
+    pub ack_after_parse: bool,
     requests: AtomicU64,
 }
 
@@ -41,6 +44,7 @@ impl ReceiverState {
             rates: None,
             max_body_bytes: None,
             gzip_bodies: AtomicU64::new(0),
+            ack_after_parse: false,
             requests: AtomicU64::new(0),
         }
     }
@@ -125,6 +129,15 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         Draw::Ok | Draw::DropAfter => {}
+    }
+    if st.ack_after_parse {
+        return match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => {
+                let n = v.get("changes").and_then(|c| c.as_array()).map_or(0, Vec::len);
+                Json(serde_json::json!({ "batch_id": v.get("batch_id"), "applied": n })).into_response()
+            }
+            Err(e) => json_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+        };
     }
     let st2 = st.clone();
     let result = tokio::task::spawn_blocking(move || st2.db.apply(&key, &body)).await;
