@@ -1,14 +1,11 @@
 //! Entry point shared by the per-stage function binaries: pick a host from the arguments and run
 //! the stage's jobs there. The Lambda host plugs in here when it is added.
 
-use super::runner::RunnerOptions;
 use crate::connectors::DefaultConnectors;
 use crate::ctx::Ctx;
 use crate::domain::job::Stage;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] COMMAND
   replay EVENT_FILE                      run one cloud event file through this stage's handler
@@ -43,6 +40,7 @@ fn parse() -> Option<Args> {
 }
 
 /// The value after `--name` in `rest`, parsed.
+#[cfg(feature = "http-server")]
 fn flag<T: std::str::FromStr>(rest: &[String], name: &str) -> Result<Option<T>, String> {
     match rest.iter().position(|a| a == name) {
         None => Ok(None),
@@ -96,6 +94,9 @@ async fn worker(
     stage: Stage,
     rest: &[String],
 ) -> Result<(), String> {
+    use super::runner::RunnerOptions;
+    use std::net::SocketAddr;
+    use std::time::Duration;
     let defaults = RunnerOptions::default();
     let opts = RunnerOptions {
         stages: vec![stage],
