@@ -117,12 +117,25 @@ async fn three_workers_sync_four_large_sources_through_kills() {
         .await;
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The interval sync starts on the two victims alone, so each surely reaches its crash point
+    // (the snapshot victim at its first chunk, then the push victim at its first push); a fresh
+    // worker joins once both are dead and finishes the runs after their leases expire.
+    terminate(survivor);
     let mut snap_victim = spawn_worker(&h, Some("after_chunk_delta:1"), &[]);
     let mut push_victim = spawn_worker(&h, Some("after_push_2xx:1"), &[]);
     h.store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await.unwrap();
-    wait_all_done(&h, 8, Duration::from_secs(600)).await;
+    let started = Instant::now();
+    while snap_victim.try_wait().unwrap().is_none() || push_victim.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the victims never reached their crash points"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     killed_by_sigkill(&mut snap_victim, "mid-snapshot worker (interval)");
     killed_by_sigkill(&mut push_victim, "mid-push worker (interval)");
+    let survivor = spawn_worker(&h, None, &[]);
+    wait_all_done(&h, 8, Duration::from_secs(600)).await;
     let interval: Vec<_> = h.runs().await.into_iter().take(4).collect();
     for r in &interval {
         assert_eq!(
