@@ -28,13 +28,13 @@ async fn the_queue_leases_counts_attempts_and_reclaims(h: Harness) {
 
     let only_snapshot = q.claim(10, Duration::from_secs(30), &[Stage::Snapshot]).await.unwrap();
     assert_eq!(only_snapshot.len(), 2, "stage filter");
-    let short = q.claim(10, Duration::from_millis(300), &[]).await.unwrap();
+    let short = q.claim(10, Duration::from_millis(1500), &[]).await.unwrap();
     assert_eq!(short.len(), 1, "leased messages are invisible");
     assert_eq!(short[0].attempts, 1);
     assert!(q.claim(10, Duration::from_secs(30), &[]).await.unwrap().is_empty());
 
     // An expired lease makes the message visible again, with its attempt counted.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let again = q.claim(10, Duration::from_secs(30), &[]).await.unwrap();
     assert_eq!((again.len(), again[0].attempts), (1, 2));
     assert_eq!(again[0].body, short[0].body);
@@ -46,20 +46,21 @@ async fn the_queue_leases_counts_attempts_and_reclaims(h: Harness) {
 
     // Extending keeps a message leased past its original lease.
     let c = &only_snapshot[0];
-    q.extend(c, Duration::from_millis(600)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    q.extend(c, Duration::from_millis(600)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // (Generous margins: a loaded CI machine may oversleep.)
+    q.extend(c, Duration::from_millis(3000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    q.extend(c, Duration::from_millis(3000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let visible = q.claim(10, Duration::from_secs(30), &[]).await.unwrap();
     assert!(visible.iter().all(|v| v.body != c.body), "an extended lease holds");
     q.extend(c, Duration::from_secs(30)).await.unwrap();
 
     // retry_later hides a message for the delay and keeps the error.
-    q.retry_later(&only_snapshot[1], Duration::from_millis(300), "boom")
+    q.retry_later(&only_snapshot[1], Duration::from_millis(1500), "boom")
         .await
         .unwrap();
     assert!(q.claim(10, Duration::from_secs(30), &[]).await.unwrap().is_empty());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let back = q.claim(10, Duration::from_secs(30), &[]).await.unwrap();
     assert_eq!((back.len(), back[0].attempts), (1, 2));
     let (depth, oldest) = q.depth(&[]).await.unwrap();
