@@ -2,7 +2,7 @@
 //! `verify`, and the JSONL dry run.
 
 use signals_shared::receiver::faults::Fault;
-use signals_tests::{create_items, items_source, run_cli, write_config, Harness};
+use signals_tests::{cli_onboard, create_items, items_source, run_cli, write_config, Harness};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
 
@@ -33,16 +33,8 @@ async fn config_errors_name_the_file_tenant_source_and_field() {
 async fn a_refused_batch_is_shown_blocked_and_recovers_with_dlq_retry() {
     let h = Harness::new().await;
     create_items(&h.src(), 1_000);
-    let path = write_config(&h, &h.config(&items_source(1_000)));
-    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
-    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
-    h.receiver.faults.push(Fault {
-        status: 400,
-        times: 1,
-        dataset: None,
-        retry_after_secs: None,
-        body: Some("price must be positive".into()),
-    });
+    cli_onboard(BIN, &h, &h.config(&items_source(1_000)));
+    h.receiver.faults.push(Fault::once(400, Some("price must be positive")));
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
 
     let (_, status) = run_cli(BIN, &h, &["status"], &[]);
@@ -120,16 +112,8 @@ async fn the_jsonl_sink_writes_batches_instead_of_pushing() {
 async fn dropping_a_dead_letter_is_confirmed_recorded_and_repairs_exactly_its_keys() {
     let h = Harness::on(signals_tests::StoreKind::Postgres).await;
     create_items(&h.src(), 1_200);
-    let path = write_config(&h, &h.config(&items_source(1_000)));
-    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
-    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
-    h.receiver.faults.push(Fault {
-        status: 422,
-        times: 1,
-        dataset: None,
-        retry_after_secs: None,
-        body: Some("nope".into()),
-    });
+    cli_onboard(BIN, &h, &h.config(&items_source(1_000)));
+    h.receiver.faults.push(Fault::once(422, Some("nope")));
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
     let (_, list) = run_cli(
         BIN,
@@ -214,9 +198,7 @@ async fn dropping_a_failed_snapshot_abandons_its_run_and_frees_the_source() {
 async fn verify_finds_a_destination_changed_behind_our_back_and_repair_fixes_it() {
     let h = Harness::new().await;
     create_items(&h.src(), 2_000);
-    let path = write_config(&h, &h.config(&items_source(1_000)));
-    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
-    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    cli_onboard(BIN, &h, &h.config(&items_source(1_000)));
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
     let (status, out) = run_cli(BIN, &h, &["verify", "--tenant", "t"], &[]);
     assert!(status.success() && out.contains("t/items: IN SYNC"), "{out}");

@@ -9,13 +9,9 @@ use std::time::Duration;
 async fn a_rejected_batch_blocks_the_source_until_retried(h: Harness) {
     create_items(&h.src(), 2_000);
     h.apply(&h.config(&items_source(1_000))).await;
-    h.receiver.faults.push(Fault {
-        status: 400,
-        times: 1,
-        dataset: None,
-        retry_after_secs: None,
-        body: Some("column `price` failed validation".into()),
-    });
+    h.receiver
+        .faults
+        .push(Fault::once(400, Some("column `price` failed validation")));
     h.onboard().await;
 
     let dead = h.store.dead_letters(true).await.unwrap();
@@ -78,13 +74,7 @@ async fn throttling_is_retried_honouring_retry_after_and_never_applies_twice(h: 
         retry_after_secs: Some(1),
         body: None,
     });
-    h.receiver.faults.push(Fault {
-        status: 503,
-        times: 1,
-        dataset: None,
-        retry_after_secs: None,
-        body: None,
-    });
+    h.receiver.faults.push(Fault::once(503, None));
     let started = std::time::Instant::now();
     h.onboard().await;
     assert!(

@@ -1,7 +1,6 @@
 //! Operating for years: pause and resume, forced resync of a key range, offboarding.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_shared::hosts::runner::{self, RunnerOptions};
 use signals_shared::hosts::{execute, Outcome};
 use signals_tests::{create_items, items_source, run_cli, write_config, Harness};
 use std::time::Duration;
@@ -59,18 +58,7 @@ async fn pausing_mid_initial_sync_parks_the_source_and_resuming_finishes_it() {
         &[],
     );
     assert!(status.success() && out.contains("t/items paused by ops"), "{out}");
-    let opts = RunnerOptions {
-        poll: Duration::from_millis(20),
-        ..RunnerOptions::default()
-    };
-    runner::run(
-        h.ctx.clone(),
-        h.store.clone(),
-        opts,
-        tokio::time::sleep(Duration::from_millis(1500)),
-    )
-    .await
-    .unwrap();
+    h.run_for(Duration::from_millis(1500)).await;
     let runs = h.runs().await;
     let state = |s: &str| runs.iter().find(|r| r.source == s).unwrap().display_state().to_owned();
     assert_eq!(state("other"), "done", "other data sources are unaffected");
@@ -144,13 +132,9 @@ async fn offboarding_removes_every_row_of_that_tenant_and_nothing_else() {
         }))
         .await;
     }
-    h.receiver.faults.push(signals_shared::receiver::faults::Fault {
-        status: 400,
-        times: 1,
-        dataset: None,
-        retry_after_secs: None,
-        body: None,
-    });
+    h.receiver
+        .faults
+        .push(signals_shared::receiver::faults::Fault::once(400, None));
     h.src()
         .execute("UPDATE items SET name = 'changed' WHERE id < 10", [])
         .unwrap();

@@ -1,7 +1,6 @@
 //! Rolling upgrades: a worker leaves a job envelope from a newer version untouched for a newer
 //! worker, and dead-letters one older than it supports, saying why.
 
-use signals_shared::hosts::runner::{self, RunnerOptions};
 use signals_tests::Harness;
 use std::time::Duration;
 
@@ -22,18 +21,7 @@ async fn newer_envelopes_are_left_for_newer_workers_and_older_ones_dead_lettered
     let older = r#"{"v":0,"id":"from-the-past","task":"chunk"}"#;
     raw_enqueue(&h, newer);
     raw_enqueue(&h, older);
-    let opts = RunnerOptions {
-        poll: Duration::from_millis(20),
-        ..RunnerOptions::default()
-    };
-    runner::run(
-        h.ctx.clone(),
-        h.store.clone(),
-        opts,
-        tokio::time::sleep(Duration::from_millis(800)),
-    )
-    .await
-    .unwrap();
+    h.run_for(Duration::from_millis(800)).await;
 
     let dead = h.store.dead_letters(true).await.unwrap();
     assert_eq!(dead.len(), 1, "only the older envelope is dead-lettered: {dead:#?}");

@@ -3,7 +3,7 @@
 //! mid-push, dead-letter a poison job without holding up the others, and drain on SIGTERM.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_tests::{create_items, items_source, run_cli, write_config, Harness, PgSource, StoreKind};
+use signals_tests::{cli_onboard, create_items, items_source, run_cli, Harness, PgSource, StoreKind};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,9 +161,7 @@ async fn a_poison_job_is_dead_lettered_without_holding_up_other_sources() {
         items_source(1_000),
         missing.display()
     );
-    let path = write_config(&h, &h.config(&sources));
-    assert!(run_cli(BIN, &h, &["config", "apply", &path], &[]).0.success());
-    assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
+    cli_onboard(BIN, &h, &h.config(&sources));
     let retry = [
         "--max-attempts",
         "3",

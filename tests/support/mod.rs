@@ -191,6 +191,17 @@ impl Harness {
         .expect("runner");
     }
 
+    /// Runs the pipeline for a while, then stops (for states that never go idle, like parked jobs).
+    pub async fn run_for(&self, how_long: Duration) {
+        let opts = RunnerOptions {
+            poll: Duration::from_millis(20),
+            ..RunnerOptions::default()
+        };
+        runner::run(self.ctx.clone(), self.store.clone(), opts, tokio::time::sleep(how_long))
+            .await
+            .expect("runner");
+    }
+
     /// Onboards tenant `t` (every data source) and runs until idle.
     pub async fn onboard(&self) {
         self.run_job(Job::new(Task::Onboard {
@@ -387,4 +398,13 @@ impl PgSource {
             sources.replace("{s}", &self.schema)
         )
     }
+}
+
+/// Applies `toml` and onboards tenant `t` through the CLI binary `bin` (nothing runs yet).
+pub fn cli_onboard(bin: &str, h: &Harness, toml: &str) {
+    let path = write_config(h, toml);
+    let (status, out) = run_cli(bin, h, &["config", "apply", &path], &[]);
+    assert!(status.success(), "{out}");
+    let (status, out) = run_cli(bin, h, &["onboard", "--tenant", "t"], &[]);
+    assert!(status.success(), "{out}");
 }

@@ -30,6 +30,19 @@ fn one() -> u32 {
     1
 }
 
+impl Fault {
+    /// The next request (of any dataset) gets `status`, with `body` if given.
+    pub fn once(status: u16, body: Option<&str>) -> Fault {
+        Fault {
+            status,
+            times: 1,
+            dataset: None,
+            retry_after_secs: None,
+            body: body.map(str::to_owned),
+        }
+    }
+}
+
 /// Pending one-shot failures.
 #[derive(Default)]
 pub struct Faults(Mutex<VecDeque<Fault>>);
