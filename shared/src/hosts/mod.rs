@@ -63,14 +63,21 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
         source = source.unwrap_or(""), run = run.unwrap_or(""), attempt = job.attempt,
         trace_id = job.trace_id().unwrap_or(""));
     async {
-        let started = std::time::Instant::now();
+        let (started, started_at) = (std::time::Instant::now(), chrono::Utc::now());
         let result = crate::stages::handle(ctx, job).await;
         let stage = job.stage().as_str();
-        crate::metrics::observe(
-            "signals_job_duration_seconds",
-            &[("stage", stage)],
-            started.elapsed().as_secs_f64(),
-        );
+        let busy = started.elapsed();
+        crate::metrics::observe("signals_job_duration_seconds", &[("stage", stage)], busy.as_secs_f64());
+        if let Some(run) = run {
+            // Run history; a failure here costs a line in the history, never the job.
+            if let Err(e) = ctx
+                .store
+                .record_stage(run, stage, started_at, busy, result.is_err())
+                .await
+            {
+                tracing::warn!(error = %e, "could not record the stage timing");
+            }
+        }
         let outcome = match &result {
             Ok(_) => "done",
             Err(e) if e.retryable() => "failed_retryable",

@@ -146,6 +146,26 @@ impl Run {
     }
 }
 
+/// What one stage spent on one run: job time summed over its jobs (`busy_ms`, the cost) and first
+/// start to last finish (the wall-clock span, which overlaps other stages' spans when they pipeline).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageTiming {
+    /// Run id.
+    pub run_id: String,
+    /// Stage name.
+    pub stage: String,
+    /// Job attempts that ran.
+    pub jobs: i64,
+    /// Attempts that ended in an error.
+    pub failures: i64,
+    /// Summed attempt durations.
+    pub busy_ms: i64,
+    /// When the first attempt started.
+    pub first_started_at: DateTime<Utc>,
+    /// When the last attempt finished.
+    pub last_finished_at: DateTime<Utc>,
+}
+
 /// Instants before which history may go.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneCutoffs {
@@ -337,6 +357,17 @@ pub trait RunStore: Send + Sync {
     async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
     /// Gives a run up (`abandoned`), dropping its scratch rows; its data source is free again.
     async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError>;
+    /// Adds one job attempt to its run's timing for `stage` (`failed`: it ended in an error).
+    async fn record_stage(
+        &self,
+        run_id: &str,
+        stage: &str,
+        started_at: DateTime<Utc>,
+        busy: std::time::Duration,
+        failed: bool,
+    ) -> Result<(), StoreError>;
+    /// The stage timings of the given runs, in pipeline order per run.
+    async fn stage_timings(&self, run_ids: &[String]) -> Result<Vec<StageTiming>, StoreError>;
 }
 
 /// Staging state and deltas.

@@ -28,6 +28,12 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         }
     };
     let (depth, oldest) = store.depth(&[]).await?;
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let timings = store.stage_timings(&ids).await?;
+    let stages_of = |r: &signals_shared::ports::Run| {
+        let id = r.id.clone();
+        timings.iter().filter(move |t| t.run_id == id)
+    };
     if json {
         let out = serde_json::json!({
             "runs": runs.iter().map(|r| {
@@ -37,6 +43,11 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
                     v["progress"] = progress(r).into();
                 }
                 v.as_object_mut().map(|o| o.remove("schema"));
+                v["stages"] = stages_of(r).map(|t| serde_json::json!({
+                    "stage": t.stage, "jobs": t.jobs, "failures": t.failures, "busy_ms": t.busy_ms,
+                    "wall_ms": (t.last_finished_at - t.first_started_at).num_milliseconds(),
+                    "first_started_at": t.first_started_at, "last_finished_at": t.last_finished_at,
+                })).collect::<Vec<_>>().into();
                 v
             }).collect::<Vec<_>>(),
             "open_dead_letters": open_dl,
@@ -47,7 +58,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         return Ok(());
     }
     println!(
-        "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8}  last error",
+        "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9} {:>8} {:>8} {:>8} {:>9} {:>8} {:>23}  last error",
         "tenant",
         "source",
         "kind",
@@ -59,7 +70,8 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         "updates",
         "deletes",
         "batches",
-        "secs"
+        "secs",
+        "snap/merge/batch/push s"
     );
     for r in &runs {
         let secs = r
@@ -74,7 +86,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
                 (other, _) => other.into(),
             });
         println!(
-            "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9.2} {:>8} {:>8} {:>8} {:>4}/{:<4} {:>8}  {}",
+            "{:<12} {:<16} {:<8} {:<12} {:<12} {:>9} {:>9.2} {:>8} {:>8} {:>8} {:>4}/{:<4} {:>8} {:>23}  {}",
             r.tenant,
             r.source,
             r.kind.as_str(),
@@ -88,6 +100,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
             r.batches_delivered,
             r.batches_total,
             secs.map_or_else(|| progress(r), |s| format!("{s:.1}")),
+            busy_by_stage(stages_of(r)),
             r.last_error
                 .as_deref()
                 .unwrap_or("")
@@ -111,6 +124,20 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
         println!("blocked runs wait for `signals dlq retry ID` (see `signals dlq list`)");
     }
     Ok(())
+}
+
+/// Job time per stage (seconds, summed over the stage's jobs), snapshot/merge/batch/push.
+fn busy_by_stage<'a>(timings: impl Iterator<Item = &'a signals_shared::ports::StageTiming> + Clone) -> String {
+    ["snapshot", "merge", "batch", "push"]
+        .iter()
+        .map(|stage| {
+            timings
+                .clone()
+                .find(|t| t.stage == *stage)
+                .map_or("-".to_owned(), |t| format!("{:.1}", t.busy_ms as f64 / 1000.0))
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// For a run still going: chunks done, rows per second so far, and the time left at that pace.

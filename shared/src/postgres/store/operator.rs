@@ -70,6 +70,13 @@ impl OperatorStore for PgStore {
                 ),
                 cut.runs,
             ),
+            (
+                format!(
+                    "DELETE FROM {s}.run_stages WHERE (run_id, stage) IN (SELECT st.run_id, st.stage FROM {s}.run_stages st \
+                     WHERE st.first_at < $1 AND NOT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = st.run_id) LIMIT 1000)"
+                ),
+                cut.runs,
+            ),
             (format!("DELETE FROM {s}.deliveries WHERE id IN (SELECT id FROM {s}.deliveries WHERE at < $1 LIMIT 1000)"), cut.ledger),
             (
                 format!("UPDATE {s}.batches SET body = NULL WHERE id IN (SELECT id FROM {s}.batches WHERE delivered_at < $1 AND body IS NOT NULL LIMIT 1000)"),
@@ -116,6 +123,7 @@ impl OperatorStore for PgStore {
             sql.push(format!("DELETE FROM {s}.deliveries WHERE run_id IN {runs}"));
             sql.push(format!("DELETE FROM {s}.batches WHERE run_id IN {runs}"));
             sql.push(format!("DELETE FROM {s}.dead_letters WHERE tenant = $1"));
+            sql.push(format!("DELETE FROM {s}.run_stages WHERE run_id IN {runs}"));
             sql.push(format!("DELETE FROM {s}.runs WHERE tenant = $1"));
         }
         let mut c = self.client().await?;

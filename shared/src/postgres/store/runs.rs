@@ -3,7 +3,7 @@
 use super::{from_ms, now_ms, PgStore};
 
 use crate::errors::StoreError;
-use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore};
+use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore, StageTiming};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -260,5 +260,63 @@ impl RunStore for PgStore {
             .map_err(pg_err("note run error"))?;
         self.count(1);
         Ok(())
+    }
+
+    async fn record_stage(
+        &self,
+        run_id: &str,
+        stage: &str,
+        started_at: DateTime<Utc>,
+        busy: std::time::Duration,
+        failed: bool,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {s}.run_stages AS t (run_id, stage, jobs, failures, busy_ms, first_at, last_at) \
+             VALUES ($1, $2, 1, $3, $4, $5, $6) ON CONFLICT (run_id, stage) DO UPDATE SET \
+             jobs = t.jobs + 1, failures = t.failures + EXCLUDED.failures, busy_ms = t.busy_ms + EXCLUDED.busy_ms, \
+             first_at = LEAST(t.first_at, EXCLUDED.first_at), last_at = GREATEST(t.last_at, EXCLUDED.last_at)",
+            s = self.s
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &run_id,
+            &stage,
+            &i64::from(failed),
+            &(busy.as_millis() as i64),
+            &started_at.timestamp_millis(),
+            &now_ms(),
+        ];
+        self.client()
+            .await?
+            .execute(&sql, &params)
+            .await
+            .map_err(pg_err("record stage timing"))?;
+        self.count(1);
+        Ok(())
+    }
+
+    async fn stage_timings(&self, run_ids: &[String]) -> Result<Vec<StageTiming>, StoreError> {
+        let sql = format!(
+            "SELECT run_id, stage, jobs, failures, busy_ms, first_at, last_at FROM {}.run_stages \
+             WHERE run_id = ANY($1) ORDER BY run_id, first_at",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&run_ids])
+            .await
+            .map_err(pg_err("stage timings"))?;
+        Ok(rows
+            .iter()
+            .map(|r| StageTiming {
+                run_id: r.get(0),
+                stage: r.get(1),
+                jobs: r.get(2),
+                failures: r.get(3),
+                busy_ms: r.get(4),
+                first_started_at: from_ms(r.get(5)),
+                last_finished_at: from_ms(r.get(6)),
+            })
+            .collect())
     }
 }

@@ -173,6 +173,19 @@ CREATE TABLE {s}.audit_log (
 -- Claim order: interval work (and the timer) before a deep onboarding backlog.
 ALTER TABLE {s}.jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Run history: what each stage spent on each run.
+CREATE TABLE {s}.run_stages (
+    run_id   TEXT NOT NULL,
+    stage    TEXT NOT NULL,
+    jobs     BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
+    busy_ms  BIGINT NOT NULL,
+    first_at BIGINT NOT NULL,
+    last_at  BIGINT NOT NULL,
+    PRIMARY KEY (run_id, stage)
+);
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

@@ -71,6 +71,11 @@ impl OperatorStore for SqliteStore {
                  AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.run_id = r.id) LIMIT 1000)",
                 cut.runs,
             ),
+            (
+                "DELETE FROM run_stages WHERE rowid IN (SELECT s.rowid FROM run_stages s WHERE s.first_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = s.run_id) LIMIT 1000)",
+                cut.runs,
+            ),
             ("DELETE FROM deliveries WHERE rowid IN (SELECT rowid FROM deliveries WHERE at < ?1 LIMIT 1000)", cut.ledger),
             (
                 "UPDATE batches SET body = NULL WHERE rowid IN (SELECT rowid FROM batches \
@@ -119,6 +124,7 @@ impl OperatorStore for SqliteStore {
                     sql.push(format!("DELETE FROM deliveries WHERE run_id IN {runs}"));
                     sql.push(format!("DELETE FROM batches WHERE run_id IN {runs}"));
                     sql.push("DELETE FROM dead_letters WHERE tenant = ?1".to_owned());
+                    sql.push(format!("DELETE FROM run_stages WHERE run_id IN {runs}"));
                     sql.push("DELETE FROM runs WHERE tenant = ?1".to_owned());
                 }
                 let mut n = 0;

@@ -2,7 +2,7 @@
 
 use super::{from_ms, now_ms, SqliteStore};
 use crate::errors::StoreError;
-use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore};
+use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore, StageTiming};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
@@ -235,6 +235,59 @@ impl RunStore for SqliteStore {
                     params![run_id, error, now_ms()],
                 )?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn record_stage(
+        &self,
+        run_id: &str,
+        stage: &str,
+        started_at: DateTime<Utc>,
+        busy: std::time::Duration,
+        failed: bool,
+    ) -> Result<(), StoreError> {
+        let row = (
+            run_id.to_owned(),
+            stage.to_owned(),
+            i64::from(failed),
+            busy.as_millis() as i64,
+            started_at.timestamp_millis(),
+        );
+        self.db
+            .write("record stage timing", move |tx| {
+                tx.execute(
+                    "INSERT INTO run_stages (run_id, stage, jobs, failures, busy_ms, first_at, last_at) \
+                     VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6) ON CONFLICT (run_id, stage) DO UPDATE SET \
+                     jobs = jobs + 1, failures = failures + excluded.failures, busy_ms = busy_ms + excluded.busy_ms, \
+                     first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)",
+                    params![row.0, row.1, row.2, row.3, row.4, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn stage_timings(&self, run_ids: &[String]) -> Result<Vec<StageTiming>, StoreError> {
+        let ids = serde_json::to_string(run_ids).expect("strings serialise");
+        self.db
+            .read("stage timings", move |c| {
+                let mut st = c.prepare(
+                    "SELECT run_id, stage, jobs, failures, busy_ms, first_at, last_at FROM run_stages \
+                     WHERE run_id IN (SELECT value FROM json_each(?1)) ORDER BY run_id, first_at",
+                )?;
+                let rows = st.query_map([ids], |r| {
+                    Ok(StageTiming {
+                        run_id: r.get(0)?,
+                        stage: r.get(1)?,
+                        jobs: r.get(2)?,
+                        failures: r.get(3)?,
+                        busy_ms: r.get(4)?,
+                        first_started_at: from_ms(r.get(5)?),
+                        last_finished_at: from_ms(r.get(6)?),
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }

@@ -176,6 +176,19 @@ CREATE TABLE audit_log (
 -- Claim order: interval work (and the timer) before a deep onboarding backlog.
 ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Run history: what each stage spent on each run.
+CREATE TABLE run_stages (
+    run_id   TEXT NOT NULL,
+    stage    TEXT NOT NULL,
+    jobs     INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    busy_ms  INTEGER NOT NULL,
+    first_at INTEGER NOT NULL,
+    last_at  INTEGER NOT NULL,
+    PRIMARY KEY (run_id, stage)
+);
+"#,
 ];
 
 /// Brings the schema up to date.
