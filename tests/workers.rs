@@ -3,7 +3,7 @@
 //! mid-push, dead-letter a poison job without holding up the others, and drain on SIGTERM.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_tests::{cli_onboard, create_items, items_source, run_cli, Harness, PgSource, StoreKind};
+use signals_tests::{cli_onboard, create_items, items_source, mutate_items, run_cli, Harness, PgSource, StoreKind};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -216,68 +216,211 @@ async fn a_poison_job_is_dead_lettered_without_holding_up_other_sources() {
     terminate(worker);
 }
 
+/// Every line of a Prometheus text exposition is a comment or `name{labels} value`.
+fn assert_prometheus_text(text: &str) {
+    for line in text.lines() {
+        if line.starts_with("# TYPE ") || line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "bad value in {line:?}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                && !name.starts_with(|c: char| c.is_ascii_digit()),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(
+                    labels.starts_with('{') && labels.ends_with('}'),
+                    "bad labels in {line:?}"
+                );
+                for pair in labels[1..labels.len() - 1].split("\",").filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line:?}");
+                    assert!(!v.trim_end_matches('"').contains('"') || v.contains("\\\""), "{line:?}");
+                }
+            }
+        }
+    }
+}
+
+/// The value of the sample `name` whose labels include `labels` (summed over the others).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a single value"),
+        })
+        .sum()
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    for _ in 0..50 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("worker never listened on {addr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_serves_probes_and_metrics() {
+async fn a_worker_serves_probes_and_metrics_that_match_the_run_history() {
     let h = Harness::on(StoreKind::Sqlite).await;
     create_items(&h.src(), 1_500);
-    h.apply(&h.config(&items_source(1_000))).await;
+    let missing = h.dir.path().join("later.db");
+    let sources = format!(
+        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
+         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
+        items_source(1_000),
+        missing.display()
+    );
+    h.apply(&h.config(&sources)).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let worker = spawn_worker(&h, None, &["--listen", &addr]);
-    h.store
-        .enqueue(
-            &[Job::new(Task::Onboard {
-                tenant: "t".into(),
-                reports: vec![],
-            })],
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    wait_all_done(&h, 1, Duration::from_secs(60)).await;
-    let get = |path: &str| {
-        let path = path.to_owned();
-        let addr = addr.clone();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--store",
+        &h.store_spec,
+        "worker",
+        "--concurrency",
+        "2",
+        "--lease-secs",
+        "2",
+    ])
+    .args([
+        "--max-attempts",
+        "2",
+        "--backoff-base-ms",
+        "50",
+        "--backoff-cap-ms",
+        "100",
+    ])
+    .args(["--listen", &addr])
+    .env("SIGNALS_METRICS_LABELS", "source")
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let worker = cmd.spawn().expect("spawn worker");
+    let onboard = Job::new(Task::Onboard {
+        tenant: "t".into(),
+        reports: vec![],
+    });
+    h.store.enqueue(&[onboard], Duration::ZERO).await.unwrap();
+    let wait_items_done = |n: usize| {
+        let h = &h;
         async move {
-            for _ in 0..50 {
-                if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-                        .await
-                        .unwrap();
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).await.unwrap();
-                    return out;
+            let started = Instant::now();
+            loop {
+                let runs = h.runs().await;
+                let done = runs
+                    .iter()
+                    .filter(|r| r.source == "items" && r.display_state() == "done");
+                let blocked = runs
+                    .iter()
+                    .any(|r| r.source == "poison" && r.display_state() == "blocked");
+                if done.count() == n && blocked && h.store.depth(&[]).await.unwrap().0 == 0 {
+                    return runs;
                 }
+                assert!(started.elapsed() < Duration::from_secs(60), "not settled: {runs:#?}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            panic!("worker never listened on {addr}");
         }
     };
-    assert!(get("/healthz").await.starts_with("HTTP/1.0 200"));
-    assert!(get("/readyz").await.starts_with("HTTP/1.0 200"));
-    let metrics = get("/metrics").await;
-    assert!(
-        metrics.contains("signals_jobs_total{stage=\"push\",outcome=\"done\"} 3"),
-        "{metrics}"
+    wait_items_done(1).await;
+    mutate_items(&h.src(), 1_500);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await.unwrap();
+    let runs = wait_items_done(2).await;
+
+    assert!(http_get(&addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+    assert!(http_get(&addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+    let response = http_get(&addr, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    let text = response.split_once("\r\n\r\n").unwrap().1;
+    assert_prometheus_text(text);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let m = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels);
+
+    // Counters against the run history in the store.
+    let sum = |f: fn(&signals_shared::ports::Run) -> i64| runs.iter().map(f).sum::<i64>() as f64;
+    assert_eq!(m("signals_rows_read_total", &[]), sum(|r| r.rows_read), "{text}");
+    assert_eq!(m("signals_changes_total", &[("op", "insert")]), sum(|r| r.inserts));
+    assert_eq!(m("signals_changes_total", &[("op", "update")]), sum(|r| r.updates));
+    assert_eq!(m("signals_changes_total", &[("op", "delete")]), sum(|r| r.deletes));
+    assert_eq!(m("signals_batches_pushed_total", &[]), sum(|r| r.batches_delivered));
+    assert_eq!(m("signals_bytes_pushed_total", &[]), sum(|r| r.bytes));
+    assert_eq!(
+        m("signals_push_total", &[("class", "2xx")]),
+        sum(|r| r.batches_delivered)
     );
-    assert!(
-        metrics.contains("signals_job_duration_seconds_count{stage=\"snapshot\"}"),
-        "{metrics}"
+    assert_eq!(m("signals_push_seconds_count", &[]), sum(|r| r.batches_delivered));
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let timings = h.store.stage_timings(&ids).await.unwrap();
+    for stage in ["snapshot", "merge", "batch", "push"] {
+        let of_stage = timings.iter().filter(|t| t.stage == stage);
+        let (jobs, failures) = of_stage.fold((0, 0), |(j, f), t| (j + t.jobs, f + t.failures));
+        assert_eq!(
+            m("signals_jobs_total", &[("stage", stage)]),
+            jobs as f64,
+            "{stage}: {text}"
+        );
+        assert_eq!(
+            m(
+                "signals_jobs_total",
+                &[("stage", stage), ("outcome", "failed_retryable")]
+            ) + m("signals_jobs_total", &[("stage", stage), ("outcome", "failed_fatal")]),
+            failures as f64,
+            "{stage} failures"
+        );
+        assert_eq!(
+            m("signals_job_duration_seconds_count", &[("stage", stage)]),
+            jobs as f64
+        );
+    }
+    // The poison source: two failed attempts, one dead letter, one blocked run.
+    assert_eq!(m("signals_dead_letters_total", &[("stage", "snapshot")]), 1.0);
+    assert_eq!(m("signals_open_dead_letters", &[]), 1.0);
+    assert_eq!(m("signals_blocked_runs", &[]), 1.0);
+    assert_eq!(m("signals_queue_depth", &[]), 0.0);
+    assert_eq!(
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "signals_queue_depth")
+            .count(),
+        5,
+        "one depth per stage"
     );
-    assert!(metrics.contains("signals_queue_depth 0"), "{metrics}");
-    assert!(
-        metrics.contains("signals_rows_read_total 1500")
-            && metrics.contains("signals_changes_total{op=\"insert\"} 1500"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("signals_blocked_runs 0") && metrics.contains("signals_open_dead_letters 0"),
-        "{metrics}"
-    );
+    // Lag per data source (the operator enabled source labels): items synced moments ago; poison
+    // never succeeded, so its lag runs from its first run.
+    let items_lag = m("signals_source_lag_seconds", &[("tenant", "t"), ("source", "items")]);
+    let poison_lag = m("signals_source_lag_seconds", &[("tenant", "t"), ("source", "poison")]);
+    assert!(items_lag < 10.0 && poison_lag > items_lag, "{items_lag} {poison_lag}");
     terminate(worker);
 }

@@ -51,11 +51,13 @@ pub fn observe(name: &'static str, l: &[(&'static str, &str)], secs: f64) {
     h.count += 1;
 }
 
+/// Label value escaping of the text format: backslash, double quote and line feed.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
-    let mut parts: Vec<String> = l
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\"")))
-        .collect();
+    let mut parts: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
     if let Some((k, v)) = extra {
         parts.push(format!("{k}=\"{v}\""));
     }
@@ -66,8 +68,30 @@ fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
     }
 }
 
-/// Renders every metric, plus the given gauges (name, value), as Prometheus text.
-pub fn render(gauges: &[(&str, f64)]) -> String {
+/// A value read at scrape time (queue depth, lag…), rendered beside the process's own metrics.
+#[derive(Debug, Clone)]
+pub struct Gauge {
+    /// Metric name.
+    pub name: &'static str,
+    /// Labels, bounded by the caller.
+    pub labels: Labels,
+    /// Value.
+    pub value: f64,
+}
+
+impl Gauge {
+    /// A gauge with labels.
+    pub fn new(name: &'static str, l: &[(&'static str, &str)], value: f64) -> Gauge {
+        Gauge {
+            name,
+            labels: labels(l),
+            value,
+        }
+    }
+}
+
+/// Renders every metric, plus the given gauges, as Prometheus text.
+pub fn render(gauges: &[Gauge]) -> String {
     let r = registry().lock().unwrap_or_else(|p| p.into_inner());
     let mut out = String::new();
     let mut last = "";
@@ -100,8 +124,13 @@ pub fn render(gauges: &[(&str, f64)]) -> String {
         let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
         let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
     }
-    for (name, v) in gauges {
-        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
+    let mut last = "";
+    for g in gauges {
+        if g.name != last {
+            let _ = writeln!(out, "# TYPE {} gauge", g.name);
+            last = g.name;
+        }
+        let _ = writeln!(out, "{}{} {}", g.name, fmt_labels(&g.labels, None), g.value);
     }
     out
 }
@@ -114,7 +143,10 @@ mod tests {
     fn renders_counters_histograms_and_gauges() {
         add("test_jobs_total", &[("stage", "push"), ("outcome", "done")], 2.0);
         observe("test_job_seconds", &[("stage", "push")], 0.2);
-        let text = render(&[("test_queue_depth", 3.0)]);
+        let text = render(&[
+            Gauge::new("test_queue_depth", &[("stage", "push")], 3.0),
+            Gauge::new("test_queue_depth", &[("stage", "merge")], 0.0),
+        ]);
         assert!(
             text.contains("# TYPE test_jobs_total counter\ntest_jobs_total{stage=\"push\",outcome=\"done\"} 2"),
             "{text}"
@@ -129,7 +161,7 @@ mod tests {
         );
         assert!(text.contains("test_job_seconds_count{stage=\"push\"} 1"), "{text}");
         assert!(
-            text.contains("# TYPE test_queue_depth gauge\ntest_queue_depth 3"),
+            text.contains("# TYPE test_queue_depth gauge\ntest_queue_depth{stage=\"push\"} 3\ntest_queue_depth{stage=\"merge\"} 0\n"),
             "{text}"
         );
     }

@@ -119,6 +119,20 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
     .await
 }
 
+/// Records a dead letter in the store and counts it (`stage` "unknown" when the body did not decode).
+pub async fn record_dead_letter(
+    store: &dyn crate::ports::Store,
+    job: Option<&Job>,
+    body: &str,
+    error: &str,
+    attempts: u32,
+) -> Result<i64, crate::errors::StoreError> {
+    let stage = job.map_or("unknown", |j| j.stage().as_str());
+    let id = store.dead_letter(job, body, stage, error, attempts).await?;
+    crate::metrics::add("signals_dead_letters_total", &[("stage", stage)], 1.0);
+    Ok(id)
+}
+
 /// Applies an outcome through a queue and the store's dead letters; errors here are logged and
 /// leave the message to be redelivered when its lease runs out.
 pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Claimed, job: &Job, outcome: Outcome) {
@@ -140,9 +154,7 @@ pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Cla
             }
             Outcome::Retry { delay, error } => queue.retry_later(claimed, delay, &error).await,
             Outcome::DeadLetter { error } => {
-                ctx.store
-                    .dead_letter(Some(job), &claimed.body, job.stage().as_str(), &error, claimed.attempts)
-                    .await?;
+                record_dead_letter(ctx.store.as_ref(), Some(job), &claimed.body, &error, claimed.attempts).await?;
                 queue.ack(claimed).await
             }
         }

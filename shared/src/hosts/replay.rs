@@ -38,9 +38,7 @@ pub async fn replay(
             Ok(j) => j,
             Err(e) => {
                 failed += 1;
-                let id = store
-                    .dead_letter(None, &m.body, "unknown", &e.to_string(), m.attempts)
-                    .await?;
+                let id = super::record_dead_letter(store.as_ref(), None, &m.body, &e.to_string(), m.attempts).await?;
                 eprintln!("{}: {e} (dead letter {id})", m.origin);
                 continue;
             }
@@ -66,9 +64,7 @@ pub async fn replay(
             }
             Outcome::DeadLetter { error } => {
                 failed += 1;
-                let id = store
-                    .dead_letter(Some(&job), &m.body, job.stage().as_str(), &error, m.attempts)
-                    .await?;
+                let id = super::record_dead_letter(store.as_ref(), Some(&job), &m.body, &error, m.attempts).await?;
                 eprintln!("{}: dead-lettered as {id}: {error}", m.origin);
             }
         }

@@ -72,10 +72,14 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
         }
         Err(e) => {
             tracing::error!(error = %e, "undecodable message: dead-lettering it");
-            let dl = ctx
-                .store
-                .dead_letter(None, &claimed.body, "unknown", &e.to_string(), claimed.attempts)
-                .await;
+            let dl = super::record_dead_letter(
+                ctx.store.as_ref(),
+                None,
+                &claimed.body,
+                &e.to_string(),
+                claimed.attempts,
+            )
+            .await;
             if dl.is_ok() {
                 let _ = queue.ack(&claimed).await;
             }

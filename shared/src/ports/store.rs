@@ -166,6 +166,28 @@ pub struct StageTiming {
     pub last_finished_at: DateTime<Utc>,
 }
 
+/// When a data source last synced: what its lag and the operations page are computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceClock {
+    /// Tenant id.
+    pub tenant: String,
+    /// Data source id.
+    pub source: String,
+    /// When its first run still on record opened (its lag until a run succeeds).
+    pub first_run_at: DateTime<Utc>,
+    /// When its latest successful run finished.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+impl SourceClock {
+    /// Time since the last successful sync (since the first run, if none has succeeded yet).
+    pub fn lag(&self, now: DateTime<Utc>) -> Duration {
+        (now - self.last_success_at.unwrap_or(self.first_run_at))
+            .to_std()
+            .unwrap_or_default()
+    }
+}
+
 /// Instants before which history may go.
 #[derive(Debug, Clone, Copy)]
 pub struct PruneCutoffs {
@@ -460,6 +482,8 @@ pub trait OperatorStore: Send + Sync {
     /// Removes every row of a tenant — queued jobs, staging, scratch rows, cursors, pauses and,
     /// unless `keep_history`, its runs, ledger and dead letters. Returns the rows removed.
     async fn purge_tenant(&self, tenant: &str, keep_history: bool) -> Result<u64, StoreError>;
+    /// Every data source with runs on record and when it last synced successfully.
+    async fn sync_clocks(&self) -> Result<Vec<SourceClock>, StoreError>;
 }
 
 /// Slots limiting concurrent queries per source server, shared by every process on the store.

@@ -49,7 +49,9 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         request_id: None,
         duration: started.elapsed(),
     };
+    // Throttling is its own class: an operator tells it from a rejected batch at a glance.
     let class = match &result {
+        Ok(r) if r.status == 429 => "429",
         Ok(r) => ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .get((r.status / 100).saturating_sub(1) as usize)
             .copied()

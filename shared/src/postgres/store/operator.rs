@@ -1,8 +1,8 @@
 //! Pauses and the audit log in PostgreSQL.
 
-use super::{now_ms, PgStore};
+use super::{from_ms, now_ms, PgStore};
 use crate::errors::StoreError;
-use crate::ports::{OperatorStore, PruneCutoffs};
+use crate::ports::{OperatorStore, PruneCutoffs, SourceClock};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -147,5 +147,28 @@ impl OperatorStore for PgStore {
             .await
             .map_err(pg_err("audit"))?;
         Ok(())
+    }
+
+    async fn sync_clocks(&self) -> Result<Vec<SourceClock>, StoreError> {
+        let sql = format!(
+            "SELECT tenant, source, MIN(created_at), MAX(CASE WHEN state = 'done' THEN finished_at END) \
+             FROM {}.runs GROUP BY tenant, source ORDER BY tenant, source",
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[])
+            .await
+            .map_err(pg_err("sync clocks"))?;
+        Ok(rows
+            .iter()
+            .map(|r| SourceClock {
+                tenant: r.get(0),
+                source: r.get(1),
+                first_run_at: from_ms(r.get(2)),
+                last_success_at: r.get::<_, Option<i64>>(3).map(from_ms),
+            })
+            .collect())
     }
 }

@@ -1,8 +1,8 @@
 //! Pauses and the audit log in SQLite.
 
-use super::{now_ms, SqliteStore};
+use super::{from_ms, now_ms, SqliteStore};
 use crate::errors::StoreError;
-use crate::ports::{OperatorStore, PruneCutoffs};
+use crate::ports::{OperatorStore, PruneCutoffs, SourceClock};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::params;
@@ -150,6 +150,26 @@ impl OperatorStore for SqliteStore {
                     params![now_ms(), row.0, row.1, row.2, row.3],
                 )?;
                 Ok(())
+            })
+            .await
+    }
+
+    async fn sync_clocks(&self) -> Result<Vec<SourceClock>, StoreError> {
+        self.db
+            .read("sync clocks", |c| {
+                let mut st = c.prepare(
+                    "SELECT tenant, source, MIN(created_at), MAX(CASE WHEN state = 'done' THEN finished_at END) \
+                     FROM runs GROUP BY tenant, source ORDER BY tenant, source",
+                )?;
+                let rows = st.query_map([], |r| {
+                    Ok(SourceClock {
+                        tenant: r.get(0)?,
+                        source: r.get(1)?,
+                        first_run_at: from_ms(r.get(2)?),
+                        last_success_at: r.get::<_, Option<i64>>(3)?.map(from_ms),
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }
