@@ -1,10 +1,28 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and the services the machine runs
-# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager. Safe to run repeatedly.
+# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager; Debian's Chromium and
+# playwright-core from npm, which drive the operations page in a real browser. Safe to run
+# repeatedly: each step is skipped when already done.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 if ! python3 -c "import moto.server, boto3" 2>/dev/null; then
   echo "installing moto[server] from PyPI for the AWS tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser tests" >&2
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium >/dev/null 2>&1 || {
+    $sudo apt-get update -q >/dev/null
+    $sudo apt-get install -y -q chromium >/dev/null
+  }
+fi
+# npm ci again whenever the lock file is newer than the installed tree.
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  echo "installing playwright-core from npm for the browser tests" >&2
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
 fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "warning: nothing listens on 127.0.0.1:5432; the PostgreSQL tests will fail (set SIGNALS_TEST_PG_URL)" >&2

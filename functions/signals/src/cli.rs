@@ -65,6 +65,8 @@ enum Command {
     Resync(commands::ops::ResyncArgs),
     /// Stop a tenant's syncs and remove its rows from the store (audited, confirmed).
     Offboard(commands::ops::OffboardArgs),
+    /// The operations page: tenants, lag, recent runs, running syncs, dead letters (retry with a token).
+    Ui(commands::ui::UiArgs),
     /// The reference receiver of the push protocol.
     Receiver(commands::receiver::ReceiverArgs),
     /// Compare a receiver's datasets with the sources, row for row.
@@ -134,6 +136,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => commands::dlq::dlq(&store, action).await,
         Command::Receiver(args) => commands::receiver::receiver(args).await,
+        Command::Ui(args) => commands::ui::ui(&store, args).await,
         Command::Pause(t) => commands::ops::pause(&store, t, true).await,
         Command::Resume(t) => commands::ops::pause(&store, t, false).await,
         Command::Resync(args) => commands::ops::resync_cmd(&store, args).await,

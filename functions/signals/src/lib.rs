@@ -6,8 +6,10 @@
 //! - `app`: opening the store and building the handler context once.
 //! - `commands`: one module per subcommand group.
 //! - `demo`: `signals demo`, the whole product on embedded defaults.
+//! - `ui`: `signals ui`, the operations page.
 
 mod app;
 pub mod cli;
 mod commands;
 mod demo;
+mod ui;

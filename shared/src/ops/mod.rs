@@ -5,3 +5,4 @@ pub mod drop;
 pub mod reconcile;
 pub mod repair;
 pub mod resync;
+pub mod retry;

@@ -3,11 +3,9 @@
 use crate::app::{open_store, StoreSpec};
 use anyhow::Context;
 use clap::Subcommand;
-use signals_shared::domain::job::Job;
-use signals_shared::ops::{drop::drop_dead_letter, repair};
+use signals_shared::ops::{drop::drop_dead_letter, repair, retry::retry_dead_letter};
 use signals_shared::ports::DeadLetter;
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::Duration;
 
 /// What to do with dead letters.
 #[derive(Subcommand)]
@@ -171,19 +169,8 @@ pub async fn dlq(store: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
             let by = who(by);
             // Oldest first, so a data source's batches go back in the order they failed.
             for id in ids.into_iter().rev() {
-                let d = store
-                    .dead_letter_by_id(id)
-                    .await?
-                    .with_context(|| format!("no dead letter {id}"))?;
-                anyhow::ensure!(d.state == "open", "dead letter {id} is {}, not open", d.state);
-                let job = Job::decode(d.message.as_bytes())
-                    .with_context(|| format!("dead letter {id} holds no decodable job; it cannot be retried"))?;
-                // A fresh message id and attempt count; the task (run, batch) is the same.
-                let mut retry = job.next(job.task.clone());
-                retry.traceparent = job.traceparent.clone();
-                store.enqueue(&[retry], Duration::ZERO).await?;
-                store.resolve_dead_letter(id, "retried", &by).await?;
-                println!("dead letter {id}: {} job re-queued", job.stage());
+                let stage = retry_dead_letter(store.as_ref(), id, &by).await?;
+                println!("dead letter {id}: {stage} job re-queued");
             }
         }
         DlqAction::Drop {

@@ -7,4 +7,5 @@ pub mod receiver;
 pub mod replay;
 pub mod run;
 pub mod status;
+pub mod ui;
 pub mod verify;
