@@ -95,11 +95,13 @@ enum ConfigAction {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; its logs only matter when something goes wrong.
-    signals_shared::telemetry::init(if matches!(cli.command, Command::Demo(_)) {
+    // Declared before the runtime so it is dropped after it: spans still buffered are flushed.
+    let level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {
         "info"
-    });
+    };
+    let _telemetry = signals_shared::telemetry::init(level, "signals");
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -188,6 +188,11 @@ fn random_hex(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
 }
 
+/// A W3C trace context starting a new trace (random trace and parent ids).
+pub fn new_traceparent() -> String {
+    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+}
+
 impl Job {
     /// A new job starting a new trace.
     pub fn new(task: Task) -> Job {
@@ -196,7 +201,7 @@ impl Job {
             id: uuid::Uuid::new_v4().to_string(),
             task,
             attempt: 0,
-            traceparent: Some(format!("00-{}-{}-01", random_hex(16), random_hex(8))),
+            traceparent: Some(new_traceparent()),
             created_at: Utc::now(),
             not_before: None,
             priority: 0,
@@ -249,6 +254,21 @@ impl Job {
             Task::Merge { .. } => Stage::Merge,
             Task::Batch { .. } => Stage::Batch,
             Task::Push { .. } => Stage::Push,
+        }
+    }
+
+    /// The task's name, for spans and logs.
+    pub fn task_name(&self) -> &'static str {
+        match &self.task {
+            Task::Tick => "tick",
+            Task::Onboard { .. } => "onboard",
+            Task::Prune => "prune",
+            Task::Verify { .. } => "verify",
+            Task::Plan { .. } => "plan",
+            Task::Chunk { .. } => "chunk",
+            Task::Merge { .. } => "merge",
+            Task::Batch { .. } => "batch",
+            Task::Push { .. } => "push",
         }
     }
 

@@ -54,7 +54,8 @@ fn flag<T: std::str::FromStr>(rest: &[String], name: &str) -> Result<Option<T>, 
 
 /// Runs a function binary for `stage`; returns its exit code.
 pub fn main(stage: Stage) -> ExitCode {
-    crate::telemetry::init("info");
+    // Declared before the runtime so it is dropped after it: spans still buffered are flushed.
+    let _telemetry = crate::telemetry::init("info", &format!("signals-{stage}"));
     let Some(args) = parse() else { return usage() };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -59,9 +59,12 @@ async fn policy(ctx: &Ctx, job: &Job) -> RetryPolicy {
 /// what the host does next. Never panics on a handler's error.
 pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
     let (tenant, source, run) = job.scope();
-    let span = tracing::info_span!("job", stage = %job.stage(), tenant = tenant.unwrap_or(""),
-        source = source.unwrap_or(""), run = run.unwrap_or(""), attempt = job.attempt,
-        trace_id = job.trace_id().unwrap_or(""));
+    let span = tracing::info_span!("job", otel.name = job.stage().as_str(), stage = %job.stage(),
+        task = job.task_name(), tenant = tenant.unwrap_or(""), source = source.unwrap_or(""),
+        run = run.unwrap_or(""), attempt = job.attempt, trace_id = job.trace_id().unwrap_or(""),
+        otel.status_code = tracing::field::Empty, error = tracing::field::Empty);
+    crate::telemetry::adopt(&span, job.traceparent.as_deref());
+    let job_span = span.clone();
     async {
         let (started, started_at) = (std::time::Instant::now(), chrono::Utc::now());
         let result = crate::stages::handle(ctx, job).await;
@@ -84,9 +87,19 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
             Err(_) => "failed_fatal",
         };
         crate::metrics::add("signals_jobs_total", &[("stage", stage), ("outcome", outcome)], 1.0);
+        if let Err(e) = &result {
+            job_span.record("otel.status_code", "ERROR");
+            job_span.record("error", e.to_string());
+        }
         match result {
-            Ok(next) => {
-                tracing::debug!(next = next.len(), ms = started.elapsed().as_millis() as u64, "job done");
+            Ok(mut next) => {
+                // Follow-ups in this job's trace become children of this job's span.
+                if let Some(tp) = crate::telemetry::traceparent(&job_span) {
+                    for n in next.iter_mut().filter(|n| n.trace_id() == job.trace_id()) {
+                        n.traceparent = Some(tp.clone());
+                    }
+                }
+                tracing::info!(next = next.len(), ms = busy.as_millis() as u64, "job done");
                 Outcome::Done(next)
             }
             Err(e) => {

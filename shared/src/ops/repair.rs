@@ -66,6 +66,7 @@ pub async fn open_run_now(
         run_id: run.id.clone(),
     });
     plan.priority = PRIORITY_INTERVAL;
+    plan.traceparent = Some(crate::telemetry::start_run_trace(tenant, source, &run.id, "interval"));
     Ok((Some(run.id), vec![plan]))
 }
 

@@ -9,6 +9,7 @@ use crate::domain::job::{Job, Task};
 use crate::errors::StageError;
 use crate::ports::{BatchRecord, Run, RunState};
 use crate::protocol::{BatchHeader, BodyBuilder, RECORD_OVERHEAD};
+use tracing::Instrument;
 
 /// Batches saved per store call (bodies are large; keep memory to a few batches).
 const SAVE_EVERY: usize = 4;
@@ -16,7 +17,10 @@ const SAVE_EVERY: usize = 4;
 /// Cuts batches once, then emits a push job for every batch not yet delivered.
 pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
-        RunState::Merged => cut(ctx, run).await?,
+        RunState::Merged => {
+            let span = tracing::info_span!("batch.cut", otel.name = "batch.cut", changes = run.changes());
+            cut(ctx, run).instrument(span).await?
+        }
         RunState::Batched => {}
         _ => return Ok(Vec::new()),
     }

@@ -6,12 +6,20 @@ use crate::domain::config::DiffMode;
 use crate::domain::job::{Job, Task};
 use crate::errors::StageError;
 use crate::ports::{Run, RunState};
+use tracing::Instrument;
 
 /// Commits the delta, then asks for batching.
 pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Snapshotted => {
-            ctx.store.merge(run).await?;
+            let span = tracing::info_span!(
+                "store.merge",
+                otel.name = "store.merge",
+                inserts = run.inserts,
+                updates = run.updates,
+                deletes = run.deletes
+            );
+            ctx.store.merge(run).instrument(span).await?;
             crate::crash::point("after_merge_commit");
         }
         RunState::Merged => {} // merged before a crash; the batch job may be missing

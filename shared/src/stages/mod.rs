@@ -52,7 +52,7 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
             run_id,
             batch_id,
             ..
-        } => push::push(ctx, &load_run(ctx, tenant, run_id).await?, batch_id, job.attempt).await,
+        } => push::push(ctx, job, &load_run(ctx, tenant, run_id).await?, batch_id).await,
     }
 }
 

@@ -9,9 +9,11 @@ use crate::errors::StageError;
 use crate::ports::{Attempt, BatchRecord, PushRequest, Run, RunState};
 use crate::protocol::split_body;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Delivers the batch unless it was delivered already.
-pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> Result<Vec<Job>, StageError> {
+pub(super) async fn push(ctx: &Ctx, job: &Job, run: &Run, batch_id: &str) -> Result<Vec<Job>, StageError> {
+    let attempt = job.attempt;
     if run.state == RunState::Abandoned {
         return Ok(Vec::new()); // an operator gave the run up; its batches are not sent
     }
@@ -22,7 +24,7 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         .ok_or_else(|| StageError::NotFound(format!("run `{}` has no batch `{batch_id}`", run.id)))?;
     if batch.delivered {
         // Never resent. If it was split (413) and the children's jobs were lost, re-emit them.
-        return children_jobs(ctx, run, &batch).await;
+        return children_jobs(ctx, job, run, &batch).await;
     }
     // Delivery settings come from the latest config, so a fixed URL or a rotated credential
     // applies to batches already cut; what was read and how it was cut stays the run's version.
@@ -40,7 +42,27 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
         batch_id,
         body: &batch.body,
     };
-    let result = pusher.push(&request).await;
+    let span = tracing::info_span!(
+        "push.batch",
+        otel.name = "push.batch",
+        batch = batch_id,
+        rows = batch.rows,
+        bytes = batch.body.len(),
+        attempt,
+        http.response.status_code = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        error = tracing::field::Empty
+    );
+    let result = pusher.push(&request).instrument(span.clone()).await;
+    match &result {
+        Ok(r) => {
+            span.record("http.response.status_code", r.status);
+            span.record("request_id", r.request_id.as_deref().unwrap_or(""));
+        }
+        Err(e) => {
+            span.record("error", e.to_string());
+        }
+    }
     let mut record = Attempt {
         batch_id: batch_id.to_owned(),
         attempt,
@@ -119,7 +141,7 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
                 );
                 record.detail = format!("413: split into {} and {}", children[0].id, children[1].id);
                 ctx.store.split_batch(run, &record, children).await?;
-                children_jobs(ctx, run, &batch).await
+                children_jobs(ctx, job, run, &batch).await
             }
             None => {
                 ctx.store.record_attempt(&run.id, &record).await?;
@@ -145,7 +167,7 @@ pub(super) async fn push(ctx: &Ctx, run: &Run, batch_id: &str, attempt: u32) -> 
 }
 
 /// Push jobs for undelivered batches inside a (split) batch's sequence range.
-async fn children_jobs(ctx: &Ctx, run: &Run, parent: &BatchRecord) -> Result<Vec<Job>, StageError> {
+async fn children_jobs(ctx: &Ctx, job: &Job, run: &Run, parent: &BatchRecord) -> Result<Vec<Job>, StageError> {
     Ok(ctx
         .store
         .pending_batches(&run.id)
@@ -153,7 +175,7 @@ async fn children_jobs(ctx: &Ctx, run: &Run, parent: &BatchRecord) -> Result<Vec
         .into_iter()
         .filter(|(id, lo, hi)| *id != parent.id && *lo >= parent.seq_first && *hi <= parent.seq_last)
         .map(|(batch_id, _, _)| {
-            Job::new(super::run_task(run, |tenant, source, run_id| Task::Push {
+            job.next(super::run_task(run, |tenant, source, run_id| Task::Push {
                 tenant,
                 source,
                 run_id,

@@ -14,6 +14,13 @@ fn plan_job(job: &Job, run: &Run) -> Job {
         source,
         run_id,
     }));
+    // One trace per run, opened here (linked to this scheduler job's trace).
+    plan.traceparent = Some(crate::telemetry::start_run_trace(
+        &run.tenant,
+        &run.source,
+        &run.id,
+        run.kind.as_str(),
+    ));
     // Every job of the run inherits this: interval work goes before onboarding backlogs.
     plan.priority = if run.kind == RunKind::Interval {
         PRIORITY_INTERVAL

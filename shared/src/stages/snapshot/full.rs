@@ -102,13 +102,11 @@ pub(super) async fn diff_chunk(
             }
         }
         if delta.len() >= DELTA_FLUSH {
-            ctx.store
-                .write_delta(&run.id, chunk_no, std::mem::take(&mut delta))
-                .await?;
+            super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
         }
     }
     if !delta.is_empty() {
-        ctx.store.write_delta(&run.id, chunk_no, delta).await?;
+        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
     }
     Ok(stats)
 }

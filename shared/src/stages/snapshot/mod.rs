@@ -16,7 +16,14 @@ use crate::domain::job::{Job, Task};
 use crate::domain::json::write_value;
 use crate::domain::value::Value;
 use crate::errors::StageError;
-use crate::ports::{Run, RunState};
+use crate::ports::{DeltaRow, Run, RunState};
+use tracing::Instrument;
+
+/// Writes a slice of a chunk's delta (one bulk write), in a span of its own.
+async fn write_delta(ctx: &Ctx, run_id: &str, chunk_no: u32, rows: Vec<DeltaRow>) -> Result<(), StageError> {
+    let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows = rows.len());
+    Ok(ctx.store.write_delta(run_id, chunk_no, rows).instrument(span).await?)
+}
 
 pub(super) async fn chunk_jobs(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     Ok(ctx
@@ -101,29 +108,45 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
     // A chunk replaces only its own delta: clear what an interrupted attempt left.
     ctx.store.reset_chunk(&run.id, &chunk).await?;
     let mode = run.mode.clone().unwrap_or_default();
-    let stats = match mode.mode {
-        DiffMode::RemoteHash => {
-            remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, chunk_no).await?
-        }
-        DiffMode::Watermark if !mode.full => {
-            let column = ds.watermark_column.clone().unwrap_or_default();
-            watermark::diff_since(
-                ctx,
-                run,
-                &schema,
-                src.as_ref(),
-                &spec,
-                &column,
-                mode.from.as_deref(),
-                chunk_no,
-            )
-            .await?
-        }
-        _ => {
-            let rows = src.read(&spec, &schema, &chunk.range);
-            full::diff_chunk(ctx, run, &schema, rows, &chunk.range, chunk_no).await?
-        }
-    };
+    let read_span = tracing::info_span!("source.read", otel.name = "source.read", chunk = chunk_no,
+        mode = ?mode.mode, rows_read = tracing::field::Empty, bytes_read = tracing::field::Empty,
+        inserts = tracing::field::Empty, updates = tracing::field::Empty, deletes = tracing::field::Empty);
+    let stats = async {
+        Ok::<_, StageError>(match mode.mode {
+            DiffMode::RemoteHash => {
+                remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, chunk_no).await?
+            }
+            DiffMode::Watermark if !mode.full => {
+                let column = ds.watermark_column.clone().unwrap_or_default();
+                watermark::diff_since(
+                    ctx,
+                    run,
+                    &schema,
+                    src.as_ref(),
+                    &spec,
+                    &column,
+                    mode.from.as_deref(),
+                    chunk_no,
+                )
+                .await?
+            }
+            _ => {
+                let rows = src.read(&spec, &schema, &chunk.range);
+                full::diff_chunk(ctx, run, &schema, rows, &chunk.range, chunk_no).await?
+            }
+        })
+    }
+    .instrument(read_span.clone())
+    .await?;
+    for (field, n) in [
+        ("rows_read", stats.rows_read),
+        ("bytes_read", stats.bytes_read),
+        ("inserts", stats.inserts),
+        ("updates", stats.updates),
+        ("deletes", stats.deletes),
+    ] {
+        read_span.record(field, n);
+    }
     let all_done = ctx.store.finish_chunk(&run.id, chunk_no, stats).await?;
     crate::metrics::add("signals_rows_read_total", &[], stats.rows_read as f64);
     crate::metrics::add("signals_source_bytes_read_total", &[], stats.bytes_read as f64);

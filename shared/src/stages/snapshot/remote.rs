@@ -161,14 +161,12 @@ pub(super) async fn diff_chunk(
             }
         }
         if delta.len() >= DELTA_FLUSH {
-            ctx.store
-                .write_delta(&run.id, chunk_no, std::mem::take(&mut delta))
-                .await?;
+            super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
         }
     }
     fetch(src, spec, schema, &mut pending, &mut stats, &mut delta).await?;
     if !delta.is_empty() {
-        ctx.store.write_delta(&run.id, chunk_no, delta).await?;
+        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
     }
     Ok(stats)
 }

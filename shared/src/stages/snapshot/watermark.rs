@@ -92,15 +92,13 @@ pub(super) async fn diff_since(
                 compare(ctx, run, &names, &mut batch, &mut stats, &mut delta).await?;
             }
             if delta.len() >= DELTA_FLUSH {
-                ctx.store
-                    .write_delta(&run.id, chunk_no, std::mem::take(&mut delta))
-                    .await?;
+                super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
             }
         }
     }
     compare(ctx, run, &names, &mut batch, &mut stats, &mut delta).await?;
     if !delta.is_empty() {
-        ctx.store.write_delta(&run.id, chunk_no, delta).await?;
+        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
     }
     Ok(stats)
 }
