@@ -50,6 +50,27 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
     })
 }
 
+/// Opens the job queue `spec` names: `table` (or empty) is the store's own table queue;
+/// `sqs://PREFIX` is one Amazon SQS queue per stage.
+pub async fn open_queue(spec: &str, store: &Arc<dyn Backend>) -> Result<Arc<dyn crate::ports::JobQueue>, StoreError> {
+    match spec {
+        "" | "table" => Ok(store.clone()),
+        #[cfg(feature = "sqs")]
+        s if s.starts_with("sqs://") => Ok(Arc::new(crate::sqs::SqsQueue::connect(s).await?)),
+        other => Err(StoreError::Db {
+            context: "open queue",
+            detail: format!(
+                "unknown queue `{other}`: expected `table` or `sqs://PREFIX`{}",
+                if cfg!(feature = "sqs") {
+                    ""
+                } else {
+                    " (this build has no SQS support)"
+                }
+            ),
+        }),
+    }
+}
+
 /// Whether a connection string names PostgreSQL.
 pub fn is_postgres(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://") || s.trim_start().starts_with("host=")

@@ -32,6 +32,8 @@ pub mod secrets;
 pub mod sink;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 pub mod stages;
 pub mod telemetry;
 pub mod verify;

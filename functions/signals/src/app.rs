@@ -5,6 +5,7 @@ use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
 use signals_shared::domain::retry::RetryPolicy;
+use signals_shared::ports::JobQueue;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,6 +28,8 @@ pub struct StoreSpec {
     pub spec: String,
     /// PostgreSQL schema of the store.
     pub schema: String,
+    /// The `--queue` value: `table` or `sqs://PREFIX`.
+    pub queue: String,
 }
 
 /// Opens (creating and migrating) the store.
@@ -40,6 +43,13 @@ pub async fn open_store(store: &StoreSpec) -> anyhow::Result<Arc<dyn Backend>> {
     backends::open(&store.spec, &store.schema)
         .await
         .with_context(|| format!("cannot open {shown}"))
+}
+
+/// Opens the job queue the `--queue` option names (the store's table queue by default).
+pub async fn open_queue(spec: &StoreSpec, store: &Arc<dyn Backend>) -> anyhow::Result<Arc<dyn JobQueue>> {
+    backends::open_queue(&spec.queue, store)
+        .await
+        .with_context(|| format!("cannot open the job queue `{}`", spec.queue))
 }
 
 /// The handler context over the store; `jsonl` sends batches to a file instead (dry run).

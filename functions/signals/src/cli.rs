@@ -16,6 +16,10 @@ struct Cli {
     /// PostgreSQL schema of the store (created and migrated on first use).
     #[arg(long, global = true, env = "SIGNALS_STORE_SCHEMA", default_value = "signals")]
     store_schema: String,
+    /// Where jobs travel between stages: `table` (the store's table queue) or `sqs://PREFIX`
+    /// (an Amazon SQS queue per stage, `PREFIX-snapshot` and so on; `AWS_ENDPOINT_URL` honoured).
+    #[arg(long, global = true, env = "SIGNALS_QUEUE", default_value = "table")]
+    queue: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,6 +126,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let store = app::StoreSpec {
         spec: cli.store,
         schema: cli.store_schema,
+        queue: cli.queue,
     };
     match cli.command {
         Command::Config {

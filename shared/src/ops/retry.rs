@@ -3,7 +3,7 @@
 //! CLI and the operations page share this one path.
 
 use crate::domain::job::{Job, Stage};
-use crate::ports::Backend;
+use crate::ports::{JobQueue, Store};
 use std::time::Duration;
 
 /// Why a retry was refused or failed.
@@ -21,7 +21,12 @@ pub enum RetryError {
 ///
 /// The job is enqueued before the dead letter is resolved: if the second step fails the worst
 /// case is a duplicate job, which the run rules make harmless, never a lost one.
-pub async fn retry_dead_letter(store: &dyn Backend, id: i64, by: &str) -> Result<Stage, RetryError> {
+pub async fn retry_dead_letter(
+    store: &dyn Store,
+    queue: &dyn JobQueue,
+    id: i64,
+    by: &str,
+) -> Result<Stage, RetryError> {
     let d = store
         .dead_letter_by_id(id)
         .await?
@@ -39,7 +44,7 @@ pub async fn retry_dead_letter(store: &dyn Backend, id: i64, by: &str) -> Result
     })?;
     let mut retry = job.next(job.task.clone());
     retry.traceparent = job.traceparent.clone();
-    store.enqueue(&[retry], Duration::ZERO).await?;
+    queue.enqueue(&[retry], Duration::ZERO).await?;
     store.resolve_dead_letter(id, "retried", by).await?;
     Ok(job.stage())
 }

@@ -1,6 +1,6 @@
 //! `signals config apply|check` and `signals onboard`.
 
-use crate::app::{open_store, StoreSpec};
+use crate::app::{open_queue, open_store, StoreSpec};
 use anyhow::Context;
 use signals_shared::domain::config::Config;
 use signals_shared::domain::job::{Job, Task};
@@ -31,8 +31,8 @@ pub fn check(file: &Path) -> anyhow::Result<()> {
 }
 
 /// Enqueues an onboarding job; the scheduler opens the initial runs when it handles it.
-pub async fn onboard(store: &StoreSpec, tenant: &str, reports: Vec<String>) -> anyhow::Result<()> {
-    let store = open_store(store).await?;
+pub async fn onboard(spec: &StoreSpec, tenant: &str, reports: Vec<String>) -> anyhow::Result<()> {
+    let store = open_store(spec).await?;
     let (version, toml) = store
         .latest_config()
         .await?
@@ -42,7 +42,8 @@ pub async fn onboard(store: &StoreSpec, tenant: &str, reports: Vec<String>) -> a
     let sources = config
         .sources_for_reports(tenant, &reports, version)
         .map_err(anyhow::Error::msg)?;
-    store
+    open_queue(spec, &store)
+        .await?
         .enqueue(
             &[Job::new(Task::Onboard {
                 tenant: tenant.to_owned(),

@@ -1,6 +1,6 @@
 //! `signals dlq list|show|retry|drop`: the one dead-letter model, whatever queue the job came from.
 
-use crate::app::{open_store, StoreSpec};
+use crate::app::{open_queue, open_store, StoreSpec};
 use anyhow::Context;
 use clap::Subcommand;
 use signals_shared::ops::{drop::drop_dead_letter, repair, retry::retry_dead_letter};
@@ -123,8 +123,8 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 /// Runs a dlq action.
-pub async fn dlq(store: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
-    let store = open_store(store).await?;
+pub async fn dlq(spec: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
+    let store = open_store(spec).await?;
     match action {
         DlqAction::List { all, filter } => {
             let list = store.dead_letters(!all).await?;
@@ -154,6 +154,7 @@ pub async fn dlq(store: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&d)?);
         }
         DlqAction::Retry { ids, all, filter, by } => {
+            let queue = open_queue(spec, &store).await?;
             let ids: Vec<i64> = if all {
                 store
                     .dead_letters(true)
@@ -169,7 +170,7 @@ pub async fn dlq(store: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
             let by = who(by);
             // Oldest first, so a data source's batches go back in the order they failed.
             for id in ids.into_iter().rev() {
-                let stage = retry_dead_letter(store.as_ref(), id, &by).await?;
+                let stage = retry_dead_letter(store.as_ref(), queue.as_ref(), id, &by).await?;
                 println!("dead letter {id}: {stage} job re-queued");
             }
         }

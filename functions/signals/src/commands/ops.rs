@@ -1,7 +1,7 @@
 //! `signals pause|resume|resync|offboard`: acting on one tenant or data source without touching
 //! the others. Every action is recorded in the store's audit log with who did it.
 
-use crate::app::{context, open_store, StoreSpec};
+use crate::app::{context, open_queue, open_store, StoreSpec};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::ctx::DEFAULT_RETRY;
@@ -69,6 +69,7 @@ pub struct ResyncArgs {
 /// Re-sends the current state of a data source (or a key range of it) now.
 pub async fn resync_cmd(store: &StoreSpec, args: ResyncArgs) -> anyhow::Result<()> {
     let backend = open_store(store).await?;
+    let queue = open_queue(store, &backend).await?;
     let ctx = context(backend.clone(), None, DEFAULT_RETRY);
     let (_, config) = ctx.latest_config().await?.context("no configuration applied")?;
     let tenant = config
@@ -82,7 +83,7 @@ pub async fn resync_cmd(store: &StoreSpec, args: ResyncArgs) -> anyhow::Result<(
     let by = who(&args.target.by);
     for source in sources {
         let (r, jobs) = resync(&ctx, &args.target.tenant, &source, args.key_range.as_deref()).await?;
-        backend.enqueue(&jobs, Duration::ZERO).await?;
+        queue.enqueue(&jobs, Duration::ZERO).await?;
         let range = args.key_range.as_deref().unwrap_or("all keys");
         backend
             .audit(&by, "resync", &format!("{}/{source}", args.target.tenant), range)

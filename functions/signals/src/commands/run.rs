@@ -1,6 +1,6 @@
 //! `signals run`: single-process mode — the timer and every stage on the SQLite table queue.
 
-use crate::app::{context, open_store, StoreSpec};
+use crate::app::{context, open_queue, open_store, StoreSpec};
 use clap::Args;
 use signals_shared::ctx::DEFAULT_RETRY;
 use signals_shared::domain::job::{Job, Stage, Task};
@@ -85,9 +85,10 @@ pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
         super::config::apply(store_path, file).await?;
     }
     let store = open_store(store_path).await?;
+    let queue = open_queue(store_path, &store).await?;
     let ctx = context(store.clone(), jsonl_sink(&args.sink)?, args.retry.policy());
     if args.tick {
-        store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
+        queue.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
     }
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
@@ -97,7 +98,7 @@ pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
         ..RunnerOptions::default()
     };
     tracing::info!(concurrency = opts.concurrency, "single-process runner starting");
-    let stats = runner::run(ctx, store, opts, shutdown_signal()).await?;
+    let stats = runner::run(ctx, queue, opts, shutdown_signal()).await?;
     tracing::info!(handled = stats.handled, "runner stopped");
     Ok(())
 }
@@ -143,6 +144,7 @@ pub fn parse_stages(names: &[String]) -> anyhow::Result<Vec<Stage>> {
 /// Runs a worker until SIGTERM, then drains within the grace period.
 pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<()> {
     let store = open_store(store_path).await?;
+    let queue = open_queue(store_path, &store).await?;
     let ctx = context(store.clone(), None, args.retry.policy());
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
@@ -153,7 +155,7 @@ pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<
         ..RunnerOptions::default()
     };
     tracing::info!(stages = ?opts.stages, concurrency = opts.concurrency, "worker starting");
-    let stats = signals_shared::hosts::worker::run(ctx, store, opts, args.listen, shutdown_signal()).await?;
+    let stats = signals_shared::hosts::worker::run(ctx, queue, opts, args.listen, shutdown_signal()).await?;
     tracing::info!(handled = stats.handled, "worker stopped");
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! `signals status`: run history per tenant and data source.
 
-use crate::app::{open_store, StoreSpec};
+use crate::app::{open_queue, open_store, StoreSpec};
 
 /// Prints runs newest first (state incl. `blocked`, rows, changes, duration, last error).
-pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: usize) -> anyhow::Result<()> {
-    let store = open_store(store).await?;
+pub async fn status(spec: &StoreSpec, tenant: Option<&str>, json: bool, limit: usize) -> anyhow::Result<()> {
+    let store = open_store(spec).await?;
     let runs = store.runs(tenant, limit).await?;
     let open_dl = store.dead_letters(true).await?.len();
     // Operator pauses, per tenant: `None` pauses the whole tenant.
@@ -27,7 +27,7 @@ pub async fn status(store: &StoreSpec, tenant: Option<&str>, json: bool, limit: 
             other => other,
         }
     };
-    let (depth, oldest) = store.depth(&[]).await?;
+    let (depth, oldest) = open_queue(spec, &store).await?.depth(&[]).await?;
     let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
     let timings = store.stage_timings(&ids).await?;
     let stages_of = |r: &signals_shared::ports::Run| {

@@ -1,6 +1,6 @@
 //! `signals ui --listen ADDR`: serves the operations page until SIGINT/SIGTERM.
 
-use crate::app::{context, open_store, StoreSpec};
+use crate::app::{context, open_queue, open_store, StoreSpec};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::domain::secret_ref::SecretRef;
@@ -28,7 +28,9 @@ pub async fn ui(store: &StoreSpec, args: UiArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let store = open_store(store).await?;
+    let spec = store;
+    let store = open_store(spec).await?;
+    let queue = open_queue(spec, &store).await?;
     let ctx = context(store.clone(), None, signals_shared::ctx::DEFAULT_RETRY);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -42,7 +44,12 @@ pub async fn ui(store: &StoreSpec, args: UiArgs) -> anyhow::Result<()> {
             "read-only"
         }
     );
-    let app = crate::ui::router(crate::ui::UiState { store, ctx, token });
+    let app = crate::ui::router(crate::ui::UiState {
+        store,
+        queue,
+        ctx,
+        token,
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(super::run::shutdown_signal())
         .await?;

@@ -1,6 +1,6 @@
 //! `signals verify`: compares a receiver's datasets with the sources, row for row.
 
-use crate::app::{context, open_store, Exit, StoreSpec};
+use crate::app::{context, open_queue, open_store, Exit, StoreSpec};
 use anyhow::Context;
 use clap::Args;
 use signals_shared::ctx::DEFAULT_RETRY;
@@ -79,6 +79,7 @@ pub fn print_reports(reports: &[(String, String, VerifyReport)]) {
 /// Reconciles every matching data source through its destination's checksum endpoint.
 async fn reconcile_all(store: &StoreSpec, args: &VerifyArgs) -> anyhow::Result<()> {
     let backend = open_store(store).await?;
+    let queue = open_queue(store, &backend).await?;
     let ctx = context(backend.clone(), None, DEFAULT_RETRY);
     let (_, config) = ctx.latest_config().await?.context("no configuration applied")?;
     let mut drift = false;
@@ -93,7 +94,7 @@ async fn reconcile_all(store: &StoreSpec, args: &VerifyArgs) -> anyhow::Result<(
             .filter(|id| args.source.as_deref().is_none_or(|w| w == id.as_str()))
         {
             let (r, jobs) = reconcile(&ctx, tid, sid, args.buckets, args.repair).await?;
-            backend.enqueue(&jobs, std::time::Duration::ZERO).await?;
+            queue.enqueue(&jobs, std::time::Duration::ZERO).await?;
             backend
                 .record_verification(tid, sid, &serde_json::to_string(&r)?, Some(r.in_sync()))
                 .await?;

@@ -162,6 +162,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let spec = StoreSpec {
         spec: store_path.display().to_string(),
         schema: String::new(),
+        queue: "table".into(),
     };
     let store = open_store(&spec).await?;
     let (version, _) = store

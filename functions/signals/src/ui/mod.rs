@@ -20,6 +20,8 @@ use std::sync::Arc;
 pub struct UiState {
     /// The store read and written.
     pub store: Arc<dyn Backend>,
+    /// Where retried jobs go (the `--queue` in use).
+    pub queue: Arc<dyn signals_shared::ports::JobQueue>,
     /// Config cache and the like.
     pub ctx: Arc<Ctx>,
     /// Where the operator token lives (resolved on every retry, so a rotation takes effect).
@@ -52,7 +54,7 @@ fn failure(status: StatusCode, message: &str) -> Response {
 }
 
 async fn index(State(s): State<UiState>, Query(q): Query<IndexQuery>) -> Response {
-    match overview::read(s.store.as_ref(), &s.ctx).await {
+    match overview::read(s.store.as_ref(), s.queue.as_ref(), &s.ctx).await {
         Ok(o) => (
             [(header::CACHE_CONTROL, "no-store")],
             Html(page::render(&o, s.token.is_some(), q.notice.as_deref())),
@@ -66,7 +68,7 @@ async fn index(State(s): State<UiState>, Query(q): Query<IndexQuery>) -> Respons
 }
 
 async fn api(State(s): State<UiState>) -> Response {
-    match overview::read(s.store.as_ref(), &s.ctx).await {
+    match overview::read(s.store.as_ref(), s.queue.as_ref(), &s.ctx).await {
         Ok(o) => Json(o).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -113,7 +115,7 @@ async fn retry(State(s): State<UiState>, Path(id): Path<i64>, Form(form): Form<R
         tracing::warn!(dead_letter = id, "retry refused: wrong operator token");
         return failure(StatusCode::FORBIDDEN, "wrong operator token: nothing was retried");
     }
-    match signals_shared::ops::retry::retry_dead_letter(s.store.as_ref(), id, "ui").await {
+    match signals_shared::ops::retry::retry_dead_letter(s.store.as_ref(), s.queue.as_ref(), id, "ui").await {
         Ok(stage) => {
             let _ = s
                 .store

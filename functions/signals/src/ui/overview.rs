@@ -5,7 +5,7 @@
 use serde::Serialize;
 use signals_shared::backends::Backend;
 use signals_shared::ctx::Ctx;
-use signals_shared::ports::{Run, SourceClock};
+use signals_shared::ports::{JobQueue, Run, SourceClock};
 use std::collections::BTreeMap;
 
 /// Recent runs kept per data source for its chart.
@@ -122,7 +122,7 @@ pub struct DeadLetterView {
 }
 
 /// Reads the overview from the store.
-pub async fn read(store: &dyn Backend, ctx: &Ctx) -> anyhow::Result<Overview> {
+pub async fn read(store: &dyn Backend, queue: &dyn JobQueue, ctx: &Ctx) -> anyhow::Result<Overview> {
     let now = chrono::Utc::now();
     let config = ctx.latest_config().await?.map(|(_, c)| c);
     let clocks: BTreeMap<(String, String), SourceClock> = store
@@ -175,7 +175,7 @@ pub async fn read(store: &dyn Backend, ctx: &Ctx) -> anyhow::Result<Overview> {
         });
     }
     running.sort_by(|a, b| (&a.tenant, &a.source).cmp(&(&b.tenant, &b.source)));
-    let (queue_depth, oldest) = store.depth(&[]).await?;
+    let (queue_depth, oldest) = queue.depth(&[]).await?;
     let dead_letters = store
         .dead_letters(true)
         .await?
