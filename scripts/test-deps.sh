@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and the services the machine runs
-# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager; Debian's Chromium and
+# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager and SQS; cargo-lambda,
+# whose local Lambda runtime runs the function binaries; Debian's Chromium and
 # playwright-core from npm, which drive the operations page in a real browser. Safe to run
 # repeatedly: each step is skipped when already done.
 set -euo pipefail
@@ -8,6 +9,10 @@ cd "$(dirname "$0")/.."
 if ! python3 -c "import moto.server, boto3" 2>/dev/null; then
   echo "installing moto[server] from PyPI for the AWS tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+fi
+if ! command -v cargo-lambda >/dev/null 2>&1; then
+  echo "installing cargo-lambda from PyPI for the Lambda runtime tests" >&2
+  python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   echo "installing Debian's chromium for the browser tests" >&2

@@ -1,5 +1,6 @@
 //! The fixtures in `events/` are the shapes the clouds deliver; each replays through the handlers.
 
+use signals_shared::domain::job::{Job, Stage};
 use signals_shared::hosts::events::parse_event;
 use signals_tests::{create_items, run_cli, write_config, Harness};
 use std::path::PathBuf;
@@ -16,10 +17,37 @@ fn event(path: &str) -> String {
 
 #[test]
 fn every_fixture_parses_as_an_event() {
-    for f in ["scheduled/tick.json", "sqs/onboard.json", "sqs/malformed-body.json"] {
-        let text = std::fs::read_to_string(event(f)).unwrap();
-        assert!(!parse_event(&text).unwrap().is_empty(), "{f}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../events");
+    let mut seen = 0;
+    for sub in ["scheduled", "sqs"] {
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(!parse_event(&text).unwrap().is_empty(), "{}", path.display());
+            seen += 1;
+        }
     }
+    assert!(seen >= 9, "fixtures found: {seen}");
+}
+
+#[test]
+fn each_stage_has_an_sqs_event_of_its_own_jobs() {
+    for stage in Stage::ALL {
+        let text = std::fs::read_to_string(event(&format!("sqs/{stage}.json"))).unwrap();
+        let messages = parse_event(&text).unwrap();
+        assert!(!messages.is_empty(), "{stage}");
+        for m in messages {
+            assert_eq!(Job::decode(m.body.as_bytes()).unwrap().stage(), stage, "{}", m.origin);
+        }
+    }
+    // The partial-failure batch: several records, exactly one of them malformed.
+    let text = std::fs::read_to_string(event("sqs/partial-failure.json")).unwrap();
+    let bodies: Vec<_> = parse_event(&text)
+        .unwrap()
+        .into_iter()
+        .map(|m| Job::decode(m.body.as_bytes()).is_ok())
+        .collect();
+    assert_eq!(bodies, [true, true, false, true, true]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,12 +9,12 @@ use std::sync::Arc;
 /// Default PostgreSQL schema of the store.
 pub const DEFAULT_PG_SCHEMA: &str = "signals";
 
-/// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, `env:NAME` or
-/// `file:PATH` holding one of those, or else a SQLite file path. `pg_schema` names the
+/// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, `env:NAME`,
+/// `file:PATH` or `aws-sm:ARN[#field]` holding one of those, or else a SQLite file path. `pg_schema` names the
 /// PostgreSQL schema (created and migrated on first use).
 pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, StoreError> {
     let resolved;
-    let target = if spec.starts_with("env:") || spec.starts_with("file:") {
+    let target = if spec.starts_with("env:") || spec.starts_with("file:") || spec.starts_with("aws-sm:") {
         let r = SecretRef::try_from(spec.to_owned()).map_err(|detail| StoreError::Db {
             context: "open",
             detail,

@@ -32,6 +32,20 @@ impl Drop for Telemetry {
     }
 }
 
+/// The exporting provider, for [`flush`].
+#[cfg(feature = "otel")]
+static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = std::sync::OnceLock::new();
+
+/// Sends buffered spans now: a Lambda is frozen between invocations, so each one ends with this.
+pub fn flush() {
+    #[cfg(feature = "otel")]
+    if let Some(p) = PROVIDER.get() {
+        if let Err(e) = p.force_flush() {
+            tracing::warn!(error = %e, "could not flush traces to the OTLP endpoint");
+        }
+    }
+}
+
 /// Installs the global subscriber once (later calls only return an empty guard). `service` names
 /// the process in traces unless `OTEL_SERVICE_NAME` does.
 pub fn init(default_level: &str, service: &str) -> Telemetry {
@@ -55,9 +69,11 @@ pub fn init(default_level: &str, service: &str) -> Telemetry {
             None => (None, None),
         };
         let installed = tracing_subscriber::registry().with(layer).with(fmt).try_init().is_ok();
-        Telemetry {
-            provider: provider.filter(|_| installed),
+        let provider = provider.filter(|_| installed);
+        if let Some(p) = &provider {
+            let _ = PROVIDER.set(p.clone());
         }
+        Telemetry { provider }
     }
     #[cfg(not(feature = "otel"))]
     {

@@ -32,46 +32,73 @@ pub enum EventError {
     },
 }
 
+/// An event as a cloud delivers it, decoded through the `aws_lambda_events` types the Lambda
+/// host uses too.
+#[derive(Debug)]
+pub enum CloudEvent {
+    /// A batch of SQS messages.
+    Sqs(aws_lambda_events::sqs::SqsEvent),
+    /// An EventBridge (CloudWatch Events) scheduled event: the scheduler's timer.
+    Scheduled(aws_lambda_events::eventbridge::EventBridgeEvent),
+}
+
+/// Decodes an SQS event or an EventBridge scheduled event.
+pub fn decode(v: Value) -> Result<CloudEvent, EventError> {
+    if v.get("detail-type").is_some() {
+        let e: aws_lambda_events::eventbridge::EventBridgeEvent = serde_json::from_value(v)?;
+        return if e.detail_type == "Scheduled Event" {
+            Ok(CloudEvent::Scheduled(e))
+        } else {
+            Err(EventError::UnknownShape)
+        };
+    }
+    if v.get("Records").is_none() {
+        return Err(EventError::UnknownShape);
+    }
+    let e: aws_lambda_events::sqs::SqsEvent = serde_json::from_value(v)?;
+    if e.records.iter().any(|r| r.event_source.as_deref() != Some("aws:sqs")) {
+        return Err(EventError::UnknownShape);
+    }
+    Ok(CloudEvent::Sqs(e))
+}
+
+/// The timer tick a scheduled event stands for (its id derived from the event's, so a repeated
+/// delivery of one event is recognisable in logs).
+pub fn tick_of(e: &aws_lambda_events::eventbridge::EventBridgeEvent) -> Job {
+    let mut tick = Job::new(Task::Tick);
+    tick.id = format!("scheduled-{}", e.id.as_deref().unwrap_or(""));
+    tick
+}
+
+/// Deliveries of an SQS message so far (`ApproximateReceiveCount`), this one included.
+pub fn receive_count(m: &aws_lambda_events::sqs::SqsMessage) -> u32 {
+    m.attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
 /// Extracts the job messages of an SQS event or an EventBridge scheduled event.
 pub fn parse_event(text: &str) -> Result<Vec<EventMessage>, EventError> {
-    let v: Value = serde_json::from_str(text)?;
-    if v.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-        let id = v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-        let mut tick = Job::new(Task::Tick);
-        tick.id = format!("scheduled-{id}");
-        return Ok(vec![EventMessage {
-            origin: format!("scheduled:{id}"),
-            body: tick.encode(),
+    match decode(serde_json::from_str(text)?)? {
+        CloudEvent::Scheduled(e) => Ok(vec![EventMessage {
+            origin: format!("scheduled:{}", e.id.as_deref().unwrap_or("")),
+            body: tick_of(&e).encode(),
             attempts: 1,
-        }]);
-    }
-    let Some(records) = v.get("Records").and_then(Value::as_array) else {
-        return Err(EventError::UnknownShape);
-    };
-    records
-        .iter()
-        .enumerate()
-        .map(|(index, r)| {
-            if r.get("eventSource").and_then(Value::as_str) != Some("aws:sqs") {
-                return Err(EventError::UnknownShape);
-            }
-            let body = r
-                .get("body")
-                .and_then(Value::as_str)
-                .ok_or(EventError::NoBody { index })?;
-            let attempts = r
-                .pointer("/attributes/ApproximateReceiveCount")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1);
-            let id = r.get("messageId").and_then(Value::as_str).unwrap_or("");
-            Ok(EventMessage {
-                origin: format!("sqs:{id}"),
-                body: body.to_owned(),
-                attempts,
+        }]),
+        CloudEvent::Sqs(e) => e
+            .records
+            .iter()
+            .enumerate()
+            .map(|(index, r)| {
+                Ok(EventMessage {
+                    origin: format!("sqs:{}", r.message_id.as_deref().unwrap_or("")),
+                    body: r.body.clone().ok_or(EventError::NoBody { index })?,
+                    attempts: receive_count(r),
+                })
             })
-        })
-        .collect()
+            .collect(),
+    }
 }
 
 #[cfg(test)]

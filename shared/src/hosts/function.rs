@@ -1,5 +1,6 @@
-//! Entry point shared by the per-stage function binaries: pick a host from the arguments and run
-//! the stage's jobs there. The Lambda host plugs in here when it is added.
+//! Entry point shared by the per-stage function binaries: pick a host and run the stage's jobs
+//! there — the Lambda host when `AWS_LAMBDA_RUNTIME_API` is set (the Lambda runtime sets it),
+//! otherwise what the arguments say.
 
 use crate::connectors::DefaultConnectors;
 use crate::ctx::Ctx;
@@ -7,15 +8,18 @@ use crate::domain::job::Stage;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] COMMAND
+const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] [--queue QUEUE] COMMAND
   replay EVENT_FILE                      run one cloud event file through this stage's handler
   worker [--listen ADDR] [--concurrency N] [--lease-secs S] [--grace-secs S]
-                                         poll this stage's table queue until SIGTERM
-  (SPEC: SQLite path, postgres:// URL, or env:NAME / file:PATH holding one; default $SIGNALS_STORE)";
+                                         poll this stage's queue until SIGTERM
+  (SPEC: SQLite path, postgres:// URL, or env:NAME / file:PATH / aws-sm:ARN holding one; default
+   $SIGNALS_STORE. QUEUE: table (the store's) or sqs://PREFIX; default $SIGNALS_QUEUE or table.
+   Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set) no command is needed: the Lambda host runs.)";
 
 struct Args {
     store: String,
     schema: String,
+    queue: String,
     command: Option<String>,
     rest: Vec<String>,
 }
@@ -24,6 +28,7 @@ fn parse() -> Option<Args> {
     let mut a = Args {
         store: std::env::var("SIGNALS_STORE").unwrap_or_else(|_| "signals.db".into()),
         schema: std::env::var("SIGNALS_STORE_SCHEMA").unwrap_or_else(|_| crate::backends::DEFAULT_PG_SCHEMA.into()),
+        queue: std::env::var("SIGNALS_QUEUE").unwrap_or_else(|_| "table".into()),
         command: None,
         rest: Vec::new(),
     };
@@ -32,6 +37,7 @@ fn parse() -> Option<Args> {
         match arg.as_str() {
             "--store" if a.command.is_none() => a.store = it.next()?,
             "--store-schema" if a.command.is_none() => a.schema = it.next()?,
+            "--queue" if a.command.is_none() => a.queue = it.next()?,
             _ if a.command.is_none() => a.command = Some(arg),
             _ => a.rest.push(arg),
         }
@@ -67,19 +73,26 @@ pub fn main(stage: Stage) -> ExitCode {
             Err(e) => return fail(&e.to_string()),
         };
         let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
+        if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
+            return lambda(ctx, &args.queue, stage).await;
+        }
+        let queue = match crate::backends::open_queue(&args.queue, &store).await {
+            Ok(q) => q,
+            Err(e) => return fail(&e.to_string()),
+        };
         match (args.command.as_deref(), args.rest.as_slice()) {
             (Some("replay"), [file]) => {
                 let text = match std::fs::read_to_string(file) {
                     Ok(t) => t,
                     Err(e) => return fail(&format!("cannot read {file}: {e}")),
                 };
-                match super::replay::replay(ctx, store.clone(), store, &text, false).await {
+                match super::replay::replay(ctx, store, queue, &text, false).await {
                     Ok(0) => ExitCode::SUCCESS,
                     Ok(_) => ExitCode::FAILURE,
                     Err(e) => fail(&format!("{file}: {e}")),
                 }
             }
-            (Some("worker"), rest) => match worker(ctx, store, stage, rest).await {
+            (Some("worker"), rest) => match worker(ctx, queue, stage, rest).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&e),
             },
@@ -88,10 +101,31 @@ pub fn main(stage: Stage) -> ExitCode {
     })
 }
 
+#[cfg(feature = "lambda")]
+async fn lambda(ctx: Arc<Ctx>, queue: &str, stage: Stage) -> ExitCode {
+    let sqs = match crate::sqs::SqsQueue::connect(queue).await {
+        Ok(q) => Arc::new(q),
+        Err(e) => {
+            return fail(&format!(
+                "the Lambda host needs SQS queues (SIGNALS_QUEUE=sqs://PREFIX): {e}"
+            ))
+        }
+    };
+    match super::lambda::run(ctx, sqs, stage).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+#[cfg(not(feature = "lambda"))]
+async fn lambda(_: Arc<Ctx>, _: &str, _: Stage) -> ExitCode {
+    fail("this build has no Lambda host (feature lambda)")
+}
+
 #[cfg(feature = "http-server")]
 async fn worker(
     ctx: Arc<Ctx>,
-    store: Arc<dyn crate::backends::Backend>,
+    queue: Arc<dyn crate::ports::JobQueue>,
     stage: Stage,
     rest: &[String],
 ) -> Result<(), String> {
@@ -107,14 +141,14 @@ async fn worker(
         ..defaults
     };
     let listen: Option<SocketAddr> = flag(rest, "--listen")?;
-    super::worker::run(ctx, store, opts, listen, terminate())
+    super::worker::run(ctx, queue, opts, listen, terminate())
         .await
         .map(drop)
         .map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "http-server"))]
-async fn worker(_: Arc<Ctx>, _: Arc<dyn crate::backends::Backend>, _: Stage, _: &[String]) -> Result<(), String> {
+async fn worker(_: Arc<Ctx>, _: Arc<dyn crate::ports::JobQueue>, _: Stage, _: &[String]) -> Result<(), String> {
     Err("this build has no worker host (feature http-server)".into())
 }
 

@@ -4,6 +4,8 @@
 
 pub mod events;
 pub mod function;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod replay;
 pub mod runner;
 #[cfg(feature = "http-server")]
@@ -146,22 +148,34 @@ pub async fn record_dead_letter(
     Ok(id)
 }
 
+/// Enqueues a handler's follow-up jobs, each delayed until its `not_before`.
+pub async fn enqueue_next(queue: &dyn JobQueue, next: Vec<Job>) -> Result<(), crate::errors::StoreError> {
+    let (later, now): (Vec<Job>, Vec<Job>) = next.into_iter().partition(|j| j.not_before.is_some());
+    queue.enqueue(&now, Duration::ZERO).await?;
+    for j in later {
+        let wait = j
+            .not_before
+            .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
+        queue
+            .enqueue(std::slice::from_ref(&j), wait.unwrap_or_default())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Applies an outcome through a queue and the store's dead letters; errors here are logged and
-/// leave the message to be redelivered when its lease runs out.
-pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Claimed, job: &Job, outcome: Outcome) {
+/// leave the message to be redelivered when its lease runs out (then it returns false).
+pub async fn settle(
+    ctx: &Ctx,
+    queue: &dyn JobQueue,
+    claimed: &crate::ports::Claimed,
+    job: &Job,
+    outcome: Outcome,
+) -> bool {
     let result = async {
         match outcome {
             Outcome::Done(next) => {
-                let (later, now): (Vec<Job>, Vec<Job>) = next.into_iter().partition(|j| j.not_before.is_some());
-                queue.enqueue(&now, Duration::ZERO).await?;
-                for j in later {
-                    let wait = j
-                        .not_before
-                        .map(|t| (t - chrono::Utc::now()).to_std().unwrap_or_default());
-                    queue
-                        .enqueue(std::slice::from_ref(&j), wait.unwrap_or_default())
-                        .await?;
-                }
+                enqueue_next(queue, next).await?;
                 crate::crash::point("after_enqueue_before_ack");
                 queue.ack(claimed).await
             }
@@ -173,7 +187,8 @@ pub async fn settle(ctx: &Ctx, queue: &dyn JobQueue, claimed: &crate::ports::Cla
         }
     }
     .await;
-    if let Err(e) = result {
+    if let Err(e) = &result {
         tracing::error!(error = %e, "could not settle a job; it will be redelivered after its lease");
     }
+    result.is_ok()
 }

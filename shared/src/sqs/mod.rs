@@ -123,7 +123,8 @@ impl SqsQueue {
         SqsQueue::connect(spec).await
     }
 
-    fn url(&self, stage: Stage) -> &str {
+    /// The URL of a stage's queue.
+    pub fn url(&self, stage: Stage) -> &str {
         &self.urls[&stage]
     }
 
@@ -201,6 +202,15 @@ impl SqsQueue {
             .await
             .map_err(sqs_err("delete"))?;
         Ok(())
+    }
+
+    /// The URL of the stage queue an event source ARN (`arn:aws:sqs:REGION:ACCOUNT:NAME`) names.
+    pub fn url_for_arn(&self, arn: &str) -> Option<&str> {
+        let name = arn.rsplit(':').next().filter(|n| !n.is_empty())?;
+        self.urls
+            .values()
+            .find(|u| u.rsplit('/').next() == Some(name))
+            .map(String::as_str)
     }
 
     /// The URL of the queue named `name`.
