@@ -103,6 +103,29 @@ async fn initial_and_interval_sync_with_every_hop_through_sqs() {
     h.assert_in_sync().await;
 
     assert_eq!(h.store.depth(&[]).await.unwrap().0, 0, "the table queue was never used");
+
+    // A message no function could decode ends in the redrive DLQ; `dlq import` moves it into the
+    // store's dead letters, where the operator sees it with every other.
+    let script = format!(
+        "import boto3; c = boto3.client('sqs', endpoint_url='{}', region_name='eu-west-1', \
+         aws_access_key_id='test', aws_secret_access_key='test'); \
+         c.send_message(QueueUrl=c.get_queue_url(QueueName='signals-e2e-dlq')['QueueUrl'], MessageBody='{{\"v\":1,\"task\":')",
+        moto.url
+    );
+    let sent = Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    let (ok, out) = run_cli(BIN, &h, &["dlq", "import", "--sqs", "signals-e2e-dlq"], &env);
+    assert!(ok.success() && out.contains("1 messages imported"), "{out}");
+    let (_, list) = run_cli(BIN, &h, &["dlq", "list"], &env);
+    assert!(
+        list.contains("SQS dead-letter queue") && list.contains("unknown"),
+        "{list}"
+    );
+    let (ok, out) = run_cli(BIN, &h, &["dlq", "import", "--sqs", "signals-e2e-dlq"], &env);
+    assert!(
+        ok.success() && out.contains("0 messages imported"),
+        "the DLQ is empty now: {out}"
+    );
     terminate(front);
     terminate(back);
 }

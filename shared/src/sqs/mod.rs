@@ -50,6 +50,14 @@ pub async fn client() -> aws_sdk_sqs::Client {
 }
 
 impl SqsQueue {
+    /// A handle for queues named by URL only (no stage queues), e.g. a dead-letter queue.
+    pub fn with_client(client: aws_sdk_sqs::Client) -> SqsQueue {
+        SqsQueue {
+            client,
+            urls: HashMap::new(),
+        }
+    }
+
     /// Resolves the stage queues of `spec` (`sqs://PREFIX`), failing clearly when one is missing.
     pub async fn connect(spec: &str) -> Result<SqsQueue, StoreError> {
         let prefix = prefix_of(spec).ok_or_else(|| StoreError::Db {

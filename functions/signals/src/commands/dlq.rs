@@ -6,6 +6,7 @@ use clap::Subcommand;
 use signals_shared::ops::{drop::drop_dead_letter, repair, retry::retry_dead_letter};
 use signals_shared::ports::DeadLetter;
 use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
 
 /// What to do with dead letters.
 #[derive(Subcommand)]
@@ -36,6 +37,9 @@ pub enum DlqAction {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Move the messages of a queue's own dead-letter queue (SQS redrive: messages no function
+    /// could decode) into the store, where `dlq list|show|retry|drop` handle them.
+    Import(ImportFrom),
     /// Give up on dead letters: the run moves on (or is abandoned), recorded with who did it.
     Drop {
         /// Dead letter ids.
@@ -53,6 +57,17 @@ pub enum DlqAction {
         #[arg(long, conflicts_with = "repair")]
         no_repair: bool,
     },
+}
+
+/// Where `dlq import` reads from.
+#[derive(clap::Args)]
+pub struct ImportFrom {
+    /// The SQS dead-letter queue: its URL, or its name (then resolved in the configured region).
+    #[arg(long)]
+    sqs: String,
+    /// Stop after this many messages.
+    #[arg(long, default_value_t = 10_000)]
+    max: usize,
 }
 
 /// Filters for list and retry.
@@ -122,6 +137,47 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// Moves SQS dead-letter-queue messages into the store: each is recorded (with its receive
+/// count) before it is deleted from the queue, so a crash between the two imports it twice —
+/// the store keeps one dead letter per message id — and never loses it.
+async fn import(store: &dyn signals_shared::ports::Store, from: &ImportFrom) -> anyhow::Result<()> {
+    use signals_shared::sqs::{client, SqsQueue};
+    let queue = SqsQueue::with_client(client().await);
+    let url = if from.sqs.starts_with("https://") || from.sqs.starts_with("http://") {
+        from.sqs.clone()
+    } else {
+        queue.url_of(&from.sqs).await?
+    };
+    let mut imported = 0;
+    while imported < from.max {
+        let batch = queue
+            .receive_from(
+                &url,
+                from.max - imported,
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+            )
+            .await?;
+        if batch.is_empty() {
+            break;
+        }
+        for m in batch {
+            let job = signals_shared::domain::job::Job::decode(m.body.as_bytes());
+            let error = match &job {
+                Ok(_) => "moved to the SQS dead-letter queue by its redrive policy".to_owned(),
+                Err(e) => format!("moved to the SQS dead-letter queue: {e}"),
+            };
+            let id = signals_shared::hosts::record_dead_letter(store, job.as_ref().ok(), &m.body, &error, m.attempts)
+                .await?;
+            queue.delete(&m).await?;
+            imported += 1;
+            println!("dead letter {id}: imported from {url}");
+        }
+    }
+    println!("{imported} messages imported");
+    Ok(())
+}
+
 /// Runs a dlq action.
 pub async fn dlq(spec: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
     let store = open_store(spec).await?;
@@ -153,6 +209,7 @@ pub async fn dlq(spec: &StoreSpec, action: DlqAction) -> anyhow::Result<()> {
                 .with_context(|| format!("no dead letter {id}"))?;
             println!("{}", serde_json::to_string_pretty(&d)?);
         }
+        DlqAction::Import(from) => import(store.as_ref(), &from).await?,
         DlqAction::Retry { ids, all, filter, by } => {
             let queue = open_queue(spec, &store).await?;
             let ids: Vec<i64> = if all {
