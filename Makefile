@@ -2,13 +2,28 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint fmt build demo bench bench-pg bench-smoke
+.PHONY: test lint lint-infra fmt build demo bench bench-pg bench-smoke lambda
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services; installs
 ## what the tests need first (scripts/test-deps.sh).
 test:
 	./scripts/test-deps.sh
+	$(MAKE) lint-infra
 	$(CARGO) test --workspace --all-targets
+
+## Deployment templates, validated offline (cfn-lint for the SAM template).
+lint-infra:
+	cfn-lint infra/aws/template.yaml
+
+## Each function as a `bootstrap` zip for the provided.al2023 Lambda runtime, with only its Lambda
+## host's features (cargo-lambda and zig from PyPI), under target/lambda/<function>/.
+LAMBDA_ARCH ?= --x86-64
+lambda:
+	./scripts/lambda-deps.sh
+	for f in scheduler snapshot merge batch push; do \
+	  $(CARGO) lambda build --release $(LAMBDA_ARCH) -p signals-$$f --no-default-features --features lambda --output-format zip || exit 1; \
+	done
+	ls -l target/lambda/*/bootstrap.zip
 
 ## Formatting and lints exactly as CI checks them.
 lint:

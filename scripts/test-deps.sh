@@ -10,6 +10,10 @@ if ! python3 -c "import moto.server, boto3" 2>/dev/null; then
   echo "installing moto[server] from PyPI for the AWS tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
+if ! command -v cfn-lint >/dev/null 2>&1; then
+  echo "installing cfn-lint from PyPI for the SAM template" >&2
+  python3 -m pip install --quiet --disable-pip-version-check cfn-lint
+fi
 if ! command -v cargo-lambda >/dev/null 2>&1; then
   echo "installing cargo-lambda from PyPI for the Lambda runtime tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
