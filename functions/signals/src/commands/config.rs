@@ -59,3 +59,14 @@ pub async fn onboard(spec: &StoreSpec, tenant: &str, reports: Vec<String>) -> an
     );
     Ok(())
 }
+
+/// Enqueues one timer tick: the scheduler opens interval runs for the data sources that are due.
+pub async fn tick(spec: &StoreSpec) -> anyhow::Result<()> {
+    let store = open_store(spec).await?;
+    open_queue(spec, &store)
+        .await?
+        .enqueue(&[Job::new(Task::Tick)], Duration::ZERO)
+        .await?;
+    println!("tick enqueued");
+    Ok(())
+}
