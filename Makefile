@@ -5,10 +5,12 @@ CARGO ?= cargo
 .PHONY: test lint lint-infra fmt build build-functions image demo bench bench-pg bench-smoke lambda
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services; installs
-## what the tests need first (scripts/test-deps.sh).
+## what the tests need first (scripts/test-deps.sh). The function binaries are built first: the
+## Lambda runtime tests run them as they ship.
 test:
 	./scripts/test-deps.sh
 	$(MAKE) lint-infra
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets
 
 ## Deployment artefacts, validated offline: the SAM template (cfn-lint), the Dockerfile

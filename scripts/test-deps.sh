@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain and the services the machine runs
-# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager and SQS; cargo-lambda,
+# (PostgreSQL): moto's server, which stands in for AWS Secrets Manager and SQS; Azurite (npm),
+# which stands in for Azure Storage queues; cargo-lambda,
 # whose local Lambda runtime runs the function binaries; the offline validators of the
 # deployment artefacts (make lint-infra); Debian's Chromium and playwright-core from npm, which
 # drive the operations page in a real browser. Safe to run repeatedly: each step is skipped when
@@ -36,6 +37,10 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ] || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
   echo "installing playwright-core from npm for the browser tests" >&2
   npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi
+if [ ! -x tests/azurite/node_modules/.bin/azurite-queue ] || [ tests/azurite/package-lock.json -nt tests/azurite/node_modules/.package-lock.json ]; then
+  echo "installing azurite from npm for the Azure queue tests" >&2
+  npm ci --prefix tests/azurite --no-audit --no-fund --silent
 fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   echo "warning: nothing listens on 127.0.0.1:5432; the PostgreSQL tests will fail (set SIGNALS_TEST_PG_URL)" >&2

@@ -117,7 +117,7 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
         let log = h.dir.path().join(format!("{name}.log"));
         assert!(
             bin.exists(),
-            "{} missing: build the workspace (make test does)",
+            "{} missing: `cargo build --workspace --bins` first (make test does)",
             bin.display()
         );
         let _function = Killed(

@@ -51,21 +51,22 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
 }
 
 /// Opens the job queue `spec` names: `table` (or empty) is the store's own table queue;
-/// `sqs://PREFIX` is one Amazon SQS queue per stage.
+/// `sqs://PREFIX` is one Amazon SQS queue per stage; `azure://ACCOUNT/PREFIX` one Azure Storage
+/// queue per stage.
 pub async fn open_queue(spec: &str, store: &Arc<dyn Backend>) -> Result<Arc<dyn crate::ports::JobQueue>, StoreError> {
     match spec {
         "" | "table" => Ok(store.clone()),
         #[cfg(feature = "sqs")]
         s if s.starts_with("sqs://") => Ok(Arc::new(crate::sqs::SqsQueue::connect(s).await?)),
+        #[cfg(feature = "azure-queue")]
+        s if s.starts_with("azure://") => Ok(Arc::new(crate::azure_queue::AzureQueue::connect(s).await?)),
         other => Err(StoreError::Db {
             context: "open queue",
             detail: format!(
-                "unknown queue `{other}`: expected `table` or `sqs://PREFIX`{}",
-                if cfg!(feature = "sqs") {
-                    ""
-                } else {
-                    " (this build has no SQS support)"
-                }
+                "unknown queue `{other}`: expected `table`, `sqs://PREFIX` or `azure://ACCOUNT/PREFIX` \
+                 (this build: SQS {}, Azure {})",
+                if cfg!(feature = "sqs") { "yes" } else { "no" },
+                if cfg!(feature = "azure-queue") { "yes" } else { "no" }
             ),
         }),
     }

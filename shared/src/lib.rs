@@ -11,6 +11,8 @@
 //! - Adapters: [`sqlite`] (store, table queue, source), [`sink`] (HTTP, JSONL), [`receiver`]
 //!   (the reference implementation of the push protocol), wired by [`connectors`].
 
+#[cfg(feature = "azure-queue")]
+pub mod azure_queue;
 pub mod backends;
 pub mod connectors;
 pub mod crash;

@@ -71,6 +71,14 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
             return;
         }
         Err(e) => {
+            match queue.quarantine(&claimed, &e.to_string()).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(q) => {
+                    tracing::error!(error = %q, "could not move an undecodable message to the poison queue");
+                    return;
+                }
+            }
             tracing::error!(error = %e, "undecodable message: dead-lettering it");
             let dl = super::record_dead_letter(
                 ctx.store.as_ref(),

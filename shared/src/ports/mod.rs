@@ -154,6 +154,11 @@ pub trait JobQueue: Send + Sync {
     async fn retry_later(&self, claimed: &Claimed, delay: Duration, error: &str) -> Result<(), StoreError>;
     /// (messages of the given stages — all when empty — in the queue, age of the oldest visible one).
     async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError>;
+    /// Moves a message no stage can decode out of the way (a poison queue), if this queue has
+    /// such a place; `false` means the host records it as a dead letter in the store instead.
+    async fn quarantine(&self, _claimed: &Claimed, _error: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// What the destination said to one delivery attempt.

@@ -1,0 +1,178 @@
+//! Every hop through Azure Storage queues (Azurite, started here): an initial and an interval
+//! sync with the stages split over two worker processes end with the receiver equal to the
+//! source; a job that keeps failing becomes a store dead letter after the configured attempts
+//! (Azure's `dequeueCount`); an undecodable message lands in the poison queue.
+
+use signals_shared::azure_queue::AzureQueue;
+use signals_shared::domain::job::{Job, Stage, Task};
+use signals_shared::ports::JobQueue;
+use signals_tests::{create_items, items_source, mutate_items, Harness, StoreKind};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
+const QUEUE: &str = "azure://devstoreaccount1/signals";
+/// Azurite's well-known development account key (public, documented by Microsoft).
+const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Azurite's queue service (npm `azurite`, installed by scripts/test-deps.sh) on a free port.
+fn start_azurite() -> (Killed, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("azurite/node_modules/.bin/azurite-queue");
+    let child = Killed(
+        Command::new(&bin)
+            .args(["--queueHost", "127.0.0.1", "--queuePort", &port.to_string()])
+            .args([
+                "--skipApiVersionCheck",
+                "--inMemoryPersistence",
+                "--disableTelemetry",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} ({e}): run scripts/test-deps.sh", bin.display())),
+    );
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let conn = format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};\
+                 QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            );
+            return (child, conn);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(child);
+    panic!("azurite-queue never listened on {port}");
+}
+
+fn spawn_worker(h: &Harness, conn: &str, stages: &str) -> Killed {
+    Killed(
+        Command::new(BIN)
+            .args(["--store", &h.store_spec, "--queue", QUEUE, "worker", "--stages", stages])
+            .args(["--concurrency", "4", "--lease-secs", "10"])
+            .args([
+                "--max-attempts",
+                "3",
+                "--backoff-base-ms",
+                "50",
+                "--backoff-cap-ms",
+                "200",
+            ])
+            .env("SIGNALS_AZURE_CONNECTION", conn)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worker"),
+    )
+}
+
+async fn wait_until<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !ok().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_through_azure_queues_with_dead_letters_and_a_poison_queue() {
+    let (_azurite, conn) = start_azurite();
+    // SAFETY: set before this test's own queue client reads it; no other test runs in this binary.
+    unsafe { std::env::set_var("SIGNALS_AZURE_CONNECTION", &conn) };
+    let queue = AzureQueue::create(QUEUE)
+        .await
+        .expect("create the stage queues in Azurite");
+
+    let h = Harness::on(StoreKind::Sqlite).await;
+    create_items(&h.src(), 3_000);
+    let missing = h.dir.path().join("later.db");
+    let sources = format!(
+        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
+         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
+        items_source(1_000),
+        missing.display()
+    );
+    let path = signals_tests::write_config(&h, &h.config(&sources));
+    let env = [("SIGNALS_AZURE_CONNECTION", conn.as_str())];
+    let (ok, out) = signals_tests::run_cli(BIN, &h, &["config", "apply", &path], &env);
+    assert!(ok.success(), "{out}");
+    let (ok, out) = signals_tests::run_cli(BIN, &h, &["--queue", QUEUE, "onboard", "--tenant", "t"], &env);
+    assert!(ok.success(), "{out}");
+    assert_eq!(
+        queue.depth(&[]).await.unwrap().0,
+        1,
+        "the onboarding job waits in Azure"
+    );
+
+    let _front = spawn_worker(&h, &conn, "scheduler,snapshot");
+    let _back = spawn_worker(&h, &conn, "merge,batch,push");
+    let settled = |items_runs: usize| {
+        let (h, queue) = (&h, &queue);
+        move || async move {
+            let runs = h.runs().await;
+            let items = runs
+                .iter()
+                .filter(|r| r.source == "items" && r.display_state() == "done")
+                .count();
+            let blocked = runs
+                .iter()
+                .any(|r| r.source == "poison" && r.display_state() == "blocked");
+            items == items_runs && blocked && queue.depth(&[]).await.unwrap().0 == 0
+        }
+    };
+    wait_until("the initial sync and the poison source's dead letter", settled(1)).await;
+    h.assert_in_sync_for("items").await;
+
+    // The failing source: three deliveries (Azure's dequeueCount), then a dead letter in the store.
+    let dead = h.store.dead_letters(true).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        (dead[0].stage.as_str(), dead[0].attempts, dead[0].source.as_deref()),
+        ("snapshot", 3, Some("poison"))
+    );
+
+    mutate_items(&h.src(), 3_000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    queue.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await.unwrap();
+    wait_until("the interval sync", settled(2)).await;
+    h.assert_in_sync_for("items").await;
+
+    // Another producer's garbage: not a job, so not a store dead letter — the poison queue.
+    queue.send_raw(Stage::Snapshot, "this is not a job").await.unwrap();
+    let poison = queue.poison_name();
+    wait_until("the undecodable message in the poison queue", || {
+        let (queue, poison) = (&queue, &poison);
+        async move { queue.count(poison).await.unwrap() == 1 && queue.depth(&[]).await.unwrap().0 == 0 }
+    })
+    .await;
+    assert_eq!(
+        h.store.dead_letters(true).await.unwrap().len(),
+        1,
+        "no dead letter for it in the store"
+    );
+    assert_eq!(h.store.depth(&[]).await.unwrap().0, 0, "the table queue was never used");
+}
