@@ -424,3 +424,60 @@ async fn a_worker_serves_probes_and_metrics_that_match_the_run_history() {
     assert!(items_lag < 10.0 && poison_lag > items_lag, "{items_lag} {poison_lag}");
     terminate(worker);
 }
+
+/// Kubernetes stops a pod with SIGTERM and waits its grace period: a worker caught mid-push
+/// stops claiming, gives its in-flight jobs the grace period, releases what is still running to
+/// its lease and exits 0 in time; a second worker completes the run, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_mid_job_releases_its_work_within_the_grace_period() {
+    use signals_shared::receiver::faults::{FaultRates, RateFaults};
+    // Every push takes 3 s at the destination: a 1 s grace period cannot see them through.
+    let rates = FaultRates {
+        slow: 1.0,
+        slow_ms: 3_000,
+        ..FaultRates::default()
+    };
+    let h = Harness::with_faults(StoreKind::Postgres, RateFaults::new(rates, 7)).await;
+    create_items(&h.src(), 2_000);
+    cli_onboard(BIN, &h, &h.config(&items_source(1_000)));
+    let mut first = spawn_worker(&h, None, &["--grace-secs", "1"]);
+    let started = Instant::now();
+    loop {
+        let runs = h.runs().await;
+        if runs.first().is_some_and(|r| r.batches_total > 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never reached the push stage: {runs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await; // pushes are in flight now
+    let stopping = Instant::now();
+    // SAFETY: kill(2) on a child pid we own.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let status = first.wait().unwrap();
+    let took = stopping.elapsed();
+    assert!(status.success(), "exit 0 after draining: {status}");
+    assert!(
+        took < Duration::from_millis(2_500),
+        "exited {took:?} after SIGTERM with a 1 s grace period"
+    );
+    let run = h.runs().await.remove(0);
+    assert!(
+        run.batches_delivered < run.batches_total,
+        "the stopped worker left pushes unfinished: {run:?}"
+    );
+
+    // Another worker picks the released jobs up when their leases run out and finishes the run.
+    let second = spawn_worker(&h, None, &[]);
+    wait_all_done(&h, 1, Duration::from_secs(60)).await;
+    h.assert_in_sync().await;
+    assert_eq!(
+        h.stats().applied_twice,
+        0,
+        "a batch the first worker sent is not applied twice"
+    );
+    terminate(second);
+}
