@@ -111,7 +111,7 @@ pub fn account_sas(
     );
     let signature = azure_core::hmac::hmac_sha256(&to_sign, &azure_core::credentials::Secret::new(key.to_owned()))
         .map_err(|_| "the Azure account key is not valid base64".to_owned())?;
-    let enc = |s: &str| form_urlencoded(s);
+    let enc = crate::domain::url::percent_encode;
     Ok(format!(
         "sv={SAS_VERSION}&ss={services}&srt={resource_types}&sp={permissions}&st={}&se={}&spr={}&sig={}",
         enc(&start),
@@ -119,15 +119,6 @@ pub fn account_sas(
         enc(protocol),
         enc(&signature)
     ))
-}
-
-fn form_urlencoded(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -186,7 +177,7 @@ mod tests {
             &azure_core::credentials::Secret::new("a2V5"),
         )
         .unwrap();
-        assert!(sas.ends_with(&form_urlencoded(&expected)));
+        assert!(sas.ends_with(&crate::domain::url::percent_encode(&expected)));
         assert!(account_sas("acme", "not base64!", now, Duration::from_secs(60)).is_err());
     }
 }

@@ -312,11 +312,7 @@ impl JobQueue for AzureQueue {
     }
 
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
-        let stages: Vec<Stage> = if stages.is_empty() {
-            Stage::ALL.to_vec()
-        } else {
-            stages.to_vec()
-        };
+        let stages = Stage::selected(stages);
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut out = Vec::new();
         for stage in stages {
@@ -387,11 +383,7 @@ impl JobQueue for AzureQueue {
     }
 
     async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError> {
-        let stages: Vec<Stage> = if stages.is_empty() {
-            Stage::ALL.to_vec()
-        } else {
-            stages.to_vec()
-        };
+        let stages = Stage::selected(stages);
         let mut total = 0;
         for stage in stages {
             total += self.count(&self.name(stage)).await?;

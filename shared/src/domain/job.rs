@@ -33,6 +33,15 @@ impl Stage {
         Stage::Push,
     ];
 
+    /// The stages a filter selects: all of them when it is empty.
+    pub fn selected(filter: &[Stage]) -> Vec<Stage> {
+        if filter.is_empty() {
+            Stage::ALL.to_vec()
+        } else {
+            filter.to_vec()
+        }
+    }
+
     /// Lower-case name used in queues, metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -14,4 +14,5 @@ pub mod retry;
 pub mod schedule;
 pub mod schema;
 pub mod secret_ref;
+pub mod url;
 pub mod value;

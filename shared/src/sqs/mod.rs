@@ -288,11 +288,7 @@ impl JobQueue for SqsQueue {
     }
 
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
-        let stages: Vec<Stage> = if stages.is_empty() {
-            Stage::ALL.to_vec()
-        } else {
-            stages.to_vec()
-        };
+        let stages = Stage::selected(stages);
         // Long-poll only when this process serves one queue; several are polled in turn.
         let wait = if stages.len() == 1 {
             Duration::from_secs(1)
@@ -325,11 +321,7 @@ impl JobQueue for SqsQueue {
     }
 
     async fn depth(&self, stages: &[Stage]) -> Result<(u64, Option<Duration>), StoreError> {
-        let stages: Vec<Stage> = if stages.is_empty() {
-            Stage::ALL.to_vec()
-        } else {
-            stages.to_vec()
-        };
+        let stages = Stage::selected(stages);
         let mut total = 0;
         for stage in stages {
             let out = self

@@ -123,21 +123,15 @@ async fn retry(State(s): State<UiState>, Path(id): Path<i64>, Form(form): Form<R
                 .await;
             tracing::info!(dead_letter = id, %stage, "dead letter re-queued from the operations page");
             let notice = format!("dead letter {id}: {stage} job re-queued");
-            Redirect::to(&format!("/?notice={}", encode_query(&notice))).into_response()
+            Redirect::to(&format!(
+                "/?notice={}",
+                signals_shared::domain::url::percent_encode(&notice)
+            ))
+            .into_response()
         }
         Err(signals_shared::ops::retry::RetryError::Invalid(why)) => failure(StatusCode::CONFLICT, &why),
         Err(e) => failure(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
-}
-
-/// Percent-encodes a query value.
-fn encode_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -150,10 +144,5 @@ mod tests {
         assert!(!same_secret("s3cre", "s3cret"));
         assert!(!same_secret("s3creT", "s3cret"));
         assert!(!same_secret("", "s3cret"));
-    }
-
-    #[test]
-    fn notices_are_percent_encoded() {
-        assert_eq!(encode_query("dead letter 7: push"), "dead%20letter%207%3A%20push");
     }
 }
