@@ -107,6 +107,22 @@ async fn a_sync_through_azure_queues_with_dead_letters_and_a_poison_queue() {
         .await
         .expect("create the stage queues in Azurite");
 
+    // A lease renewed twice (each renewal changes the pop receipt) still acknowledges the message.
+    queue.enqueue(&[Job::new(Task::Prune)], Duration::ZERO).await.unwrap();
+    let claimed = queue
+        .claim(5, Duration::from_secs(30), &[Stage::Scheduler])
+        .await
+        .unwrap();
+    assert_eq!((claimed.len(), claimed[0].attempts), (1, 1));
+    assert!(
+        matches!(Job::decode(claimed[0].body.as_bytes()).unwrap().task, Task::Prune),
+        "base64 round trip"
+    );
+    queue.extend(&claimed[0], Duration::from_secs(30)).await.unwrap();
+    queue.extend(&claimed[0], Duration::from_secs(30)).await.unwrap();
+    queue.ack(&claimed[0]).await.unwrap();
+    assert_eq!(queue.depth(&[]).await.unwrap().0, 0);
+
     let h = Harness::on(StoreKind::Sqlite).await;
     create_items(&h.src(), 3_000);
     let missing = h.dir.path().join("later.db");
