@@ -6,7 +6,7 @@
 use signals_shared::azure_queue::AzureQueue;
 use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::ports::JobQueue;
-use signals_tests::{create_items, items_source, mutate_items, Harness, StoreKind};
+use signals_tests::{create_items, items_and_a_poison_source, mutate_items, Harness, StoreKind};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,13 +125,7 @@ async fn a_sync_through_azure_queues_with_dead_letters_and_a_poison_queue() {
 
     let h = Harness::on(StoreKind::Sqlite).await;
     create_items(&h.src(), 3_000);
-    let missing = h.dir.path().join("later.db");
-    let sources = format!(
-        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
-         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
-        items_source(1_000),
-        missing.display()
-    );
+    let (sources, _) = items_and_a_poison_source(&h);
     let path = signals_tests::write_config(&h, &h.config(&sources));
     let env = [("SIGNALS_AZURE_CONNECTION", conn.as_str())];
     let (ok, out) = signals_tests::run_cli(BIN, &h, &["config", "apply", &path], &env);

@@ -3,7 +3,10 @@
 //! mid-push, dead-letter a poison job without holding up the others, and drain on SIGTERM.
 
 use signals_shared::domain::job::{Job, Task};
-use signals_tests::{cli_onboard, create_items, items_source, mutate_items, run_cli, Harness, PgSource, StoreKind};
+use signals_tests::{
+    cli_onboard, create_items, items_and_a_poison_source, items_source, mutate_items, run_cli, Harness, PgSource,
+    StoreKind,
+};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -154,13 +157,7 @@ async fn three_workers_sync_four_large_sources_through_kills() {
 async fn a_poison_job_is_dead_lettered_without_holding_up_other_sources() {
     let h = Harness::on(StoreKind::Postgres).await;
     create_items(&h.src(), 2_000);
-    let missing = h.dir.path().join("later.db");
-    let sources = format!(
-        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
-         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
-        items_source(1_000),
-        missing.display()
-    );
+    let (sources, missing) = items_and_a_poison_source(&h);
     cli_onboard(BIN, &h, &h.config(&sources));
     let retry = [
         "--max-attempts",
@@ -289,13 +286,7 @@ async fn http_get(addr: &str, path: &str) -> String {
 async fn a_worker_serves_probes_and_metrics_that_match_the_run_history() {
     let h = Harness::on(StoreKind::Sqlite).await;
     create_items(&h.src(), 1_500);
-    let missing = h.dir.path().join("later.db");
-    let sources = format!(
-        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
-         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
-        items_source(1_000),
-        missing.display()
-    );
+    let (sources, _) = items_and_a_poison_source(&h);
     h.apply(&h.config(&sources)).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -298,6 +298,19 @@ pub fn mutate_items(conn: &Connection, n: i64) {
     .expect("mutate");
 }
 
+/// Sources for tenant `t`: `items` (1,000-row chunks) and `poison`, whose database file does not
+/// exist yet (its jobs fail, retryably, until it does). Returns the TOML and that file's path.
+pub fn items_and_a_poison_source(h: &Harness) -> (String, PathBuf) {
+    let missing = h.dir.path().join("later.db");
+    let sources = format!(
+        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
+         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
+        items_source(1_000),
+        missing.display()
+    );
+    (sources, missing)
+}
+
 /// Runs a CLI binary with the harness's store; returns (status, stdout + stderr).
 pub fn run_cli(bin: &str, h: &Harness, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let out = std::process::Command::new(bin)
