@@ -208,7 +208,9 @@ pub trait Pusher: Send + Sync {
     }
 }
 
+mod history;
 mod store;
+pub use history::*;
 pub use store::*;
 
 /// A store that also holds the table queue.
