@@ -115,6 +115,7 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
         let name = format!("signals-{stage}");
         let bin = Path::new(BIN).with_file_name(&name);
         let log = h.dir.path().join(format!("{name}.log"));
+        let metrics = h.dir.path().join(format!("{name}.metrics"));
         assert!(
             bin.exists(),
             "{} missing: `cargo build --workspace --bins` first (make test does)",
@@ -129,7 +130,7 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
                 .env("SIGNALS_STORE", &h.store_spec)
                 .env("SIGNALS_QUEUE", "sqs://signals")
                 .envs(moto.env())
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(&metrics).unwrap())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap(),
@@ -147,6 +148,32 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
             "{name}: the malformed body and the failing verify, nothing else; its log:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+        // The invocation's metrics: one CloudWatch Embedded Metric Format line on stdout.
+        let emf: serde_json::Value = std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                serde_json::from_str(l)
+                    .ok()
+                    .filter(|v: &serde_json::Value| v.get("_aws").is_some())
+            })
+            .unwrap_or_else(|| panic!("{name}: no EMF metrics line"));
+        assert_eq!(
+            (
+                &emf["stage"],
+                &emf["jobs_done"],
+                &emf["jobs_dead_lettered"],
+                &emf["messages_undecodable"]
+            ),
+            (
+                &serde_json::json!(stage),
+                &serde_json::json!(2),
+                &serde_json::json!(1),
+                &serde_json::json!(1)
+            ),
+            "{name}: {emf}"
+        );
+        assert_eq!(emf["_aws"]["CloudWatchMetrics"][0]["Namespace"], "SignalsETL");
         if stage == "scheduler" {
             assert_eq!(invoke(port, &name, "scheduled/tick.json"), serde_json::Value::Null);
         }
