@@ -6,9 +6,11 @@
 use signals_shared::azure_queue::AzureQueue;
 use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::ports::JobQueue;
-use signals_tests::{create_items, items_and_a_poison_source, mutate_items, Harness, StoreKind};
+use signals_tests::{
+    create_items, free_port, items_and_a_poison_source, mutate_items, wait_for_port, Harness, KillOnDrop, StoreKind,
+};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
@@ -16,24 +18,11 @@ const QUEUE: &str = "azure://devstoreaccount1/signals";
 /// Azurite's well-known development account key (public, documented by Microsoft).
 const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Azurite's queue service (npm `azurite`, installed by scripts/test-deps.sh) on a free port.
-fn start_azurite() -> (Killed, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+fn start_azurite() -> (KillOnDrop, String) {
+    let port = free_port();
     let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("azurite/node_modules/.bin/azurite-queue");
-    let child = Killed(
+    let child = KillOnDrop(
         Command::new(&bin)
             .args(["--queueHost", "127.0.0.1", "--queuePort", &port.to_string()])
             .args([
@@ -47,22 +36,16 @@ fn start_azurite() -> (Killed, String) {
             .spawn()
             .unwrap_or_else(|e| panic!("{} ({e}): run scripts/test-deps.sh", bin.display())),
     );
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let conn = format!(
-                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};\
-                 QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
-            );
-            return (child, conn);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    drop(child);
-    panic!("azurite-queue never listened on {port}");
+    wait_for_port(port, "azurite-queue");
+    let conn = format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};\
+         QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    );
+    (child, conn)
 }
 
-fn spawn_worker(h: &Harness, conn: &str, stages: &str) -> Killed {
-    Killed(
+fn spawn_worker(h: &Harness, conn: &str, stages: &str) -> KillOnDrop {
+    KillOnDrop(
         Command::new(BIN)
             .args(["--store", &h.store_spec, "--queue", QUEUE, "worker", "--stages", stages])
             .args(["--concurrency", "4", "--lease-secs", "10"])

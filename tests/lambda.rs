@@ -7,36 +7,16 @@
 
 use signals_shared::ports::JobQueue;
 use signals_shared::sqs::SqsQueue;
-use signals_tests::{create_items, Harness, Moto, StoreKind};
+use signals_tests::{create_items, free_port, wait_for_port, Harness, KillOnDrop, Moto, StoreKind};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
 const STAGES: [&str; 5] = ["scheduler", "snapshot", "merge", "batch", "push"];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} never listened on port {port}");
 }
 
 /// `cargo lambda invoke NAME --data-file FILE`; returns the function's JSON response.
@@ -87,12 +67,8 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
     ))
     .await;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _emulator = Killed(
+    let port = free_port();
+    let _emulator = KillOnDrop(
         Command::new("cargo")
             .current_dir(workspace())
             .args([
@@ -121,7 +97,7 @@ async fn every_function_answers_sqs_batches_with_exactly_the_failed_records() {
             "{} missing: `cargo build --workspace --bins` first (make test does)",
             bin.display()
         );
-        let _function = Killed(
+        let _function = KillOnDrop(
             Command::new(&bin)
                 .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt/{name}"))
                 .env("AWS_LAMBDA_FUNCTION_NAME", &name)

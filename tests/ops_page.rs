@@ -4,44 +4,14 @@
 //! token; a page started without a token is read-only.
 
 use signals_shared::receiver::faults::Fault;
-use signals_tests::{create_items, items_source, Harness, StoreKind};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use signals_tests::{create_items, free_port, http, items_source, Harness, KillOnDrop, StoreKind};
+use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signals-under-test");
 const TOKEN: &str = "op-token-7f3a";
 
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-}
-
-/// One HTTP/1.0 exchange; returns the whole response.
-async fn http(addr: &str, request: &str) -> String {
-    for _ in 0..100 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(request.as_bytes()).await.unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            return out;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("nothing listens on {addr}");
-}
-
-struct Ui(Child);
-
-impl Drop for Ui {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn start_ui(h: &Harness, token: bool) -> (Ui, String) {
-    let addr = free_addr();
+async fn start_ui(h: &Harness, token: bool) -> (KillOnDrop, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new(BIN);
     cmd.args(["--store", &h.store_spec, "ui", "--listen", &addr])
         .env("OPS_TOKEN", TOKEN)
@@ -50,7 +20,7 @@ async fn start_ui(h: &Harness, token: bool) -> (Ui, String) {
     if token {
         cmd.args(["--operator-token", "env:OPS_TOKEN"]);
     }
-    let ui = Ui(cmd.spawn().expect("spawn signals ui"));
+    let ui = KillOnDrop(cmd.spawn().expect("spawn signals ui"));
     assert!(http(&addr, "GET /healthz HTTP/1.0\r\n\r\n")
         .await
         .starts_with("HTTP/1.0 200"));

@@ -6,7 +6,9 @@
 use signals_shared::domain::job::{Job, Task};
 use signals_shared::ports::JobQueue;
 use signals_shared::sqs::SqsQueue;
-use signals_tests::{create_items, items_source, mutate_items, run_cli, write_config, Harness, Moto, StoreKind};
+use signals_tests::{
+    create_items, items_source, mutate_items, run_cli, terminate, write_config, Harness, Moto, StoreKind,
+};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,12 +25,6 @@ fn spawn_worker(h: &Harness, moto: &Moto, stages: &str) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn worker")
-}
-
-fn terminate(mut w: Child) {
-    // SAFETY: kill(2) on a child pid we own.
-    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
-    assert!(w.wait().unwrap().success(), "worker exits 0 after draining");
 }
 
 /// Waits until `n` runs are done and every SQS queue is empty.
@@ -106,14 +102,10 @@ async fn initial_and_interval_sync_with_every_hop_through_sqs() {
 
     // A message no function could decode ends in the redrive DLQ; `dlq import` moves it into the
     // store's dead letters, where the operator sees it with every other.
-    let script = format!(
-        "import boto3; c = boto3.client('sqs', endpoint_url='{}', region_name='eu-west-1', \
-         aws_access_key_id='test', aws_secret_access_key='test'); \
-         c.send_message(QueueUrl=c.get_queue_url(QueueName='signals-e2e-dlq')['QueueUrl'], MessageBody='{{\"v\":1,\"task\":')",
-        moto.url
+    moto.boto3(
+        "sqs",
+        "c.send_message(QueueUrl=c.get_queue_url(QueueName='signals-e2e-dlq')['QueueUrl'], MessageBody='{\"v\":1,\"task\":')",
     );
-    let sent = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
     let (ok, out) = run_cli(BIN, &h, &["dlq", "import", "--sqs", "signals-e2e-dlq"], &env);
     assert!(ok.success() && out.contains("1 messages imported"), "{out}");
     let (_, list) = run_cli(BIN, &h, &["dlq", "list"], &env);

@@ -10,7 +10,7 @@ use axum::routing::post;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message;
-use signals_tests::{cli_onboard, create_items, items_source, Harness, StoreKind};
+use signals_tests::{cli_onboard, create_items, items_source, terminate, Harness, StoreKind};
 use std::collections::{BTreeMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -93,12 +93,6 @@ fn spawn_worker(h: &Harness, stages: &str, endpoint: &str, log: &std::path::Path
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .expect("spawn worker")
-}
-
-fn terminate(mut w: Child) {
-    // SAFETY: kill(2) on a child pid we own.
-    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
-    assert!(w.wait().unwrap().success(), "worker exits 0 after draining");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

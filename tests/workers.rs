@@ -4,8 +4,8 @@
 
 use signals_shared::domain::job::{Job, Task};
 use signals_tests::{
-    cli_onboard, create_items, items_and_a_poison_source, items_source, mutate_items, run_cli, Harness, PgSource,
-    StoreKind,
+    cli_onboard, create_items, free_port, http_get, items_and_a_poison_source, items_source, mutate_items, run_cli,
+    terminate, Harness, PgSource, StoreKind,
 };
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
@@ -59,16 +59,6 @@ fn killed_by_sigkill(w: &mut Child, what: &str) {
         .unwrap()
         .unwrap_or_else(|| panic!("{what}: crash point never reached, worker still running"));
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}: {status}");
-}
-
-fn terminate(mut w: Child) {
-    // SAFETY: kill(2) on a child pid we own.
-    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
-    let status = w.wait().unwrap();
-    assert!(
-        status.success(),
-        "a worker must exit 0 after draining on SIGTERM: {status}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,33 +256,13 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
         .sum()
 }
 
-async fn http_get(addr: &str, path: &str) -> String {
-    for _ in 0..50 {
-        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).await.unwrap();
-            return out;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("worker never listened on {addr}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_serves_probes_and_metrics_that_match_the_run_history() {
     let h = Harness::on(StoreKind::Sqlite).await;
     create_items(&h.src(), 1_500);
     let (sources, _) = items_and_a_poison_source(&h);
     h.apply(&h.config(&sources)).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(BIN);
     cmd.args([

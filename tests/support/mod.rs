@@ -19,7 +19,9 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 mod moto;
+mod process;
 pub use moto::Moto;
+pub use process::{free_port, http, http_get, terminate, wait_for_port, KillOnDrop};
 
 /// One isolated environment.
 pub struct Harness {

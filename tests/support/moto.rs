@@ -35,12 +35,12 @@ impl Moto {
         panic!("moto_server did not start on port {port}");
     }
 
-    /// Creates a secret with boto3 (a dependency of moto) and returns its ARN.
-    pub fn create_secret(&self, name: &str, value: &str) -> String {
+    /// Runs `code` with `c`, a boto3 client of `service` for this server (boto3 comes with
+    /// moto); returns what it printed.
+    pub fn boto3(&self, service: &str, code: &str) -> String {
         let script = format!(
-            "import boto3; c = boto3.client('secretsmanager', endpoint_url='{}', region_name='eu-west-1', \
-             aws_access_key_id='test', aws_secret_access_key='test'); \
-             print(c.create_secret(Name='{name}', SecretString='{value}')['ARN'])",
+            "import boto3; c = boto3.client('{service}', endpoint_url='{}', region_name='eu-west-1', \
+             aws_access_key_id='test', aws_secret_access_key='test'); {code}",
             self.url
         );
         let out = std::process::Command::new("python3")
@@ -50,21 +50,21 @@ impl Moto {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
-}
 
-impl Moto {
+    /// Creates a secret and returns its ARN.
+    pub fn create_secret(&self, name: &str, value: &str) -> String {
+        self.boto3(
+            "secretsmanager",
+            &format!("print(c.create_secret(Name='{name}', SecretString='{value}')['ARN'])"),
+        )
+    }
+
     /// Stores a new value of a secret.
     pub fn put_secret(&self, arn: &str, value: &str) {
-        let script = format!(
-            "import boto3; c = boto3.client('secretsmanager', endpoint_url='{}', region_name='eu-west-1', \
-             aws_access_key_id='test', aws_secret_access_key='test'); c.put_secret_value(SecretId='{arn}', SecretString='{value}')",
-            self.url
+        self.boto3(
+            "secretsmanager",
+            &format!("c.put_secret_value(SecretId='{arn}', SecretString='{value}')"),
         );
-        let out = std::process::Command::new("python3")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
