@@ -13,9 +13,6 @@ use crate::errors::{SourceError, StageError};
 use crate::ports::{Batches, ChunkStats, DeltaRow, KeyRange, Run};
 use crate::stages::cursor::Cursor;
 
-/// Delta rows written per store call.
-pub(super) const DELTA_FLUSH: usize = 2_000;
-
 /// A source row with its key bytes and hash.
 pub(super) struct Keyed {
     key: Vec<u8>,
@@ -38,7 +35,7 @@ pub(super) async fn diff_chunk(
     let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
     let (mut scratch, mut prev_key): (Vec<u8>, Option<Vec<u8>>) = (Vec::new(), None);
     let mut stats = ChunkStats::default();
-    let mut delta: Vec<DeltaRow> = Vec::new();
+    let mut delta = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     let mut s_head: Option<Keyed> = None;
     let mut g_head = staging.next().await?;
     let mut s_done = false;
@@ -83,12 +80,14 @@ pub(super) async fn diff_chunk(
                     g_head = staging.next().await?;
                 }
                 let payload = row_json(&k);
-                delta.push(DeltaRow {
-                    key: k.key,
-                    op,
-                    hash: Some(k.hash),
-                    payload,
-                });
+                delta
+                    .push(DeltaRow {
+                        key: k.key,
+                        op,
+                        hash: Some(k.hash),
+                        payload,
+                    })
+                    .await?;
             }
             Step::Unchanged => {
                 s_head = None;
@@ -97,16 +96,11 @@ pub(super) async fn diff_chunk(
             Step::Delete => {
                 let (key, _) = g_head.take().expect("step saw a staging row");
                 stats.deletes += 1;
-                delta.push(super::delete_marker(key, &key_names)?);
+                delta.push(super::delete_marker(key, &key_names)?).await?;
                 g_head = staging.next().await?;
             }
         }
-        if delta.len() >= DELTA_FLUSH {
-            super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
-        }
     }
-    if !delta.is_empty() {
-        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
-    }
+    delta.finish().await?;
     Ok(stats)
 }

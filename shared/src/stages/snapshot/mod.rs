@@ -19,10 +19,88 @@ use crate::errors::StageError;
 use crate::ports::{DeltaRow, Run, RunState};
 use tracing::Instrument;
 
-/// Writes a slice of a chunk's delta (one bulk write), in a span of its own.
-async fn write_delta(ctx: &Ctx, run_id: &str, chunk_no: u32, rows: Vec<DeltaRow>) -> Result<(), StageError> {
-    let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows = rows.len());
-    Ok(ctx.store.write_delta(run_id, chunk_no, rows).instrument(span).await?)
+/// Delta rows written per store call.
+pub(super) const DELTA_FLUSH: usize = 4_000;
+
+/// Collects a chunk's delta rows and writes them in bulk, one write in flight while the diff
+/// goes on: reading, hashing and encoding overlap with the store's `COPY`, and memory stays at
+/// two flushes.
+pub(super) struct DeltaWriter {
+    store: std::sync::Arc<dyn crate::ports::Store>,
+    run_id: String,
+    chunk_no: u32,
+    rows: Vec<DeltaRow>,
+    in_flight: Option<tokio::task::JoinHandle<Result<(), crate::errors::StoreError>>>,
+}
+
+impl DeltaWriter {
+    pub(super) fn new(ctx: &Ctx, run_id: &str, chunk_no: u32) -> DeltaWriter {
+        DeltaWriter {
+            store: ctx.store.clone(),
+            run_id: run_id.to_owned(),
+            chunk_no,
+            rows: Vec::with_capacity(DELTA_FLUSH),
+            in_flight: None,
+        }
+    }
+
+    /// Adds a row; starts a bulk write once a flush's worth has gathered.
+    pub(super) async fn push(&mut self, row: DeltaRow) -> Result<(), StageError> {
+        self.rows.push(row);
+        if self.rows.len() >= DELTA_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds rows gathered elsewhere (the push-down and watermark diffs collect them in steps).
+    pub(super) async fn extend(&mut self, rows: &mut Vec<DeltaRow>) -> Result<(), StageError> {
+        self.rows.append(rows);
+        if self.rows.len() >= DELTA_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<(), StageError> {
+        if let Some(h) = self.in_flight.take() {
+            h.await.map_err(|e| crate::errors::StoreError::Db {
+                context: "write delta",
+                detail: format!("the write task ended: {e}"),
+            })??;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StageError> {
+        self.wait().await?;
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(DELTA_FLUSH));
+        let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows = rows.len());
+        let (store, run_id, chunk_no) = (self.store.clone(), self.run_id.clone(), self.chunk_no);
+        self.in_flight = Some(tokio::spawn(
+            async move { store.write_delta(&run_id, chunk_no, rows).await }.instrument(span),
+        ));
+        Ok(())
+    }
+
+    /// Writes what is left and waits until every row is in the store.
+    pub(super) async fn finish(mut self) -> Result<(), StageError> {
+        self.flush().await?;
+        self.wait().await
+    }
+}
+
+impl Drop for DeltaWriter {
+    /// A diff that failed part way must not leave a write running behind the next attempt's
+    /// reset of the chunk.
+    fn drop(&mut self) {
+        if let Some(h) = self.in_flight.take() {
+            h.abort();
+        }
+    }
 }
 
 pub(super) async fn chunk_jobs(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {

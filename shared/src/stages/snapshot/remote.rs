@@ -2,7 +2,6 @@
 //! merge join with staging finds what changed, and only those rows are fetched, by key, in
 //! bounded batches. Staging holds the source's hashes for such data sources.
 
-use super::full::DELTA_FLUSH;
 use super::render_key;
 use crate::ctx::Ctx;
 use crate::domain::diff::{check_order, step, Op, Step};
@@ -104,6 +103,7 @@ pub(super) async fn diff_chunk(
     let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
     let key_names: Vec<&str> = schema.key.iter().map(String::as_str).collect();
     let (mut stats, mut delta, mut pending) = (ChunkStats::default(), Vec::new(), Vec::new());
+    let mut out = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     let mut prev: Option<Vec<u8>> = None;
     let mut s_head: Option<(Vec<Value>, Vec<u8>, RowHash)> = None;
     let mut g_head = staging.next().await?;
@@ -160,13 +160,10 @@ pub(super) async fn diff_chunk(
                 g_head = staging.next().await?;
             }
         }
-        if delta.len() >= DELTA_FLUSH {
-            super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
-        }
+        out.extend(&mut delta).await?;
     }
     fetch(src, spec, schema, &mut pending, &mut stats, &mut delta).await?;
-    if !delta.is_empty() {
-        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
-    }
+    out.extend(&mut delta).await?;
+    out.finish().await?;
     Ok(stats)
 }

@@ -2,7 +2,6 @@
 //! overlap) are read; each is compared with staging by key, so a row re-read inside the overlap
 //! and unchanged is not sent again. Deletes are left to the periodic full diff.
 
-use super::full::DELTA_FLUSH;
 use crate::ctx::Ctx;
 use crate::domain::diff::Op;
 use crate::domain::encoding::row_hash;
@@ -79,6 +78,7 @@ pub(super) async fn diff_since(
     let names: Vec<&str> = schema.column_names().collect();
     let mut rx = src.read_since(spec, schema, column, &from);
     let (mut stats, mut delta, mut batch, mut scratch) = (ChunkStats::default(), Vec::new(), Vec::new(), Vec::new());
+    let mut out = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     while let Some(rows) = rx.recv().await {
         for values in rows? {
             stats.rows_read += 1;
@@ -91,14 +91,11 @@ pub(super) async fn diff_since(
             if batch.len() >= LOOKUP {
                 compare(ctx, run, &names, &mut batch, &mut stats, &mut delta).await?;
             }
-            if delta.len() >= DELTA_FLUSH {
-                super::write_delta(ctx, &run.id, chunk_no, std::mem::take(&mut delta)).await?;
-            }
+            out.extend(&mut delta).await?;
         }
     }
     compare(ctx, run, &names, &mut batch, &mut stats, &mut delta).await?;
-    if !delta.is_empty() {
-        super::write_delta(ctx, &run.id, chunk_no, delta).await?;
-    }
+    out.extend(&mut delta).await?;
+    out.finish().await?;
     Ok(stats)
 }
