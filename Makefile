@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint lint-infra fmt build build-functions image demo bench bench-pg bench-smoke lambda
+.PHONY: test lint lint-infra fmt build build-functions image demo bench bench-smoke lambda
 
 ## Run the whole test suite (unit, integration, end-to-end) against real services; installs
 ## what the tests need first (scripts/test-deps.sh). The function binaries are built first: the
@@ -55,12 +55,17 @@ build:
 demo:
 	$(CARGO) run --release -p signals -- demo
 
-## Benchmarks (not tests): rows/s, MB/s, peak RSS beside a COPY baseline in the same run.
-bench-pg:
-	$(CARGO) run --release -p signals-bench -- pg --rows $${ROWS:-1000000}
-
-bench: bench-pg
+## Benchmarks (not tests): generates PostgreSQL sources (ROWS per table, SOURCES tables of
+## ONBOARD_ROWS for the onboarding, a MEMORY_ROWS table for the memory check) and reports rows/s,
+## MB/s, peak RSS per process and store writes beside a COPY baseline timed in the same run:
+## initial sync (stage by stage and whole), 1% changes, interval sync per diff mode, the larger
+## table, a whole onboarding by two workers with a second tenant's lag, and a kill half way.
+## Figures: stdout and target/bench/bench.json.
+bench:
+	$(CARGO) run --release -p signals-bench -- run --rows $${ROWS:-1000000} \
+		--onboard-rows $${ONBOARD_ROWS:-$${ROWS:-1000000}} --sources $${SOURCES:-12} \
+		--memory-rows $${MEMORY_ROWS:-5000000}
 
 ## A small run of the benchmark, so CI keeps it working (figures from it mean nothing).
 bench-smoke:
-	ROWS=20000 $(MAKE) bench-pg
+	ROWS=20000 SOURCES=3 MEMORY_ROWS=40000 $(MAKE) bench

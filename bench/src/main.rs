@@ -1,160 +1,150 @@
-//! `signals-bench pg [--rows N]`: a 1,000,000-row PostgreSQL source through snapshot, merge and a
-//! full initial sync to a receiver (in a child process), each reported as seconds, rows/s, MB/s
-//! and peak RSS beside `COPY (SELECT ...) TO STDOUT` of the same table timed in the same run —
-//! the machine is shared and noisy, so only ratios within one run mean anything.
+//! `signals-bench [--rows N] [--onboard-rows N] [--sources N] [--memory-rows N]`: generates
+//! PostgreSQL sources and measures, beside `COPY (SELECT ...) TO STDOUT` of the same table timed
+//! in the same run (the machine is shared and noisy: only ratios within one run mean anything),
+//! the initial sync (stage by stage, then whole), a 1% change and the interval sync per diff
+//! mode, a larger table's memory, and a whole onboarding of many sources by two workers — with
+//! a second tenant's interval lag and a kill-and-restart half way. Every pipeline phase runs in
+//! child worker processes, so each process's peak RSS is its own. Figures go to stdout and
+//! `target/bench/bench.json`.
 
 mod measure;
+mod onboard;
+mod source;
+mod worker;
 
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
-use measure::{Phase, Report};
+use measure::{reset_own_peak, Measured, Phase, Report};
 use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
 use signals_shared::domain::job::{Job, Stage, Task};
-use signals_shared::hosts::runner::{self, RunnerOptions};
-use std::io::BufRead;
+use source::{client, pg_url, SRC};
 use std::sync::Arc;
 use std::time::Duration;
+use worker::{Receiver, Worker, WorkerOpts};
 
-const SRC: &str = "sigbench_src";
-
-fn pg_url() -> String {
-    std::env::var("SIGNALS_BENCH_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+/// One data source of a benchmark tenant.
+pub struct Source {
+    tenant: String,
+    id: String,
+    table: String,
+    interval: u64,
+    extra: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("pg") => {
-            let rows = match args.iter().position(|a| a == "--rows") {
-                Some(i) => args.get(i + 1).context("--rows needs a number")?.parse()?,
-                None => 1_000_000,
-            };
-            pg(rows).await
+impl Source {
+    /// A source of `tenant` reading `table` in the benchmark's source schema.
+    pub fn new(tenant: &str, id: &str, table: &str) -> Source {
+        Source {
+            tenant: tenant.into(),
+            id: id.into(),
+            table: table.into(),
+            interval: 1,
+            extra: String::new(),
         }
-        Some("receiver") => {
-            receiver(
-                args.get(1).context("receiver needs a db path")?,
-                args.iter().any(|a| a == "--ack-after-parse"),
-            )
-            .await
-        }
-        _ => bail!("usage: signals-bench pg [--rows N]"),
+    }
+    /// Its sync interval.
+    pub fn interval(mut self, secs: u64) -> Source {
+        self.interval = secs;
+        self
+    }
+    /// Further TOML lines (diff mode and its settings).
+    pub fn extra(mut self, toml: &str) -> Source {
+        self.extra = toml.into();
+        self
     }
 }
 
-/// The child process: a receiver that prints its URL and serves until killed.
-async fn receiver(db: &str, ack_after_parse: bool) -> anyhow::Result<()> {
-    use signals_shared::receiver::{db::ReceiverDb, server};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    println!("http://{}", listener.local_addr()?);
-    let mut state = server::ReceiverState::new(ReceiverDb::open(std::path::Path::new(db))?, None);
-    state.ack_after_parse = ack_after_parse;
-    let state = Arc::new(state);
-    server::serve(listener, state, std::future::pending()).await?;
-    Ok(())
-}
-
-/// A receiver in a child process (its memory is its own); returns it and its URL.
-fn spawn_receiver(db: &std::path::Path, ack_after_parse: bool) -> anyhow::Result<(std::process::Child, String)> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.args(["receiver", &db.display().to_string()]);
-    if ack_after_parse {
-        cmd.arg("--ack-after-parse");
+/// The benchmark configuration: every tenant pushes to the receiver at `url`.
+pub fn config(url: &str, pg_ref: &str, sources: &[Source]) -> String {
+    let mut toml = format!("[destinations.receiver]\nurl = \"{url}\"\nbatch_max_rows = 5000\n");
+    let mut tenants: Vec<&str> = sources.iter().map(|s| s.tenant.as_str()).collect();
+    tenants.dedup();
+    for t in tenants {
+        toml.push_str(&format!(
+            "\n[tenants.{t}]\ndestination = \"receiver\"\n\n[tenants.{t}.connections.pg]\nurl = \"{pg_ref}\"\n"
+        ));
     }
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
-    Ok((child, line.trim().to_owned()))
-}
-
-async fn client() -> anyhow::Result<tokio_postgres::Client> {
-    let (c, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
-        .await
-        .context("PostgreSQL")?;
-    tokio::spawn(conn);
-    Ok(c)
-}
-
-async fn create_source(c: &tokio_postgres::Client, rows: i64) -> anyhow::Result<()> {
-    c.batch_execute(&format!(
-        "DROP SCHEMA IF EXISTS {SRC} CASCADE; CREATE SCHEMA {SRC};
-         CREATE TABLE {SRC}.big (id BIGINT PRIMARY KEY, customer_id INTEGER, sku TEXT, name TEXT, qty SMALLINT,
-             price NUMERIC(12,2), discount DOUBLE PRECISION, paid BOOLEAN, ordered_on DATE, created_at TIMESTAMPTZ,
-             updated_at TIMESTAMP, ref UUID, notes TEXT);
-         INSERT INTO {SRC}.big SELECT i, i % 50000, 'SKU-' || (i % 9973), 'customer name ' || md5(i::text), (i % 30)::smallint,
-             (i % 100000) / 100.0, (i % 17) / 7.0, i % 3 = 0, DATE '2020-01-01' + (i % 2000),
-             TIMESTAMPTZ '2024-01-01 00:00:00+00' + i * INTERVAL '1 second', TIMESTAMP '2024-06-01' + i * INTERVAL '1 second',
-             md5(i::text)::uuid, CASE WHEN i % 5 = 0 THEN NULL ELSE 'note ' || repeat('x', (i % 40)::int) END
-         FROM generate_series(1, {rows}) AS i;
-         ANALYZE {SRC}.big;"
-    ))
-    .await?;
-    Ok(())
-}
-
-async fn copy_baseline(c: &tokio_postgres::Client) -> anyhow::Result<u64> {
-    let stream = c
-        .copy_out(&format!("COPY (SELECT * FROM {SRC}.big ORDER BY id) TO STDOUT"))
-        .await?;
-    futures_util::pin_mut!(stream);
-    let mut bytes = 0u64;
-    while let Some(chunk) = stream.next().await {
-        bytes += chunk?.len() as u64;
+    for s in sources {
+        toml.push_str(&format!(
+            "\n[tenants.{}.sources.{}]\nconnection = \"pg\"\ntable = \"{SRC}.{}\"\nkey = [\"id\"]\nchunk_rows = 100000\n\
+             interval_secs = {}\n{}",
+            s.tenant, s.id, s.table, s.interval, s.extra
+        ));
     }
-    Ok(bytes)
+    toml
 }
 
-fn config(url: &str, pg_ref: &str, extra: &str) -> String {
-    format!(
-        "[destinations.receiver]\nurl = \"{url}\"\nbatch_max_rows = 5000\n\n[tenants.bench]\ndestination = \"receiver\"\n\n\
-         [tenants.bench.connections.pg]\nurl = \"{pg_ref}\"\n\n\
-         [tenants.bench.sources.big]\nconnection = \"pg\"\ntable = \"{SRC}.big\"\nkey = [\"id\"]\nchunk_rows = 100000\n\
-         interval_secs = 1\n{extra}"
-    )
-}
-
-/// 0.5% updates (moving `updated_at`), 0.25% inserts, 0.25% deletes.
-async fn change_one_percent(c: &tokio_postgres::Client, rows: i64) -> anyhow::Result<u64> {
-    let (upd, ins) = (rows / 200, rows / 400);
-    let n = c.execute(&format!("UPDATE {SRC}.big SET name = name || '*', updated_at = now() WHERE id % 200 = 7"), &[]).await?
-        + c.execute(&format!("DELETE FROM {SRC}.big WHERE id % 400 = 3"), &[]).await?
-        + c.execute(
-            &format!(
-                "INSERT INTO {SRC}.big SELECT i, 1, 'SKU-new', 'new', 1, 1.00, 0, true, DATE '2026-01-01', now(), now(), \
-                 md5(i::text)::uuid, NULL FROM generate_series({rows} + 1, {rows} + {ins}) AS i"
-            ),
-            &[],
-        )
-        .await?;
-    let _ = upd;
-    Ok(n)
-}
-
-async fn fresh_store(name: &str, toml: &str) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
+/// A new store schema with the configuration applied and the tenants' onboarding queued.
+pub async fn fresh_store(name: &str, toml: &str, onboard: &[&str]) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
     client()
         .await?
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
         .await?;
     let store = backends::open(&pg_url(), name).await?;
     store.apply_config(toml, "bench").await?;
-    store
-        .enqueue(
-            &[Job::new(Task::Onboard {
-                tenant: "bench".into(),
+    let jobs: Vec<Job> = onboard
+        .iter()
+        .map(|t| {
+            Job::new(Task::Onboard {
+                tenant: (*t).into(),
                 reports: vec![],
-            })],
-            Duration::ZERO,
-        )
-        .await?;
+            })
+        })
+        .collect();
+    store.enqueue(&jobs, Duration::ZERO).await?;
     let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
     Ok((store, ctx))
 }
 
+struct Args {
+    rows: u64,
+    onboard_rows: u64,
+    sources: usize,
+    memory_rows: u64,
+    resume_lease_secs: u64,
+}
+
+fn args(a: &[String]) -> anyhow::Result<Args> {
+    let num = |flag: &str, default: u64| -> anyhow::Result<u64> {
+        match a.iter().position(|x| x == flag) {
+            Some(i) => a
+                .get(i + 1)
+                .with_context(|| format!("{flag} needs a number"))?
+                .parse()
+                .with_context(|| format!("{flag} needs a number")),
+            None => Ok(default),
+        }
+    };
+    let rows = num("--rows", 1_000_000)?;
+    Ok(Args {
+        rows,
+        onboard_rows: num("--onboard-rows", rows)?,
+        sources: num("--sources", 12)? as usize,
+        memory_rows: num("--memory-rows", 0)?,
+        resume_lease_secs: num("--resume-lease-secs", 10)?,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    match a.first().map(String::as_str) {
+        Some("worker") => worker::child(&a[1..]).await,
+        Some("receiver") => {
+            worker::receiver_child(
+                a.get(1).context("receiver needs a db path")?,
+                a.iter().any(|x| x == "--ack-after-parse"),
+            )
+            .await
+        }
+        Some("run") => bench(args(&a[1..])?).await,
+        _ => bail!("usage: signals-bench run [--rows N] [--onboard-rows N] [--sources N] [--memory-rows N]"),
+    }
+}
+
 /// Reads the whole table through the PostgreSQL source adapter, counting rows.
-async fn read_source(pg_ref: &str) -> anyhow::Result<u64> {
+async fn read_source(pg_ref: &str, table: &str) -> anyhow::Result<u64> {
     use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
     let url = std::fs::read_to_string(pg_ref.trim_start_matches("file:"))?;
     let source = signals_shared::postgres::source::PgSource::new(
@@ -162,8 +152,7 @@ async fn read_source(pg_ref: &str) -> anyhow::Result<u64> {
         "pg",
     );
     let spec = SourceSpec {
-        table: Some(format!("{SRC}.big")),
-        query: None,
+        table: Some(format!("{SRC}.{table}")),
         key: vec!["id".into()],
         ..Default::default()
     };
@@ -176,129 +165,190 @@ async fn read_source(pg_ref: &str) -> anyhow::Result<u64> {
     Ok(n)
 }
 
-async fn run_stages(ctx: &Arc<Ctx>, store: &Arc<dyn Backend>, stages: &[Stage]) -> anyhow::Result<()> {
-    let opts = RunnerOptions {
-        until_idle: true,
-        concurrency: 2,
-        stages: stages.to_vec(),
-        ..RunnerOptions::default()
-    };
-    runner::run(ctx.clone(), store.clone(), opts, std::future::pending()).await?;
-    Ok(())
+/// Runs one worker until the queue is empty: wall time, its peak RSS and store rows written,
+/// and the WAL bytes the server wrote meanwhile.
+async fn timed(o: &WorkerOpts, name: &str, rows: u64, bytes: u64) -> anyhow::Result<Measured> {
+    let c = client().await?;
+    let wal = source::wal_lsn(&c).await?;
+    let p = Phase::start();
+    let (rss, written) = Worker::spawn(o)?.wait()?;
+    let m = p.finish(name, rows, bytes, vec![rss]);
+    Ok(m.with("store_rows_written", written)
+        .with("store_wal_bytes", source::wal_since(&c, &wal).await?))
 }
 
-async fn pg(rows: i64) -> anyhow::Result<()> {
+async fn bench(a: Args) -> anyhow::Result<()> {
     let c = client().await?;
-    eprintln!("creating {rows} rows in {SRC}.big …");
-    create_source(&c, rows).await?;
     let dir = std::env::temp_dir().join(format!("signals-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     // The source connection is a secret reference, as in production.
     std::fs::write(dir.join("pg.url"), pg_url())?;
     let pg_ref = format!("file:{}", dir.join("pg.url").display());
-    let (mut child, url) = spawn_receiver(&dir.join("receiver.db"), false)?;
-    let (mut parse_only, parse_only_url) = spawn_receiver(&dir.join("receiver-ack.db"), true)?;
+    eprintln!(
+        "generating sources: big ({} rows), steady, {} × {} rows …",
+        a.rows, a.sources, a.onboard_rows
+    );
+    source::reset(&c).await?;
+    source::create_table(&c, "big", a.rows.max(a.onboard_rows)).await?;
+    let steady_rows = (a.rows / 20).max(1000);
+    source::copy_table(&c, "big", "steady", steady_rows).await?;
+    let tables: Vec<String> = (1..=a.sources).map(|i| format!("onboard_{i:02}")).collect();
+    for t in &tables {
+        source::copy_table(&c, "big", t, a.onboard_rows).await?;
+    }
+    if a.onboard_rows > a.rows {
+        c.batch_execute(&format!(
+            "DELETE FROM {SRC}.big WHERE id > {}; VACUUM ANALYZE {SRC}.big",
+            a.rows
+        ))
+        .await?;
+    }
+    let receiver = Receiver::spawn(&dir.join("receiver.db"), false)?;
+    let ack_only = Receiver::spawn(&dir.join("receiver-ack.db"), true)?;
+    let mut report = Report::default();
+    let rows = a.rows;
 
-    let mut report = Report::new(rows as u64);
     let p = Phase::start();
-    let bytes = copy_baseline(&c).await?;
-    report.baseline(p.finish("COPY (SELECT … ORDER BY id) TO STDOUT, text, read by client", bytes));
-
-    let p = Phase::start();
-    let read = read_source(&pg_ref).await?;
-    anyhow::ensure!(read == rows as u64, "read {read} rows, expected {rows}");
-    report.add(p.finish(
-        "source read only: row stream → canonical values (the snapshot's reader)",
+    let bytes = source::copy_baseline(&c, "big").await?;
+    report.baseline(p.finish(
+        "COPY (SELECT … ORDER BY id) TO STDOUT, text, read by client",
+        rows,
         bytes,
+        vec![],
     ));
 
-    let (store, ctx) = fresh_store("sigbench_stages", &config(&url, &pg_ref, "")).await?;
+    reset_own_peak();
     let p = Phase::start();
-    run_stages(&ctx, &store, &[Stage::Scheduler, Stage::Snapshot]).await?;
-    report.add(p.finish("snapshot: read, hash, diff, write delta (initial: every row)", bytes));
-    let p = Phase::start();
-    run_stages(&ctx, &store, &[Stage::Merge]).await?;
-    report.add(p.finish("merge: delta → staging, one transaction", bytes));
-    let p = Phase::start();
-    run_stages(&ctx, &store, &[Stage::Batch, Stage::Push]).await?;
-    report.add(p.finish("batch + push to the receiver (HTTP, SQLite apply)", bytes));
+    let read = read_source(&pg_ref, "big").await?;
+    anyhow::ensure!(read == rows, "read {read} rows, expected {rows}");
+    report.add(p.finish(
+        "source read only: row stream → canonical values (the snapshot's reader)",
+        rows,
+        bytes,
+        vec![measure::peak_rss("self")],
+    ));
 
-    // One full initial sync per diff mode (the snapshot one timed), then one 1% change, then
-    // one interval sync per mode: bytes read from the source beside the table's size.
+    // The initial sync stage by stage: where its time goes.
+    let big = |extra: &str| vec![Source::new("bench", "big", "big").extra(extra)];
+    fresh_store("sigbench_stages", &config(&receiver.url, &pg_ref, &big("")), &["bench"]).await?;
+    for (stages, name) in [
+        (
+            vec![Stage::Scheduler, Stage::Snapshot],
+            "stage snapshot: read, hash, diff, write delta",
+        ),
+        (vec![Stage::Merge], "stage merge: delta → staging, one transaction"),
+        (vec![Stage::Batch], "stage batch: cut change records into stored bodies"),
+        (vec![Stage::Push], "stage push: to the receiver (HTTP, SQLite apply)"),
+    ] {
+        let mut o = WorkerOpts::new("sigbench_stages");
+        o.stages = stages;
+        report.add(timed(&o, name, rows, bytes).await?);
+    }
+
+    // Whole initial syncs, one per diff mode (the snapshot one also against a receiver that
+    // acknowledges after parsing, to take its SQLite writes out), then 1% changes and one
+    // interval sync per mode.
     let modes = [("snapshot", ""), ("remote_hash", "diff = \"remote_hash\"\n"), (
         "watermark",
         "diff = \"watermark\"\nwatermark_column = \"updated_at\"\nwatermark_overlap = 60\nfull_diff_interval_secs = 86400\n",
     )];
     let mut stores = Vec::new();
-    for (i, (name, extra)) in modes.iter().enumerate() {
-        let (store, ctx) = fresh_store(&format!("sigbench_{name}"), &config(&url, &pg_ref, extra)).await?;
-        let p = Phase::start();
-        run_stages(&ctx, &store, &[]).await?;
-        let m = p.finish(
-            &format!("full initial sync, all stages concurrently ({name} mode)"),
+    for (name, extra) in modes {
+        let schema = format!("sigbench_{name}");
+        let (store, _) = fresh_store(&schema, &config(&receiver.url, &pg_ref, &big(extra)), &["bench"]).await?;
+        let m = timed(
+            &WorkerOpts::new(&schema),
+            &format!("initial sync, whole pipeline ({name} mode)"),
+            rows,
             bytes,
-        );
-        if i == 0 {
-            report.add(m);
-        }
-        let runs = store.runs(Some("bench"), 1).await?;
+        )
+        .await?;
+        let run = store.runs(Some("bench"), 1).await?.remove(0);
         anyhow::ensure!(
-            runs.first()
-                .is_some_and(|r| r.display_state() == "done" && r.inserts == rows),
-            "{name}: initial sync incomplete: {runs:?}"
+            run.display_state() == "done" && run.inserts == rows as i64,
+            "{name}: initial sync incomplete: {run:?}"
         );
-        eprintln!("{name}: initial sync done");
-        stores.push((*name, store, ctx));
+        report.add(m);
+        stores.push((name, schema, store));
     }
-    let (store, ctx) = fresh_store("sigbench_ackonly", &config(&parse_only_url, &pg_ref, "")).await?;
-    let p = Phase::start();
-    run_stages(&ctx, &store, &[]).await?;
-    report.add(p.finish(
-        "full initial sync, receiver acknowledging after parsing (no SQLite apply)",
+    fresh_store(
+        "sigbench_ackonly",
+        &config(&ack_only.url, &pg_ref, &big("")),
+        &["bench"],
+    )
+    .await?;
+    let m = timed(
+        &WorkerOpts::new("sigbench_ackonly"),
+        "initial sync, receiver acknowledging after parsing",
+        rows,
         bytes,
-    ));
-    let _ = parse_only.kill();
-    let changed = change_one_percent(&c, rows).await?;
+    )
+    .await?;
+    report.add(m);
+    drop(ack_only);
+
+    let changed = source::change_one_percent(&c, "big", rows).await?;
     eprintln!("changed {changed} rows (1%)");
     let mut loads = Vec::new();
-    for (name, store, ctx) in &stores {
+    for (name, schema, store) in &stores {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
-        let p = Phase::start();
-        run_stages(ctx, store, &[]).await?;
-        report.add(p.finish(&format!("interval sync after 1% changes ({name} mode)"), bytes));
+        let m = timed(
+            &WorkerOpts::new(schema),
+            &format!("interval sync after 1% changes ({name} mode)"),
+            rows,
+            bytes,
+        )
+        .await?;
         let run = store.runs(Some("bench"), 1).await?.remove(0);
         anyhow::ensure!(
             run.display_state() == "done" && run.changes() > 0,
             "{name}: interval sync incomplete: {run:?}"
         );
-        loads.push((*name, run.bytes_read, run.rows_read, run.changes()));
+        report.add(m.with("changes", run.changes()));
+        loads.push(serde_json::json!({ "mode": name, "bytes": run.bytes_read, "rows": run.rows_read, "changes": run.changes() }));
     }
-    let full = loads.first().map_or(1, |l| l.1).max(1);
-    println!(
-        "\nbytes read from the source by one interval sync after 1% changes (table: {:.1} MB as COPY text)\n",
-        bytes as f64 / 1e6
-    );
-    println!("| mode | bytes read | × snapshot mode | rows read | changes sent |\n| --- | ---: | ---: | ---: | ---: |");
-    for (name, read, rows_read, changes) in &loads {
-        println!(
-            "| {name} | {:.1} MB | {:.3} | {rows_read} | {changes} |",
-            *read as f64 / 1e6,
-            *read as f64 / full as f64
-        );
+    report
+        .notes
+        .insert("source_bytes_read_per_interval_sync".into(), loads.into());
+
+    if a.memory_rows > 0 {
+        // Peak memory must not grow with the table: the same initial sync on a larger one.
+        source::create_table(&c, "bigger", a.memory_rows).await?;
+        let bigger_bytes = source::copy_baseline(&c, "bigger").await?;
+        let toml = config(&receiver.url, &pg_ref, &[Source::new("bench", "bigger", "bigger")]);
+        fresh_store("sigbench_memory", &toml, &["bench"]).await?;
+        let m = timed(
+            &WorkerOpts::new("sigbench_memory"),
+            "initial sync of the larger table (memory)",
+            a.memory_rows,
+            bigger_bytes,
+        )
+        .await?;
+        report.add(m);
+        c.batch_execute(&format!("DROP TABLE {SRC}.bigger")).await?;
     }
-    let _ = child.kill();
+
+    let onboard_bytes = source::copy_baseline(&c, &tables[0]).await? * a.sources as u64;
+    let ob = onboard::Onboarding {
+        url: &receiver.url,
+        pg_ref: &pg_ref,
+        tables: tables.clone(),
+        rows: a.onboard_rows * a.sources as u64,
+        bytes: onboard_bytes,
+        steady_table: "steady",
+    };
+    let clean = onboard::onboarding(&ob).await?;
+    let clean_fetched = clean.extra["source_rows_fetched"].as_i64().unwrap_or(0);
+    report.add(clean);
+    report.add(onboard::resumed(&ob, a.resume_lease_secs, clean_fetched).await?);
+
+    drop(receiver);
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", report.render());
-    let mut json = report.to_json();
-    json["source_bytes_read_per_interval_sync"] = loads
-        .iter()
-        .map(|(name, read, rows_read, changes)| serde_json::json!({ "mode": name, "bytes": read, "rows": rows_read, "changes": changes }))
-        .collect::<Vec<_>>()
-        .into();
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("pg.json"), serde_json::to_string_pretty(&json)?)?;
-    eprintln!("figures written to target/bench/pg.json");
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&report.to_json())?)?;
+    eprintln!("figures written to target/bench/bench.json");
     Ok(())
 }

@@ -1,0 +1,171 @@
+//! Child processes: pipeline workers (so each process's memory is its own, as in production)
+//! and receivers.
+
+use crate::measure::peak_rss;
+use crate::source::pg_url;
+use anyhow::Context;
+use signals_shared::backends;
+use signals_shared::connectors::DefaultConnectors;
+use signals_shared::ctx::Ctx;
+use signals_shared::domain::job::Stage;
+use signals_shared::hosts::runner::{self, RunnerOptions};
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a worker child runs.
+#[derive(Clone)]
+pub struct WorkerOpts {
+    /// Store schema (the store's PostgreSQL schema on the benchmark server).
+    pub schema: String,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// Lease of a claimed job.
+    pub lease_secs: u64,
+    /// Exit once the queue is empty (else run until killed).
+    pub until_idle: bool,
+    /// Enqueue the timer tick this often (0: no timer).
+    pub tick_secs: u64,
+    /// Only these stages (all when empty).
+    pub stages: Vec<Stage>,
+}
+
+impl WorkerOpts {
+    /// A worker on `schema` with the production defaults of `signals worker`.
+    pub fn new(schema: &str) -> WorkerOpts {
+        WorkerOpts {
+            schema: schema.into(),
+            concurrency: RunnerOptions::default().concurrency,
+            lease_secs: 60,
+            until_idle: true,
+            tick_secs: 0,
+            stages: Vec::new(),
+        }
+    }
+}
+
+/// The child side: runs the pipeline, then prints its peak RSS and store writes as JSON.
+pub async fn child(args: &[String]) -> anyhow::Result<()> {
+    let arg = |i: usize| args.get(i).cloned().context("worker: missing argument");
+    let schema = arg(0)?;
+    let stages = arg(5)?
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Stage::ALL
+                .into_iter()
+                .find(|st| st.as_str() == s)
+                .with_context(|| format!("unknown stage {s}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tick: u64 = arg(4)?.parse()?;
+    let opts = RunnerOptions {
+        concurrency: arg(1)?.parse()?,
+        lease: Duration::from_secs(arg(2)?.parse()?),
+        until_idle: arg(3)? == "1",
+        tick_every: (tick > 0).then(|| Duration::from_secs(tick)),
+        stages,
+        ..RunnerOptions::default()
+    };
+    let store = backends::open(&pg_url(), &schema).await?;
+    let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
+    runner::run(ctx, store.clone(), opts, std::future::pending()).await?;
+    println!(
+        "{}",
+        serde_json::json!({ "peak_rss": peak_rss("self"), "rows_written": store.rows_written() })
+    );
+    Ok(())
+}
+
+/// A worker child process.
+pub struct Worker(Child);
+
+impl Worker {
+    /// Starts one.
+    pub fn spawn(o: &WorkerOpts) -> anyhow::Result<Worker> {
+        let stages: Vec<&str> = o.stages.iter().map(|s| s.as_str()).collect();
+        let child = Command::new(std::env::current_exe()?)
+            .args([
+                "worker",
+                &o.schema,
+                &o.concurrency.to_string(),
+                &o.lease_secs.to_string(),
+                if o.until_idle { "1" } else { "0" },
+                &o.tick_secs.to_string(),
+                &stages.join(","),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Worker(child))
+    }
+
+    /// Its peak RSS so far.
+    pub fn peak_rss(&self) -> u64 {
+        peak_rss(&self.0.id().to_string())
+    }
+
+    /// Waits for an `until_idle` worker: its peak RSS and rows written to the store.
+    pub fn wait(mut self) -> anyhow::Result<(u64, u64)> {
+        let mut line = String::new();
+        std::io::BufReader::new(self.0.stdout.take().context("worker stdout")?).read_line(&mut line)?;
+        let status = self.0.wait()?;
+        anyhow::ensure!(status.success(), "a worker failed: {status}");
+        let v: serde_json::Value = serde_json::from_str(line.trim()).context("worker report")?;
+        Ok((
+            v["peak_rss"].as_u64().unwrap_or(0),
+            v["rows_written"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// Kills it at once (SIGKILL: a crash, not a shutdown); returns its peak RSS.
+    pub fn kill(mut self) -> u64 {
+        let peak = self.peak_rss();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        peak
+    }
+}
+
+/// The child side of a receiver: prints its URL and serves until killed.
+pub async fn receiver_child(db: &str, ack_after_parse: bool) -> anyhow::Result<()> {
+    use signals_shared::receiver::{db::ReceiverDb, server};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("http://{}", listener.local_addr()?);
+    let mut state = server::ReceiverState::new(ReceiverDb::open(std::path::Path::new(db))?, None);
+    state.ack_after_parse = ack_after_parse;
+    server::serve(listener, Arc::new(state), std::future::pending()).await?;
+    Ok(())
+}
+
+/// A receiver child process, killed on drop.
+pub struct Receiver {
+    child: Child,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Receiver {
+    /// Starts one on a SQLite file (`ack_after_parse`: acknowledge before applying).
+    pub fn spawn(db: &std::path::Path, ack_after_parse: bool) -> anyhow::Result<Receiver> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["receiver", &db.display().to_string()]);
+        if ack_after_parse {
+            cmd.arg("--ack-after-parse");
+        }
+        let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
+        Ok(Receiver {
+            child,
+            url: line.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
