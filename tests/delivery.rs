@@ -42,11 +42,8 @@ async fn a_destination_down_past_the_retry_budget_loses_nothing() {
     assert!(run_cli(BIN, &h, &["config", "apply", &down], &[]).0.success());
     assert!(run_cli(BIN, &h, &["onboard", "--tenant", "t"], &[]).0.success());
     assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
-    assert_eq!(
-        h.store.dead_letters(true).await.unwrap().len(),
-        3,
-        "every batch exhausted its retries"
-    );
+    let dead = h.store.dead_letters(true).await.unwrap();
+    assert_eq!(dead.len(), 3, "every batch exhausted its retries: {dead:#?}");
 
     // Changes keep arriving while the destination is down: the next run waits, nothing is lost.
     mutate_items(&h.src(), 1_500);

@@ -252,7 +252,8 @@ pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64, clean_fetched: i64) -
 async fn partial_chunks(c: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
     let r = c
         .query_one(
-            "SELECT COUNT(DISTINCT (d.run_id, d.chunk_no))::BIGINT, COUNT(*)::BIGINT FROM sigbench_resume.deltas d \
+            "SELECT COUNT(DISTINCT (d.run_id, d.chunk_no))::BIGINT, COALESCE(SUM(d.rows), 0)::BIGINT \
+             FROM sigbench_resume.delta_segments d \
              JOIN sigbench_resume.chunks c ON c.run_id = d.run_id AND c.chunk_no = d.chunk_no WHERE NOT c.done",
             &[],
         )

@@ -16,6 +16,27 @@ use tokio::sync::mpsc::Receiver;
 /// A stream of batches of items; an error ends the stream. Bounded channels keep memory flat.
 pub type Batches<T, E> = Receiver<Result<Vec<T>, E>>;
 
+/// A run's change records from its delta: rows a build before segments wrote (a run in flight
+/// across the upgrade), then its segments — each stream drained in turn, so the order, and
+/// with it the records' numbering, is the same on every read.
+pub fn change_records<E: Send + 'static>(
+    legacy: Batches<DeltaRow, E>,
+    segments: Batches<DeltaRow, E>,
+) -> Batches<(crate::domain::diff::Op, String), E> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        for mut source in [legacy, segments] {
+            while let Some(batch) = source.recv().await {
+                let batch = batch.map(|rows| rows.into_iter().map(|r| (r.op, r.payload)).collect());
+                if tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// What to read: a table or a query, and its key columns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceSpec {

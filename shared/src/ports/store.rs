@@ -183,18 +183,7 @@ pub struct Chunk {
     pub done: bool,
 }
 
-/// One row of a chunk's delta.
-#[derive(Debug, Clone)]
-pub struct DeltaRow {
-    /// Encoded key.
-    pub key: Vec<u8>,
-    /// What changed.
-    pub op: Op,
-    /// New row hash (none for deletes).
-    pub hash: Option<RowHash>,
-    /// Row JSON for inserts/updates, key JSON for deletes.
-    pub payload: String,
-}
+pub use crate::domain::segment::DeltaRow;
 
 /// How one run finds changes: the data source's mode, and for watermark runs whether this is a
 /// full diff and the cursor range.
@@ -359,8 +348,15 @@ pub trait StagingStore: Send + Sync {
     fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError>;
     /// Removes whatever an earlier attempt of this chunk wrote.
     async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError>;
-    /// Appends delta rows of one chunk.
-    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError>;
+    /// Stores segment `seg` of one chunk's delta: `rows` rows packed by `domain::segment`.
+    async fn write_segment(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        seg: u32,
+        rows: i64,
+        body: Vec<u8>,
+    ) -> Result<(), StoreError>;
     /// Marks the chunk done (once) and adds its counts; returns true when every chunk is done.
     async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
@@ -379,7 +375,8 @@ pub trait StagingStore: Send + Sync {
     async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError>;
     /// Stores the cursor after a merged watermark run (`full`: it was a full diff).
     async fn set_cursor(&self, tenant: &str, source: &str, cursor: Option<&str>, full: bool) -> Result<(), StoreError>;
-    /// The run's change records in sequence order: (op, payload).
+    /// The run's change records in sequence order: (op, payload) — segment by segment in
+    /// chunk order, each in the order it was written, so every read numbers them the same.
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError>;
 }
 

@@ -123,6 +123,37 @@ impl Db {
         T: Send + 'static,
         F: Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T> + Send + 'static,
     {
+        self.stream_rows(context, sql, params, STREAM_BATCH, move |r| map(r).map(std::iter::once))
+    }
+
+    /// Like `stream`, for rows that each hold many items (delta segments): one batch per row.
+    pub fn stream_each<T, F>(
+        &self,
+        context: &'static str,
+        sql: String,
+        params: Vec<rusqlite::types::Value>,
+        map: F,
+    ) -> Batches<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Vec<T>> + Send + 'static,
+    {
+        self.stream_rows(context, sql, params, 1, map)
+    }
+
+    fn stream_rows<T, I, F>(
+        &self,
+        context: &'static str,
+        sql: String,
+        params: Vec<rusqlite::types::Value>,
+        per_batch: usize,
+        map: F,
+    ) -> Batches<T, StoreError>
+    where
+        T: Send + 'static,
+        I: IntoIterator<Item = T>,
+        F: Fn(&rusqlite::Row<'_>) -> rusqlite::Result<I> + Send + 'static,
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
@@ -130,14 +161,11 @@ impl Db {
                 let conn = connect(&path, true)?;
                 let mut stmt = conn.prepare(&sql)?;
                 let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-                let mut batch = Vec::with_capacity(STREAM_BATCH);
+                let mut batch = Vec::new();
                 while let Some(row) = rows.next()? {
-                    batch.push(map(row)?);
-                    if batch.len() == STREAM_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(STREAM_BATCH));
-                        if tx.blocking_send(Ok(full)).is_err() {
-                            return Ok(()); // the consumer stopped listening
-                        }
+                    batch.extend(map(row)?);
+                    if batch.len() >= per_batch && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                        return Ok(()); // the consumer stopped listening
                     }
                 }
                 if !batch.is_empty() {

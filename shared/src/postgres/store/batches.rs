@@ -1,6 +1,7 @@
 //! Batches and the delivery ledger in PostgreSQL.
 
 use super::{now_ms, PgStore};
+use crate::domain::packing::{pack, unpack_body};
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use crate::postgres::pool::pg_err;
@@ -38,6 +39,8 @@ async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool,
         .await?;
     tx.execute(&format!("DELETE FROM {s}.deltas WHERE run_id = $1"), &[&run_id])
         .await?;
+    tx.execute(&format!("DELETE FROM {s}.delta_segments WHERE run_id = $1"), &[&run_id])
+        .await?;
     tx.execute(
         &format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
         &[&run_id],
@@ -63,9 +66,12 @@ impl BatchStore for PgStore {
             .await
             .map_err(&err)?;
         for b in &batches {
-            tx.execute(&ins, &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body])
-                .await
-                .map_err(&err)?;
+            tx.execute(
+                &ins,
+                &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body)],
+            )
+            .await
+            .map_err(&err)?;
         }
         tx.commit().await.map_err(&err)?;
         self.count(batches.len() as u64);
@@ -131,7 +137,7 @@ impl BatchStore for PgStore {
                         "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (id) DO NOTHING"
                     ),
-                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body],
+                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body)],
                 )
                 .await
                 .map_err(&err)?;
@@ -163,15 +169,18 @@ impl BatchStore for PgStore {
             .query_opt(&sql, &[&batch_id, &run_id])
             .await
             .map_err(pg_err("load batch"))?;
-        Ok(row.map(|r| BatchRecord {
-            id: r.get(0),
-            run_id: r.get(1),
-            seq_first: r.get(2),
-            seq_last: r.get(3),
-            rows: r.get(4),
-            body: r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default(),
-            delivered: r.get(6),
-        }))
+        row.map(|r| {
+            Ok(BatchRecord {
+                id: r.get(0),
+                run_id: r.get(1),
+                seq_first: r.get(2),
+                seq_last: r.get(3),
+                rows: r.get(4),
+                body: unpack_body(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default())?,
+                delivered: r.get(6),
+            })
+        })
+        .transpose()
     }
 
     async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError> {

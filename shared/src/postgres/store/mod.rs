@@ -74,6 +74,37 @@ impl PgStore {
         T: Send + 'static,
         F: Fn(&tokio_postgres::Row) -> Result<T, StoreError> + Send + Sync + 'static,
     {
+        self.stream_rows(context, sql, params, STREAM_BATCH, move |r| map(r).map(std::iter::once))
+    }
+
+    /// Like `stream`, for rows that each hold many items (delta segments): one batch per row.
+    fn stream_each<T, F>(
+        &self,
+        context: &'static str,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        map: F,
+    ) -> Batches<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&tokio_postgres::Row) -> Result<Vec<T>, StoreError> + Send + Sync + 'static,
+    {
+        self.stream_rows(context, sql, params, 1, map)
+    }
+
+    fn stream_rows<T, I, F>(
+        &self,
+        context: &'static str,
+        sql: String,
+        params: Vec<Box<dyn ToSql + Send + Sync>>,
+        per_batch: usize,
+        map: F,
+    ) -> Batches<T, StoreError>
+    where
+        T: Send + 'static,
+        I: IntoIterator<Item = T>,
+        F: Fn(&tokio_postgres::Row) -> Result<I, StoreError> + Send + Sync + 'static,
+    {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let pool = self.pool.clone();
         tokio::spawn(async move {
@@ -84,10 +115,10 @@ impl PgStore {
                     .await
                     .map_err(pg_err(context))?;
                 futures_util::pin_mut!(rows);
-                let mut batch = Vec::with_capacity(STREAM_BATCH);
+                let mut batch = Vec::new();
                 while let Some(row) = rows.next().await {
-                    batch.push(map(&row.map_err(pg_err(context))?)?);
-                    if batch.len() == STREAM_BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    batch.extend(map(&row.map_err(pg_err(context))?)?);
+                    if batch.len() >= per_batch && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
                         return Ok(());
                     }
                 }

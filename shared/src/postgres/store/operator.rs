@@ -112,6 +112,7 @@ impl OperatorStore for PgStore {
             format!("DELETE FROM {s}.staging WHERE tenant = $1"),
             format!("DELETE FROM {s}.staged_schemas WHERE tenant = $1"),
             format!("DELETE FROM {s}.deltas WHERE run_id IN {runs}"),
+            format!("DELETE FROM {s}.delta_segments WHERE run_id IN {runs}"),
             format!("DELETE FROM {s}.chunks WHERE run_id IN {runs}"),
             format!("DELETE FROM {s}.cursors WHERE tenant = $1"),
             format!("DELETE FROM {s}.verifications WHERE tenant = $1"),

@@ -238,6 +238,7 @@ impl RunStore for PgStore {
         .map_err(&err)?;
         for sql in [
             format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
+            format!("DELETE FROM {s}.delta_segments WHERE run_id = $1"),
             format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
             format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1"),
         ] {

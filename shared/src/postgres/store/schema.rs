@@ -186,6 +186,22 @@ CREATE TABLE {s}.run_stages (
     PRIMARY KEY (run_id, stage)
 );
 "#,
+    r#"
+-- Deltas as packed segments of a few thousand changes each (domain::segment): a run writes and
+-- reads back hundreds of records instead of one per change. `deltas` stays for runs in flight
+-- across the upgrade. Segments and batch bodies arrive compressed: EXTERNAL keeps PostgreSQL
+-- from compressing them again.
+CREATE TABLE {s}.delta_segments (
+    run_id   TEXT NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    seg_no   INTEGER NOT NULL,
+    rows     INTEGER NOT NULL,
+    body     BYTEA NOT NULL,
+    PRIMARY KEY (run_id, chunk_no, seg_no)
+);
+ALTER TABLE {s}.delta_segments ALTER COLUMN body SET STORAGE EXTERNAL;
+ALTER TABLE {s}.batches ALTER COLUMN body SET STORAGE EXTERNAL;
+"#,
 ];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

@@ -1,15 +1,15 @@
-//! Staging and deltas in PostgreSQL: deltas arrive by binary `COPY FROM`, merge is set-based SQL
-//! in one transaction.
+//! Staging and deltas in PostgreSQL: deltas arrive as packed segments (one row per few thousand
+//! changes), merge applies them a segment per statement in one transaction.
 
 use super::{now_ms, PgStore};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
 use crate::errors::StoreError;
-use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Transaction;
 
 /// Staging rows changed by one merge after which its statistics are refreshed at once.
 const REANALYZE_AFTER: u64 = 10_000;
@@ -72,42 +72,45 @@ impl StagingStore for PgStore {
     async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
         let mut p: Params = vec![Box::new(run_id.to_owned())];
         let cond = range_sql(&chunk.range, &mut p);
+        // Rows from a build before segments (an attempt interrupted by the upgrade) go too.
         let sql = format!("DELETE FROM {}.deltas WHERE run_id = $1{cond}", self.s);
-        let n = self
-            .client()
-            .await?
+        let c = self.client().await?;
+        let n = c
             .execute_raw(&sql, p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)))
             .await
             .map_err(pg_err("reset chunk"))?;
-        self.count(n);
+        let m = c
+            .execute(
+                &format!(
+                    "DELETE FROM {}.delta_segments WHERE run_id = $1 AND chunk_no = $2",
+                    self.s
+                ),
+                &[&run_id, &(chunk.no as i32)],
+            )
+            .await
+            .map_err(pg_err("reset chunk"))?;
+        self.count(n + m);
         Ok(())
     }
 
-    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError> {
-        let err = pg_err("write delta");
-        let c = self.client().await?;
-        let sink = c
-            .copy_in(&format!(
-                "COPY {}.deltas (run_id, key, chunk_no, op, hash, payload) FROM STDIN BINARY",
-                self.s
-            ))
+    async fn write_segment(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        seg: u32,
+        rows: i64,
+        body: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO {}.delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&run_id, &(chunk as i32), &(seg as i32), &(rows as i32), &body])
             .await
-            .map_err(&err)?;
-        let types = [Type::TEXT, Type::BYTEA, Type::INT4, Type::INT2, Type::BYTEA, Type::TEXT];
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        let chunk = chunk as i32;
-        for r in &rows {
-            let op = r.op.code() as i16;
-            let hash = r.hash.map(|h| h.to_vec());
-            writer
-                .as_mut()
-                .write(&[&run_id, &r.key, &chunk, &op, &hash, &r.payload])
-                .await
-                .map_err(&err)?;
-        }
-        let n = writer.finish().await.map_err(&err)?;
-        self.count(n);
+            .map_err(pg_err("write delta"))?;
+        self.count(1);
         Ok(())
     }
 
@@ -175,27 +178,7 @@ impl StagingStore for PgStore {
         if n == 0 {
             return Ok(false);
         }
-        let upserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO {s}.staging (tenant, source, key, hash) \
-                     SELECT $1, $2, key, hash FROM {s}.deltas WHERE run_id = $3 AND op IN (1, 2) \
-                     ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
-                ),
-                &[&run.tenant, &run.source, &run.id],
-            )
-            .await
-            .map_err(&err)?;
-        let deleted = tx
-            .execute(
-                &format!(
-                    "DELETE FROM {s}.staging g USING {s}.deltas d \
-                     WHERE g.tenant = $1 AND g.source = $2 AND d.run_id = $3 AND d.op = 3 AND g.key = d.key"
-                ),
-                &[&run.tenant, &run.source, &run.id],
-            )
-            .await
-            .map_err(&err)?;
+        let (upserted, deleted) = merge_delta(self, &tx, run).await?;
         if let Some(schema) = schema {
             tx.execute(
                 &format!(
@@ -296,17 +279,108 @@ impl StagingStore for PgStore {
     }
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
-        let sql = format!(
-            "SELECT op, payload FROM {}.deltas WHERE run_id = $1 ORDER BY key",
-            self.s
-        );
-        self.stream("read changes", sql, vec![Box::new(run_id.to_owned())], |r| {
-            let code: i16 = r.get(0);
-            let op = Op::from_code(code as i64).ok_or_else(|| StoreError::Corrupt {
-                what: "delta op",
-                detail: code.to_string(),
-            })?;
-            Ok((op, r.get(1)))
-        })
+        change_records(legacy_rows(self, run_id), segments(self, run_id))
     }
+}
+
+/// The run's delta segments, decoded one at a time, in chunk and segment order.
+fn segments(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
+    let sql = format!(
+        "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
+        store.s
+    );
+    store.stream_each("read delta segments", sql, vec![Box::new(run_id.to_owned())], |r| {
+        segment::decode(r.get(0)).map_err(|e| StoreError::Corrupt {
+            what: "delta segment",
+            detail: e.to_string(),
+        })
+    })
+}
+
+/// Delta rows a build before segments wrote for a run still in flight at the upgrade.
+fn legacy_rows(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
+    let sql = format!(
+        "SELECT op, payload, key, hash FROM {}.deltas WHERE run_id = $1 ORDER BY key",
+        store.s
+    );
+    store.stream("read changes", sql, vec![Box::new(run_id.to_owned())], |r| {
+        let code: i16 = r.get(0);
+        let op = Op::from_code(code as i64).ok_or_else(|| StoreError::Corrupt {
+            what: "delta op",
+            detail: code.to_string(),
+        })?;
+        let hash: Option<Vec<u8>> = r.get(3);
+        Ok(DeltaRow {
+            op,
+            payload: r.get(1),
+            key: r.get(2),
+            hash: hash.and_then(|h| h.try_into().ok()),
+        })
+    })
+}
+
+/// Applies the run's delta to staging inside the merge transaction, a segment's keys per
+/// statement; returns (upserted, deleted).
+async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(u64, u64), StoreError> {
+    let (s, err) = (&store.s, pg_err("merge"));
+    // The deletes' key lists must probe the primary key, whatever statistics say: with staging
+    // believed empty the planner otherwise filters every staged key of the source instead.
+    tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
+        .await
+        .map_err(&err)?;
+    // Into a source with nothing staged (an initial sync), plain inserts: no conflict to check.
+    let empty: bool = tx
+        .query_one(
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM {s}.staging WHERE tenant = $1 AND source = $2)"),
+            &[&run.tenant, &run.source],
+        )
+        .await
+        .map_err(&err)?
+        .get(0);
+    let on_conflict = if empty {
+        ""
+    } else {
+        " ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
+    };
+    let upsert = tx
+        .prepare(&format!(
+            "INSERT INTO {s}.staging (tenant, source, key, hash) \
+             SELECT $1, $2, k, h FROM UNNEST($3::BYTEA[], $4::BYTEA[]) AS u(k, h){on_conflict}"
+        ))
+        .await
+        .map_err(&err)?;
+    let delete = tx
+        .prepare(&format!(
+            "DELETE FROM {s}.staging WHERE tenant = $1 AND source = $2 AND key = ANY($3::BYTEA[])"
+        ))
+        .await
+        .map_err(&err)?;
+    let (mut upserted, mut deleted) = (0, 0);
+    for mut source in [legacy_rows(store, &run.id), segments(store, &run.id)] {
+        while let Some(rows) = source.recv().await {
+            let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+            for r in rows? {
+                match r.hash {
+                    Some(h) if r.op != Op::Delete => {
+                        keys.push(r.key);
+                        hashes.push(h.to_vec());
+                    }
+                    _ => gone.push(r.key),
+                }
+            }
+            if !keys.is_empty() {
+                upserted += tx
+                    .execute(&upsert, &[&run.tenant, &run.source, &keys, &hashes])
+                    .await
+                    .map_err(&err)?;
+            }
+            if !gone.is_empty() {
+                deleted += tx
+                    .execute(&delete, &[&run.tenant, &run.source, &gone])
+                    .await
+                    .map_err(&err)?;
+            }
+        }
+    }
+    Ok((upserted, deleted))
 }

@@ -1,6 +1,7 @@
 //! Batches and the delivery ledger in SQLite.
 
 use super::{now_ms, SqliteStore};
+use crate::domain::packing::{pack, unpack_body};
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ fn finish_run(tx: &Transaction, run_id: &str) -> rusqlite::Result<bool> {
         params![run_id, now_ms()],
     )?;
     tx.execute("DELETE FROM deltas WHERE run_id = ?1", [run_id])?;
+    tx.execute("DELETE FROM delta_segments WHERE run_id = ?1", [run_id])?;
     tx.execute(
         "UPDATE batches SET body = NULL WHERE run_id = ?1 AND body IS NOT NULL",
         [run_id],
@@ -49,7 +51,7 @@ impl BatchStore for SqliteStore {
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 for b in batches {
-                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, b.body])?;
+                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, pack(&b.body)])?;
                 }
                 Ok(())
             })
@@ -103,7 +105,7 @@ impl BatchStore for SqliteStore {
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 for b in &children {
-                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, b.body])?;
+                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, pack(&b.body)])?;
                 }
                 tx.execute(
                     "UPDATE runs SET batches_total = batches_total + ?2, batches_delivered = batches_delivered + 1, \
@@ -117,7 +119,8 @@ impl BatchStore for SqliteStore {
 
     async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
         let (run_id, batch_id) = (run_id.to_owned(), batch_id.to_owned());
-        self.db
+        let batch = self
+            .db
             .read("load batch", move |c| {
                 c.query_row(
                     "SELECT id, run_id, seq_first, seq_last, rows, body, delivered_at IS NOT NULL FROM batches \
@@ -137,7 +140,15 @@ impl BatchStore for SqliteStore {
                 )
                 .optional()
             })
-            .await
+            .await?;
+        batch
+            .map(|b| {
+                Ok(BatchRecord {
+                    body: unpack_body(b.body)?,
+                    ..b
+                })
+            })
+            .transpose()
     }
 
     async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError> {

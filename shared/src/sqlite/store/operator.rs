@@ -113,6 +113,7 @@ impl OperatorStore for SqliteStore {
                     "DELETE FROM staging WHERE tenant = ?1".to_owned(),
                     "DELETE FROM staged_schemas WHERE tenant = ?1".to_owned(),
                     format!("DELETE FROM deltas WHERE run_id IN {runs}"),
+                    format!("DELETE FROM delta_segments WHERE run_id IN {runs}"),
                     format!("DELETE FROM chunks WHERE run_id IN {runs}"),
                     "DELETE FROM cursors WHERE tenant = ?1".to_owned(),
                     "DELETE FROM verifications WHERE tenant = ?1".to_owned(),

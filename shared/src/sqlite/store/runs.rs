@@ -219,6 +219,7 @@ impl RunStore for SqliteStore {
                     params![run_id, reason, now_ms()],
                 )?;
                 tx.execute("DELETE FROM deltas WHERE run_id = ?1", [&run_id])?;
+                tx.execute("DELETE FROM delta_segments WHERE run_id = ?1", [&run_id])?;
                 tx.execute("DELETE FROM chunks WHERE run_id = ?1", [&run_id])?;
                 tx.execute("UPDATE batches SET body = NULL WHERE run_id = ?1", [&run_id])?;
                 Ok(())

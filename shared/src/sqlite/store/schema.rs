@@ -189,6 +189,19 @@ CREATE TABLE run_stages (
     PRIMARY KEY (run_id, stage)
 );
 "#,
+    r#"
+-- Deltas as packed segments of a few thousand changes each (domain::segment): a run writes and
+-- reads back hundreds of records instead of one per change. `deltas` stays for runs in flight
+-- across the upgrade.
+CREATE TABLE delta_segments (
+    run_id   TEXT NOT NULL,
+    chunk_no INTEGER NOT NULL,
+    seg_no   INTEGER NOT NULL,
+    rows     INTEGER NOT NULL,
+    body     BLOB NOT NULL,
+    PRIMARY KEY (run_id, chunk_no, seg_no)
+);
+"#,
 ];
 
 /// Brings the schema up to date.

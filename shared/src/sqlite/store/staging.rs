@@ -1,9 +1,9 @@
 //! Staging state and deltas in SQLite: range streams, chunk deltas, and the set-based merge.
 
 use super::{now_ms, SqliteStore};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
 use crate::errors::StoreError;
-use crate::ports::{Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as Sql;
@@ -64,34 +64,38 @@ impl StagingStore for SqliteStore {
     async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
         let mut p = vec![Sql::Text(run_id.to_owned())];
         let cond = range_sql(&chunk.range, &mut p);
+        let (run_id, no) = (run_id.to_owned(), chunk.no);
         self.db
             .write("reset chunk", move |tx| {
+                // Rows from a build before segments (an attempt interrupted by the upgrade) go too.
                 tx.execute(
                     &format!("DELETE FROM deltas WHERE run_id = ?1{cond}"),
                     rusqlite::params_from_iter(p),
+                )?;
+                tx.execute(
+                    "DELETE FROM delta_segments WHERE run_id = ?1 AND chunk_no = ?2",
+                    params![run_id, no],
                 )?;
                 Ok(())
             })
             .await
     }
 
-    async fn write_delta(&self, run_id: &str, chunk: u32, rows: Vec<DeltaRow>) -> Result<(), StoreError> {
+    async fn write_segment(
+        &self,
+        run_id: &str,
+        chunk: u32,
+        seg: u32,
+        rows: i64,
+        body: Vec<u8>,
+    ) -> Result<(), StoreError> {
         let run_id = run_id.to_owned();
         self.db
             .write("write delta", move |tx| {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO deltas (run_id, key, chunk_no, op, hash, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                tx.execute(
+                    "INSERT INTO delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![run_id, chunk, seg, rows, body],
                 )?;
-                for r in rows {
-                    ins.execute(params![
-                        run_id,
-                        r.key,
-                        chunk,
-                        r.op.code(),
-                        r.hash.map(|h| h.to_vec()),
-                        r.payload
-                    ])?;
-                }
                 Ok(())
             })
             .await
@@ -144,6 +148,7 @@ impl StagingStore for SqliteStore {
                 if n == 0 {
                     return Ok(false);
                 }
+                // A run in flight across the upgrade to segments may have rows of both kinds.
                 tx.execute(
                     "INSERT INTO staging (tenant, source, key, hash) \
                      SELECT ?1, ?2, key, hash FROM deltas WHERE run_id = ?3 AND op IN (1, 2) \
@@ -155,6 +160,7 @@ impl StagingStore for SqliteStore {
                      (SELECT key FROM deltas WHERE run_id = ?3 AND op = 3)",
                     params![run.tenant, run.source, run.id],
                 )?;
+                merge_segments(tx, &run)?;
                 if let Some(schema) = schema {
                     tx.execute(
                         "INSERT INTO staged_schemas (tenant, source, schema_json, run_id) VALUES (?1, ?2, ?3, ?4) \
@@ -239,16 +245,53 @@ impl StagingStore for SqliteStore {
     }
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
-        self.db.stream(
+        let legacy = self.db.stream(
             "read changes",
-            "SELECT op, payload FROM deltas WHERE run_id = ?1 ORDER BY key".to_owned(),
+            "SELECT op, payload, key FROM deltas WHERE run_id = ?1 ORDER BY key".to_owned(),
             vec![Sql::Text(run_id.to_owned())],
             |r| {
                 let op = Op::from_code(r.get(0)?).ok_or_else(|| {
                     rusqlite::Error::InvalidColumnType(0, "op".into(), rusqlite::types::Type::Integer)
                 })?;
-                Ok((op, r.get(1)?))
+                Ok(DeltaRow {
+                    op,
+                    payload: r.get(1)?,
+                    key: r.get(2)?,
+                    hash: None,
+                })
             },
-        )
+        );
+        let segments = self.db.stream_each(
+            "read delta segments",
+            "SELECT body FROM delta_segments WHERE run_id = ?1 ORDER BY chunk_no, seg_no".to_owned(),
+            vec![Sql::Text(run_id.to_owned())],
+            |r| decode_segment(&r.get::<_, Vec<u8>>(0)?),
+        );
+        change_records(legacy, segments)
     }
+}
+
+fn decode_segment(body: &[u8]) -> rusqlite::Result<Vec<DeltaRow>> {
+    segment::decode(body)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
+}
+
+/// Applies the run's delta segments to staging, one segment in memory at a time.
+fn merge_segments(tx: &rusqlite::Transaction<'_>, run: &Run) -> rusqlite::Result<()> {
+    let mut read = tx.prepare("SELECT body FROM delta_segments WHERE run_id = ?1 ORDER BY chunk_no, seg_no")?;
+    let mut upsert = tx.prepare(
+        "INSERT INTO staging (tenant, source, key, hash) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (tenant, source, key) DO UPDATE SET hash = excluded.hash",
+    )?;
+    let mut delete = tx.prepare("DELETE FROM staging WHERE tenant = ?1 AND source = ?2 AND key = ?3")?;
+    let mut segments = read.query([&run.id])?;
+    while let Some(seg) = segments.next()? {
+        for r in decode_segment(&seg.get::<_, Vec<u8>>(0)?)? {
+            match r.hash {
+                Some(h) if r.op != Op::Delete => upsert.execute(params![run.tenant, run.source, r.key, h.to_vec()])?,
+                _ => delete.execute(params![run.tenant, run.source, r.key])?,
+            };
+        }
+    }
+    Ok(())
 }

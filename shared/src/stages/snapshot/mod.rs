@@ -22,14 +22,15 @@ use tracing::Instrument;
 /// Delta rows written per store call.
 pub(super) const DELTA_FLUSH: usize = 4_000;
 
-/// Collects a chunk's delta rows and writes them in bulk, one write in flight while the diff
-/// goes on: reading, hashing and encoding overlap with the store's `COPY`, and memory stays at
-/// two flushes.
+/// Collects a chunk's delta rows and writes them as packed segments, one write in flight while
+/// the diff goes on: reading, hashing and encoding overlap with the store's write, and memory
+/// stays at two segments.
 pub(super) struct DeltaWriter {
     store: std::sync::Arc<dyn crate::ports::Store>,
     run_id: String,
     chunk_no: u32,
     rows: Vec<DeltaRow>,
+    segments: u32,
     in_flight: Option<tokio::task::JoinHandle<Result<(), crate::errors::StoreError>>>,
 }
 
@@ -40,6 +41,7 @@ impl DeltaWriter {
             run_id: run_id.to_owned(),
             chunk_no,
             rows: Vec::with_capacity(DELTA_FLUSH),
+            segments: 0,
             in_flight: None,
         }
     }
@@ -79,9 +81,17 @@ impl DeltaWriter {
         }
         let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(DELTA_FLUSH));
         let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows = rows.len());
-        let (store, run_id, chunk_no) = (self.store.clone(), self.run_id.clone(), self.chunk_no);
+        let (store, run_id, chunk_no, seg) = (self.store.clone(), self.run_id.clone(), self.chunk_no, self.segments);
+        self.segments += 1;
         self.in_flight = Some(tokio::spawn(
-            async move { store.write_delta(&run_id, chunk_no, rows).await }.instrument(span),
+            async move {
+                // Packing runs here too, beside the diff rather than in its way.
+                let body = crate::domain::segment::encode(&rows);
+                store
+                    .write_segment(&run_id, chunk_no, seg, rows.len() as i64, body)
+                    .await
+            }
+            .instrument(span),
         ));
         Ok(())
     }
