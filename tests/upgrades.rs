@@ -1,5 +1,6 @@
 //! Rolling upgrades: a worker leaves a job envelope from a newer version untouched for a newer
-//! worker, and dead-letters one older than it supports, saying why.
+//! worker, and dead-letters one older than it supports, saying why; a run in flight across the
+//! change to delta segments finishes with nothing lost.
 
 use signals_tests::Harness;
 use std::time::Duration;
@@ -42,3 +43,101 @@ async fn newer_envelopes_are_left_for_newer_workers_and_older_ones_dead_lettered
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].body, newer, "left untouched");
 }
+
+/// A run snapshotted by a build that wrote one delta row per change (chunk 0 here), its other
+/// chunks by this build in segments: merge and batch take both, every change is sent once.
+async fn a_run_in_flight_across_the_segment_upgrade_loses_nothing(h: Harness) {
+    use signals_shared::domain::job::{Job, Stage, Task};
+    use signals_shared::hosts::runner::{self, RunnerOptions};
+    signals_tests::create_items(&h.src(), 3_000);
+    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    h.onboard().await;
+    signals_tests::mutate_items(&h.src(), 3_000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await.unwrap();
+    let opts = RunnerOptions {
+        until_idle: true,
+        poll: Duration::from_millis(20),
+        stages: vec![Stage::Scheduler, Stage::Snapshot],
+        ..Default::default()
+    };
+    runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending())
+        .await
+        .unwrap();
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.state.as_str(), "snapshotted");
+    let legacy = to_legacy_rows(&h, &run.id).await;
+    assert!(legacy > 0, "chunk 0 had changes");
+    h.run_until_idle().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.display_state(), "done");
+    assert_eq!(h.stats().changes, 3_000 + run.changes(), "every change sent once");
+    assert_eq!(h.stats().applied_twice, 0);
+    h.assert_in_sync().await;
+}
+
+/// Rewrites chunk 0's segments as the old build's delta rows; returns how many.
+async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
+    use signals_shared::domain::segment;
+    if h.store_spec.starts_with("postgres") {
+        let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let s = &h.store_schema;
+        let mut n = 0;
+        for seg in c
+            .query(
+                &format!("SELECT body FROM {s}.delta_segments WHERE run_id = $1 AND chunk_no = 0"),
+                &[&run_id],
+            )
+            .await
+            .unwrap()
+        {
+            for r in segment::decode(seg.get(0)).unwrap() {
+                c.execute(
+                    &format!("INSERT INTO {s}.deltas (run_id, key, chunk_no, op, hash, payload) VALUES ($1, $2, 0, $3, $4, $5)"),
+                    &[&run_id, &r.key, &(r.op.code() as i16), &r.hash.map(|h| h.to_vec()), &r.payload],
+                )
+                .await
+                .unwrap();
+                n += 1;
+            }
+        }
+        c.execute(
+            &format!("DELETE FROM {s}.delta_segments WHERE run_id = $1 AND chunk_no = 0"),
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+        n
+    } else {
+        let db = rusqlite::Connection::open(&h.store_spec).unwrap();
+        let bodies: Vec<Vec<u8>> = db
+            .prepare("SELECT body FROM delta_segments WHERE run_id = ?1 AND chunk_no = 0")
+            .unwrap()
+            .query_map([run_id], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut n = 0;
+        for body in bodies {
+            for r in segment::decode(&body).unwrap() {
+                db.execute(
+                    "INSERT INTO deltas (run_id, key, chunk_no, op, hash, payload) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                    rusqlite::params![run_id, r.key, r.op.code(), r.hash.map(|h| h.to_vec()), r.payload],
+                )
+                .unwrap();
+                n += 1;
+            }
+        }
+        db.execute(
+            "DELETE FROM delta_segments WHERE run_id = ?1 AND chunk_no = 0",
+            [run_id],
+        )
+        .unwrap();
+        n
+    }
+}
+
+signals_tests::on_every_store!(a_run_in_flight_across_the_segment_upgrade_loses_nothing);
