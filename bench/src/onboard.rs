@@ -3,7 +3,7 @@
 //! and restarted (the work redone reported).
 
 use crate::measure::{Measured, Phase};
-use crate::source::{client, rows_fetched};
+use crate::source::client;
 use crate::worker::{Worker, WorkerOpts};
 use crate::{fresh_store, Source};
 use signals_shared::backends::Backend;
@@ -90,15 +90,25 @@ fn progress(runs: &[Run], sources: usize, rows: u64, elapsed: f64) -> (f64, Stri
     (frac, line)
 }
 
-/// Starts two workers (the first also runs the timer).
-fn two_workers(schema: &str, lease_secs: u64) -> anyhow::Result<[Worker; 2]> {
+/// Starts two workers; with `tick`, the first also runs the timer, and both run until killed
+/// (else both exit once the queue is empty).
+fn two_workers(schema: &str, lease_secs: u64, tick: bool) -> anyhow::Result<[Worker; 2]> {
     let mut o = WorkerOpts::new(schema);
-    o.until_idle = false;
+    o.until_idle = !tick;
     o.lease_secs = lease_secs;
-    o.tick_secs = 1;
+    o.tick_secs = u64::from(tick);
     let first = Worker::spawn(&o)?;
     o.tick_secs = 0;
     Ok([first, Worker::spawn(&o)?])
+}
+
+/// When to stop following an onboarding.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Every source done.
+    Done,
+    /// Half of all chunks read (every source planned).
+    HalfTheChunks,
 }
 
 /// Polls until every source of the tenant is done, printing progress; `stop_at` returns early
@@ -108,15 +118,23 @@ async fn follow(
     tenant: &str,
     ob: &Onboarding<'_>,
     phase: &Phase,
-    stop_at: f64,
+    until: Until,
     samples: &mut Vec<serde_json::Value>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Vec<Run>> {
     let mut last_print = -10.0;
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let runs = latest_runs(store, tenant, ob.tables.len()).await?;
         let (frac, line) = progress(&runs, ob.tables.len(), ob.rows, phase.elapsed());
-        if phase.elapsed() - last_print >= 5.0 || frac >= stop_at {
+        let (chunks, total) = runs
+            .iter()
+            .fold((0, 0), |a, r| (a.0 + r.chunks_done, a.1 + r.chunks_total));
+        let planned = runs.len() == ob.tables.len() && runs.iter().all(|r| r.chunks_total > 0);
+        let stop = match until {
+            Until::Done => frac >= 1.0,
+            Until::HalfTheChunks => planned && chunks * 2 >= total,
+        };
+        if phase.elapsed() - last_print >= 5.0 || stop {
             eprintln!("{line}");
             samples.push(serde_json::json!({ "seconds": phase.elapsed(), "fraction": frac }));
             last_print = phase.elapsed();
@@ -127,8 +145,8 @@ async fn follow(
         {
             anyhow::bail!("onboarding blocked: {r:?}");
         }
-        if frac >= stop_at {
-            return Ok(frac);
+        if stop {
+            return Ok(runs);
         }
         anyhow::ensure!(phase.elapsed() < 3600.0, "onboarding did not finish within an hour");
     }
@@ -187,16 +205,13 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
             Duration::ZERO,
         )
         .await?;
-    let c = client().await?;
-    let fetched_before = rows_fetched(&c, "onboard_").await?;
     let phase = Phase::start();
-    let workers = two_workers("sigbench_onboard", 60)?;
+    let workers = two_workers("sigbench_onboard", 60, true)?;
     let mut samples = Vec::new();
-    follow(&store, "onboard", ob, &phase, 1.0, &mut samples).await?;
+    follow(&store, "onboard", ob, &phase, Until::Done, &mut samples).await?;
     let secs = phase.elapsed();
     let rss: Vec<u64> = workers.into_iter().map(Worker::kill).collect();
     let lag = steady_lag(&store, since).await?;
-    let fetched = rows_fetched(&c, "onboard_").await? - fetched_before;
     let mut m = phase.finish(
         &format!("onboarding: {} sources, two workers, to acknowledged", ob.tables.len()),
         ob.rows,
@@ -204,59 +219,63 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
         rss,
     );
     m.secs = secs;
-    Ok(m.with("second_tenant_interval_syncs", lag)
-        .with("progress", samples)
-        .with("source_rows_fetched", fetched))
+    Ok(m.with("second_tenant_interval_syncs", lag).with("progress", samples))
 }
 
-/// Onboards again, kills both workers (SIGKILL) half way, restarts them, and counts the work
-/// done twice: source rows fetched beyond what the uninterrupted onboarding fetched (planning
-/// reads keys too, so that is the baseline), and chunks that had written part of their delta
-/// when killed.
-pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64, clean_fetched: i64) -> anyhow::Result<Measured> {
+/// Onboards again, kills both workers (SIGKILL) once half the chunks are read, restarts them,
+/// and accounts for the work: rows read before the kill (finished chunks), the chunks in flight
+/// then (their partial work is what is lost and redone), and rows read and batches pushed by
+/// the restarted workers — which must come to the rest of the tables, not all of them.
+pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64) -> anyhow::Result<Measured> {
     let (store, _) = fresh_store("sigbench_resume", &ob.config(), &["onboard"]).await?;
     let c = client().await?;
-    let fetched_before = rows_fetched(&c, "onboard_").await?;
     let phase = Phase::start();
-    let workers = two_workers("sigbench_resume", lease_secs)?;
+    let workers = two_workers("sigbench_resume", lease_secs, false)?;
     let mut samples = Vec::new();
-    let at = follow(&store, "onboard", ob, &phase, 0.5, &mut samples).await?;
-    let killed_at = phase.elapsed();
+    let at_kill = follow(&store, "onboard", ob, &phase, Until::HalfTheChunks, &mut samples).await?;
     let mut rss: Vec<u64> = workers.into_iter().map(Worker::kill).collect();
-    let in_flight = partial_chunks(&c).await?;
-    eprintln!(
-        "  killed both workers at {:.0}% ({killed_at:.1} s); restarting",
-        at * 100.0
-    );
-    let workers = two_workers("sigbench_resume", lease_secs)?;
-    follow(&store, "onboard", ob, &phase, 1.0, &mut samples).await?;
+    let killed_at = phase.elapsed();
+    let in_flight: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM sigbench_resume.jobs WHERE stage = 'snapshot' AND lease_token IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let read_before: i64 = at_kill.iter().map(|r| r.rows_read).sum();
+    let (chunks_done, chunks_total) = at_kill
+        .iter()
+        .fold((0, 0), |a, r| (a.0 + r.chunks_done, a.1 + r.chunks_total));
+    let delivered_before: i64 = at_kill.iter().map(|r| r.batches_delivered).sum();
+    eprintln!("  killed both workers at {chunks_done}/{chunks_total} chunks ({killed_at:.1} s), {in_flight} in flight; restarting");
+    let workers = two_workers("sigbench_resume", lease_secs, false)?;
+    let reports: Vec<_> = workers.into_iter().map(Worker::wait).collect::<anyhow::Result<_>>()?;
     let secs = phase.elapsed();
-    rss.extend(workers.into_iter().map(Worker::kill));
-    let fetched = rows_fetched(&c, "onboard_").await? - fetched_before;
+    let runs = latest_runs(&store, "onboard", ob.tables.len()).await?;
+    anyhow::ensure!(
+        runs.iter().all(|r| r.display_state() == "done"),
+        "the restarted workers did not finish: {runs:?}"
+    );
+    rss.extend(reports.iter().map(|r| r.peak_rss));
+    let read_after: u64 = reports.iter().map(|r| r.rows_read).sum();
+    let pushed_after: u64 = reports.iter().map(|r| r.batches_pushed).sum();
+    let batches: i64 = runs.iter().map(|r| r.batches_total).sum();
     let mut m = phase.finish(
-        &format!("onboarding killed at 50% and restarted (lease {lease_secs} s)"),
+        &format!("onboarding killed at half its chunks and restarted (lease {lease_secs} s)"),
         ob.rows,
         ob.bytes,
         rss,
     );
     m.secs = secs;
-    Ok(m.with("killed_at_fraction", at)
-        .with("killed_at_secs", killed_at)
-        .with("chunks_partly_written_when_killed", in_flight.0)
-        .with("delta_rows_discarded", in_flight.1)
-        .with("source_rows_fetched", fetched)
-        .with("source_rows_fetched_again", fetched - clean_fetched))
-}
-
-/// Chunks not done that had written part of their delta, and those rows.
-async fn partial_chunks(c: &tokio_postgres::Client) -> anyhow::Result<(i64, i64)> {
-    let r = c
-        .query_one(
-            "SELECT COUNT(DISTINCT (d.run_id, d.chunk_no))::BIGINT, COALESCE(SUM(d.rows), 0)::BIGINT \
-             FROM sigbench_resume.delta_segments d \
-             JOIN sigbench_resume.chunks c ON c.run_id = d.run_id AND c.chunk_no = d.chunk_no WHERE NOT c.done",
-            &[],
-        )
-        .await?;
-    Ok((r.get(0), r.get(1)))
+    Ok(m.with("killed_at_secs", killed_at)
+        .with("chunks_done_when_killed", chunks_done)
+        .with("chunks_total", chunks_total)
+        .with("chunks_in_flight_when_killed", in_flight)
+        .with("rows_read_before_kill", read_before)
+        .with("rows_read_after_restart", read_after)
+        .with("rows_read_twice", read_before + read_after as i64 - ob.rows as i64)
+        .with("batches_delivered_before_kill", delivered_before)
+        .with("batches_pushed_after_restart", pushed_after)
+        .with("batches_pushed_twice", delivered_before + pushed_after as i64 - batches)
+        .with("progress", samples))
 }

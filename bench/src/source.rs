@@ -105,19 +105,3 @@ pub async fn wal_since(c: &tokio_postgres::Client, from: &str) -> anyhow::Result
         .get(0);
     Ok(n as i64)
 }
-
-/// Rows the server has handed out from the source tables named `prefix%` (index and
-/// sequential scans): the difference of two readings is what the readers fetched, killed
-/// readers included (a backend flushes its counters as it exits).
-pub async fn rows_fetched(c: &tokio_postgres::Client, prefix: &str) -> anyhow::Result<i64> {
-    c.batch_execute("SELECT pg_stat_clear_snapshot()").await?;
-    let n: i64 = c
-        .query_one(
-            "SELECT COALESCE(SUM(COALESCE(idx_tup_fetch, 0) + COALESCE(seq_tup_read, 0)), 0)::BIGINT \
-             FROM pg_stat_user_tables WHERE schemaname = $1 AND relname LIKE $2",
-            &[&SRC, &format!("{prefix}%")],
-        )
-        .await?
-        .get(0);
-    Ok(n)
-}

@@ -71,11 +71,36 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let store = backends::open(&pg_url(), &schema).await?;
     let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
     runner::run(ctx, store.clone(), opts, std::future::pending()).await?;
+    let metrics = signals_shared::metrics::render(&[]);
+    let total = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
     println!(
         "{}",
-        serde_json::json!({ "peak_rss": peak_rss("self"), "rows_written": store.rows_written() })
+        serde_json::json!({
+            "peak_rss": peak_rss("self"),
+            "rows_written": store.rows_written(),
+            "rows_read": total("signals_rows_read_total"),
+            "batches_pushed": total("signals_batches_pushed_total"),
+        })
     );
     Ok(())
+}
+
+/// What an `until_idle` worker reports as it exits.
+pub struct WorkerReport {
+    /// Peak RSS, bytes.
+    pub peak_rss: u64,
+    /// Rows it wrote to the store.
+    pub rows_written: u64,
+    /// Source rows it read (chunks it finished).
+    pub rows_read: u64,
+    /// Batches it delivered.
+    pub batches_pushed: u64,
 }
 
 /// A worker child process.
@@ -105,17 +130,20 @@ impl Worker {
         peak_rss(&self.0.id().to_string())
     }
 
-    /// Waits for an `until_idle` worker: its peak RSS and rows written to the store.
-    pub fn wait(mut self) -> anyhow::Result<(u64, u64)> {
+    /// Waits for an `until_idle` worker and reads its report.
+    pub fn wait(mut self) -> anyhow::Result<WorkerReport> {
         let mut line = String::new();
         std::io::BufReader::new(self.0.stdout.take().context("worker stdout")?).read_line(&mut line)?;
         let status = self.0.wait()?;
         anyhow::ensure!(status.success(), "a worker failed: {status}");
         let v: serde_json::Value = serde_json::from_str(line.trim()).context("worker report")?;
-        Ok((
-            v["peak_rss"].as_u64().unwrap_or(0),
-            v["rows_written"].as_u64().unwrap_or(0),
-        ))
+        let n = |k: &str| v[k].as_f64().unwrap_or(0.0) as u64;
+        Ok(WorkerReport {
+            peak_rss: n("peak_rss"),
+            rows_written: n("rows_written"),
+            rows_read: n("rows_read"),
+            batches_pushed: n("batches_pushed"),
+        })
     }
 
     /// Kills it at once (SIGKILL: a crash, not a shutdown); returns its peak RSS.
