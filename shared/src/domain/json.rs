@@ -12,9 +12,15 @@ use std::fmt::Write;
 const MAX_SAFE_INT: i64 = (1 << 53) - 1;
 
 fn write_str(out: &mut String, s: &str) {
-    // serde_json's escaping is the reference; this cannot fail for a String target.
-    let quoted = serde_json::to_string(s).expect("strings always serialise");
-    out.push_str(&quoted);
+    // Most text needs no escaping: copy it as it is. Otherwise serde_json's escaping is the
+    // reference (it escapes exactly `"`, `\\` and control characters).
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("strings always serialise"));
+    }
 }
 
 fn write_f64(out: &mut String, f: f64) {
@@ -56,18 +62,10 @@ pub fn write_value(out: &mut String, value: &Value) {
             base64::engine::general_purpose::STANDARD.encode_string(b, out);
             out.push('"');
         }
-        Value::Date(d) => {
-            let _ = write!(out, "\"{}\"", d.format("%Y-%m-%d"));
-        }
-        Value::Time(t) => {
-            let _ = write!(out, "\"{}\"", t.format("%H:%M:%S%.f"));
-        }
-        Value::Timestamp(ts) => {
-            let _ = write!(out, "\"{}\"", ts.format("%Y-%m-%dT%H:%M:%S%.f"));
-        }
-        Value::TimestampTz(ts) => {
-            let _ = write!(out, "\"{}\"", ts.format("%Y-%m-%dT%H:%M:%S%.f%:z"));
-        }
+        Value::Date(d) => super::json_time::write_date(out, d),
+        Value::Time(t) => super::json_time::write_time(out, t),
+        Value::Timestamp(ts) => super::json_time::write_timestamp(out, ts),
+        Value::TimestampTz(ts) => super::json_time::write_timestamp_tz(out, ts),
         Value::Uuid(u) => {
             let _ = write!(out, "\"{}\"", uuid::Uuid::from_bytes(*u).hyphenated());
         }
@@ -117,6 +115,24 @@ mod tests {
     use super::*;
     use crate::domain::value::Decimal;
     use chrono::{DateTime, NaiveDate};
+
+    #[test]
+    fn text_is_escaped_exactly_as_serde_json_does() {
+        for t in [
+            "plain",
+            "",
+            "ü 😀 \u{2028}",
+            "q\"uote",
+            "back\\slash",
+            "tab\tnl\n",
+            "\u{0}\u{1f}\u{7f}",
+            "</script>",
+        ] {
+            let mut s = String::new();
+            write_str(&mut s, t);
+            assert_eq!(s, serde_json::to_string(t).unwrap(), "{t:?}");
+        }
+    }
 
     fn j(v: Value) -> String {
         let mut s = String::new();

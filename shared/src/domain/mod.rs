@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod ident;
 pub mod job;
 pub mod json;
+mod json_time;
 pub mod key;
 pub mod packing;
 pub mod rate;

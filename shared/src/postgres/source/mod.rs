@@ -260,7 +260,9 @@ impl PgSource {
         sql: Result<(String, Params), SourceError>,
         map: impl Fn(&tokio_postgres::Row) -> Result<T, SourceError> + Send + Sync + 'static,
     ) -> Batches<T, SourceError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // Two batches ahead of the diff keep the read going while it works; more only holds
+        // memory (every concurrent chunk holds its own).
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (pool, connection, timeout) = (self.pool.clone(), self.connection.clone(), self.statement_timeout_secs);
         tokio::spawn(async move {
             let run = async {

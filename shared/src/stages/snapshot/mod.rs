@@ -20,7 +20,7 @@ use crate::ports::{DeltaRow, Run, RunState};
 use tracing::Instrument;
 
 /// Delta rows written per store call.
-pub(super) const DELTA_FLUSH: usize = 4_000;
+pub(super) const DELTA_FLUSH: usize = 2_000;
 
 /// Collects a chunk's delta rows and writes them as packed segments, one write in flight while
 /// the diff goes on: reading, hashing and encoding overlap with the store's write, and memory
