@@ -271,6 +271,16 @@ async fn interval_work_is_claimed_before_an_onboarding_backlog(h: Harness) {
         Job::decode(one[0].body.as_bytes()).unwrap().scope().0 == Some("big"),
         "then the backlog"
     );
+
+    // A runner's reserved slot takes interval work only: with the backlog still deep, it
+    // claims nothing until an interval job arrives, then exactly that one.
+    assert!(h.store.claim_urgent(1, Duration::from_secs(30), &[]).await.unwrap().is_empty());
+    let mut later = chunk_job("small", "interval-run-2");
+    later.priority = signals_shared::domain::job::PRIORITY_INTERVAL;
+    h.store.enqueue(&[later.clone()], Duration::ZERO).await.unwrap();
+    let urgent = h.store.claim_urgent(3, Duration::from_secs(30), &[]).await.unwrap();
+    assert_eq!(urgent.len(), 1);
+    assert_eq!(Job::decode(urgent[0].body.as_bytes()).unwrap().task, later.task);
 }
 
 signals_tests::on_every_store!(

@@ -129,12 +129,19 @@ pub async fn run(
                 next_tick = Instant::now() + every;
             }
         }
+        // One slot is kept for interval and timer work: priority alone orders the queue, but
+        // when every slot holds a long onboarding job (a million-row merge) nothing would be
+        // free to take a small tenant's interval run for as long as those jobs last.
         let free = opts.concurrency.saturating_sub(inflight.len());
-        let claimed = if free > 0 {
-            queue.claim(free, opts.lease, &opts.stages).await?
+        let general = free.saturating_sub(usize::from(opts.concurrency > 1));
+        let mut claimed = if general > 0 {
+            queue.claim(general, opts.lease, &opts.stages).await?
         } else {
             Vec::new()
         };
+        if free > general && claimed.len() == general {
+            claimed.extend(queue.claim_urgent(free - general, opts.lease, &opts.stages).await?);
+        }
         let got = claimed.len();
         for c in claimed {
             stats.handled += 1;

@@ -167,6 +167,12 @@ pub trait JobQueue: Send + Sync {
     async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError>;
     /// Claims up to `max` visible messages of the given stages (all when empty) for `lease`.
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError>;
+    /// Like `claim`, but only interval and timer work (priority ≥ `PRIORITY_INTERVAL`): what a
+    /// runner's reserved slot takes, so a deep onboarding of long jobs cannot hold every slot.
+    /// Queues without priorities claim as usual.
+    async fn claim_urgent(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
+        self.claim(max, lease, stages).await
+    }
     /// Extends a lease while work goes on.
     async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError>;
     /// Removes a finished message.

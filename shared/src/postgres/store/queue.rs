@@ -3,7 +3,7 @@
 //! expired lease makes the message visible again by itself.
 
 use super::{now_ms, PgStore};
-use crate::domain::job::{Job, Stage};
+use crate::domain::job::{Job, Stage, PRIORITY_INTERVAL};
 use crate::errors::StoreError;
 use crate::ports::{Claimed, JobQueue};
 use crate::postgres::pool::pg_err;
@@ -55,34 +55,11 @@ impl JobQueue for PgStore {
     }
 
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
-        let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let now = now_ms();
-        let sql = format!(
-            "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id IN ( \
-               SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) \
-               ORDER BY priority DESC, visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, body, attempts",
-            s = self.s
-        );
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[&(now + lease.as_millis() as i64), &token, &now, &names, &(max as i64)],
-            )
-            .await
-            .map_err(pg_err("claim"))?;
-        self.count(rows.len() as u64);
-        Ok(rows
-            .iter()
-            .map(|r| Claimed {
-                handle: format!("{}:{token}", r.get::<_, i64>(0)),
-                body: r.get(1),
-                attempts: r.get::<_, i32>(2) as u32,
-            })
-            .collect())
+        self.claim_from(max, lease, stages, 0).await
+    }
+
+    async fn claim_urgent(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_from(max, lease, stages, PRIORITY_INTERVAL).await
     }
 
     async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError> {
@@ -147,5 +124,52 @@ impl JobQueue for PgStore {
             r.get::<_, i64>(0) as u64,
             oldest.map(|o| Duration::from_millis((now - o).max(0) as u64)),
         ))
+    }
+}
+
+impl PgStore {
+    /// Claims visible jobs of at least `min_priority`, highest priority first.
+    async fn claim_from(
+        &self,
+        max: usize,
+        lease: Duration,
+        stages: &[Stage],
+        min_priority: u8,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id IN ( \
+               SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) AND priority >= $6 \
+               ORDER BY priority DESC, visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, body, attempts",
+            s = self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &sql,
+                &[
+                    &(now + lease.as_millis() as i64),
+                    &token,
+                    &now,
+                    &names,
+                    &(max as i64),
+                    &i32::from(min_priority),
+                ],
+            )
+            .await
+            .map_err(pg_err("claim"))?;
+        self.count(rows.len() as u64);
+        Ok(rows
+            .iter()
+            .map(|r| Claimed {
+                handle: format!("{}:{token}", r.get::<_, i64>(0)),
+                body: r.get(1),
+                attempts: r.get::<_, i32>(2) as u32,
+            })
+            .collect())
     }
 }

@@ -2,7 +2,7 @@
 //! expired lease makes the message visible again by itself (like an SQS visibility timeout).
 
 use super::{now_ms, SqliteStore};
-use crate::domain::job::{Job, Stage};
+use crate::domain::job::{Job, Stage, PRIORITY_INTERVAL};
 use crate::errors::StoreError;
 use crate::ports::{Claimed, JobQueue};
 use async_trait::async_trait;
@@ -48,26 +48,11 @@ impl JobQueue for SqliteStore {
     }
 
     async fn claim(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
-        let filter = stage_filter(stages);
-        self.db
-            .write("claim", move |tx| {
-                let now = now_ms();
-                let token = uuid::Uuid::new_v4().simple().to_string();
-                let mut stmt = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET visible_at = ?1, lease_token = ?2, attempts = attempts + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3{filter} ORDER BY priority DESC, visible_at, id LIMIT ?4) \
-                     RETURNING id, body, attempts"
-                ))?;
-                let rows = stmt.query_map(params![now + lease.as_millis() as i64, token, now, max as i64], |r| {
-                    Ok(Claimed {
-                        handle: format!("{}:{token}", r.get::<_, i64>(0)?),
-                        body: r.get(1)?,
-                        attempts: r.get(2)?,
-                    })
-                })?;
-                rows.collect()
-            })
-            .await
+        self.claim_from(max, lease, stages, 0).await
+    }
+
+    async fn claim_urgent(&self, max: usize, lease: Duration, stages: &[Stage]) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_from(max, lease, stages, PRIORITY_INTERVAL).await
     }
 
     async fn extend(&self, claimed: &Claimed, lease: Duration) -> Result<(), StoreError> {
@@ -126,6 +111,38 @@ impl JobQueue for SqliteStore {
                         ))
                     },
                 )
+            })
+            .await
+    }
+}
+
+impl SqliteStore {
+    /// Claims visible jobs of at least `min_priority`, highest priority first.
+    async fn claim_from(
+        &self,
+        max: usize,
+        lease: Duration,
+        stages: &[Stage],
+        min_priority: u8,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let filter = stage_filter(stages);
+        self.db
+            .write("claim", move |tx| {
+                let now = now_ms();
+                let token = uuid::Uuid::new_v4().simple().to_string();
+                let mut stmt = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET visible_at = ?1, lease_token = ?2, attempts = attempts + 1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE visible_at <= ?3 AND priority >= ?5{filter} ORDER BY priority DESC, visible_at, id LIMIT ?4) \
+                     RETURNING id, body, attempts"
+                ))?;
+                let rows = stmt.query_map(params![now + lease.as_millis() as i64, token, now, max as i64, min_priority], |r| {
+                    Ok(Claimed {
+                        handle: format!("{}:{token}", r.get::<_, i64>(0)?),
+                        body: r.get(1)?,
+                        attempts: r.get(2)?,
+                    })
+                })?;
+                rows.collect()
             })
             .await
     }
