@@ -162,3 +162,55 @@ async fn keys_differing_only_by_case_accents_or_trailing_spaces_stay_distinct() 
     }
     h.assert_in_sync().await;
 }
+
+/// A large analysed table is cut from a page sample: chunks of about `chunk_rows`, ascending
+/// boundaries, and together the chunks hold every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_are_chunked_from_a_sample_and_lose_no_row() {
+    let h = Harness::new().await;
+    let pg = PgSource::new(&h).await;
+    pg.exec(
+        "CREATE TABLE {s}.big (id BIGINT PRIMARY KEY, pad TEXT);
+         INSERT INTO {s}.big SELECT i * 3, repeat('x', 40) FROM generate_series(1, 250000) AS i;
+         ANALYZE {s}.big;",
+    )
+    .await;
+    let reader = PgReader::new(signals_shared::postgres::pool::pool(&pg_url(), 2).unwrap(), "pg");
+    let spec = SourceSpec {
+        table: Some(format!("{}.big", pg.schema)),
+        key: vec!["id".into()],
+        ..Default::default()
+    };
+    let schema = reader.describe(&spec).await.unwrap();
+    let bounds = reader.split(&spec, &schema, 25_000).await.unwrap();
+    assert!(
+        (7..=13).contains(&bounds.len()),
+        "about 9 boundaries for 10 chunks: {}",
+        bounds.len()
+    );
+    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending");
+    let mut ranges = Vec::new();
+    let mut lo = None;
+    for b in bounds {
+        ranges.push(KeyRange {
+            lo: lo.take(),
+            hi: Some(b.clone()),
+        });
+        lo = Some(b);
+    }
+    ranges.push(KeyRange { lo, hi: None });
+    let (mut total, mut sizes) = (0, Vec::new());
+    for r in &ranges {
+        let mut rx = reader.read(&spec, &schema, r);
+        let mut n = 0;
+        while let Some(b) = rx.recv().await {
+            n += b.unwrap().len();
+        }
+        assert!((8_000..=60_000).contains(&n), "a chunk of {n} rows");
+        total += n;
+        sizes.push(n);
+    }
+    assert_eq!(total, 250_000);
+    // Every key read would cut exactly 25,000 rows per chunk.
+    assert!(sizes.iter().any(|&n| n != 25_000), "cut from a sample: {sizes:?}");
+}

@@ -274,7 +274,12 @@ async fn interval_work_is_claimed_before_an_onboarding_backlog(h: Harness) {
 
     // A runner's reserved slot takes interval work only: with the backlog still deep, it
     // claims nothing until an interval job arrives, then exactly that one.
-    assert!(h.store.claim_urgent(1, Duration::from_secs(30), &[]).await.unwrap().is_empty());
+    assert!(h
+        .store
+        .claim_urgent(1, Duration::from_secs(30), &[])
+        .await
+        .unwrap()
+        .is_empty());
     let mut later = chunk_job("small", "interval-run-2");
     later.priority = signals_shared::domain::job::PRIORITY_INTERVAL;
     h.store.enqueue(&[later.clone()], Duration::ZERO).await.unwrap();

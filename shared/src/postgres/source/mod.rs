@@ -3,7 +3,7 @@
 
 use super::types::{key_param, map_type, read_value, select_expr};
 use crate::domain::ident::{qualified, quote};
-use crate::domain::key::{decode_key, encode_key};
+use crate::domain::key::decode_key;
 use crate::domain::schema::{Column, ColumnType, Drift, TableSchema};
 use crate::domain::value::Value;
 use crate::errors::SourceError;
@@ -150,38 +150,7 @@ impl SnapshotSource for PgSource {
         schema: &TableSchema,
         chunk_rows: u64,
     ) -> Result<Vec<Vec<u8>>, SourceError> {
-        let client = self.client().await?;
-        let keys = key_columns(schema);
-        let key_schema = TableSchema {
-            columns: keys.iter().map(|c| (*c).clone()).collect(),
-            key: schema.key.clone(),
-            ..Default::default()
-        };
-        let select = keys.iter().map(|c| select_expr(c)).collect::<Vec<_>>().join(", ");
-        let order = keys.iter().map(|c| key_expr(c)).collect::<Vec<_>>().join(", ");
-        let sql = format!("SELECT {select} FROM {} ORDER BY {order}", from_clause(spec)?);
-        let rows = client
-            .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
-            .await
-            .map_err(query_err)?;
-        futures_util::pin_mut!(rows);
-        let (mut n, mut bounds) = (0u64, Vec::new());
-        while let Some(row) = rows.next().await {
-            let row = row.map_err(query_err)?;
-            n += 1;
-            if n % chunk_rows == 1 && n > 1 {
-                let values = key_schema
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| read_value(&row, i, c))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut key = Vec::new();
-                encode_key(&mut key, &values.iter().collect::<Vec<_>>(), &schema.key)?;
-                bounds.push(key);
-            }
-        }
-        Ok(bounds)
+        split::split(&self.client().await?, spec, schema, chunk_rows).await
     }
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
@@ -244,6 +213,7 @@ impl SnapshotSource for PgSource {
 }
 
 mod pushdown;
+mod split;
 
 /// A row's values in schema column order.
 fn row_values(row: &tokio_postgres::Row, columns: &[Column]) -> Result<Vec<Value>, SourceError> {
