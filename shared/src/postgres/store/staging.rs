@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 /// Staging rows changed by one merge after which its statistics are refreshed at once.
-const REANALYZE_AFTER: u64 = 10_000;
+const REANALYZE_AFTER: u64 = 100_000;
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
