@@ -108,6 +108,7 @@ pub fn main() -> ExitCode {
         "info"
     };
     let _telemetry = signals_shared::telemetry::init(level, "signals");
+    signals_shared::hosts::limit_malloc_arenas();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
