@@ -189,16 +189,7 @@ async fn large_tables_are_chunked_from_a_sample_and_lose_no_row() {
         bounds.len()
     );
     assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending");
-    let mut ranges = Vec::new();
-    let mut lo = None;
-    for b in bounds {
-        ranges.push(KeyRange {
-            lo: lo.take(),
-            hi: Some(b.clone()),
-        });
-        lo = Some(b);
-    }
-    ranges.push(KeyRange { lo, hi: None });
+    let ranges = KeyRange::cut_at(bounds);
     let (mut total, mut sizes) = (0, Vec::new());
     for r in &ranges {
         let mut rx = reader.read(&spec, &schema, r);

@@ -80,6 +80,23 @@ pub struct KeyRange {
     pub hi: Option<Vec<u8>>,
 }
 
+impl KeyRange {
+    /// The ranges that ascending `bounds` cut the key space into: every key in exactly one.
+    pub fn cut_at(bounds: Vec<Vec<u8>>) -> Vec<KeyRange> {
+        let mut ranges = Vec::with_capacity(bounds.len() + 1);
+        let mut lo = None;
+        for b in bounds {
+            ranges.push(KeyRange {
+                lo: lo.take(),
+                hi: Some(b.clone()),
+            });
+            lo = Some(b);
+        }
+        ranges.push(KeyRange { lo, hi: None });
+        ranges
+    }
+}
+
 /// Reads a data source in key order, in key-range chunks, with bounded memory.
 #[async_trait]
 pub trait SnapshotSource: Send + Sync {

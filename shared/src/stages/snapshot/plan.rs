@@ -91,18 +91,7 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
     let ranges = if mode.mode == DiffMode::Watermark && !mode.full {
         vec![KeyRange::default()] // a watermark read is one small query
     } else {
-        let bounds = src.split(&spec, &schema, ds.chunk_rows).await?;
-        let mut ranges = Vec::with_capacity(bounds.len() + 1);
-        let mut lo = None;
-        for b in bounds {
-            ranges.push(KeyRange {
-                lo: lo.take(),
-                hi: Some(b.clone()),
-            });
-            lo = Some(b);
-        }
-        ranges.push(KeyRange { lo, hi: None });
-        ranges
+        KeyRange::cut_at(src.split(&spec, &schema, ds.chunk_rows).await?)
     };
     let plan = Plan {
         schema,
