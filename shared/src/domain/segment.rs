@@ -21,6 +21,18 @@ pub struct DeltaRow {
     pub payload: String,
 }
 
+impl DeltaRow {
+    /// The hash staging takes for this change, or `None` for a delete (the key leaves staging).
+    /// An insert or update without a hash is damage, not a delete.
+    pub fn staged_hash(&self) -> Result<Option<&RowHash>, SegmentError> {
+        match (self.op, &self.hash) {
+            (Op::Delete, _) => Ok(None),
+            (_, Some(h)) => Ok(Some(h)),
+            (op, None) => Err(SegmentError(format!("{} without a row hash", op.as_str()))),
+        }
+    }
+}
+
 /// Why a stored segment could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("delta segment is damaged: {0}")]
@@ -94,7 +106,9 @@ pub fn decode(stored: &[u8]) -> Result<Vec<DeltaRow>, SegmentError> {
             _ => Some(r.take(16)?.try_into().expect("sixteen bytes")),
         };
         let payload = String::from_utf8(r.sized()?.to_vec()).map_err(|e| SegmentError(e.to_string()))?;
-        rows.push(DeltaRow { key, op, hash, payload });
+        let row = DeltaRow { key, op, hash, payload };
+        row.staged_hash()?;
+        rows.push(row);
     }
     Ok(rows)
 }
@@ -127,6 +141,13 @@ mod tests {
             assert!(decode(&plain[..cut]).is_err(), "cut at {cut}");
         }
         let mut bad = plain.clone();
+        let mut no_hash = plain.clone();
+        no_hash[1 + 1 + 4 + 2] = 0; // the insert's "hash follows" flag
+        no_hash.drain(1 + 1 + 4 + 2 + 1..1 + 1 + 4 + 2 + 1 + 16);
+        assert_eq!(
+            decode(&no_hash).unwrap_err().to_string(),
+            "delta segment is damaged: insert without a row hash"
+        );
         bad[1] = 9; // op code
         assert!(decode(&bad).is_err());
         bad[0] = 2; // format

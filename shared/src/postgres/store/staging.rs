@@ -310,11 +310,18 @@ fn legacy_rows(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
             detail: code.to_string(),
         })?;
         let hash: Option<Vec<u8>> = r.get(3);
+        let hash = hash
+            .map(|h| h.try_into())
+            .transpose()
+            .map_err(|_| StoreError::Corrupt {
+                what: "delta hash",
+                detail: "not 16 bytes".into(),
+            })?;
         Ok(DeltaRow {
             op,
             payload: r.get(1),
             key: r.get(2),
-            hash: hash.and_then(|h| h.try_into().ok()),
+            hash,
         })
     })
 }
@@ -360,12 +367,16 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         while let Some(rows) = source.recv().await {
             let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
             for r in rows? {
-                match r.hash {
-                    Some(h) if r.op != Op::Delete => {
-                        keys.push(r.key);
+                let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
+                    what: "delta row",
+                    detail: e.to_string(),
+                })?;
+                match staged {
+                    Some(h) => {
                         hashes.push(h.to_vec());
+                        keys.push(r.key);
                     }
-                    _ => gone.push(r.key),
+                    None => gone.push(r.key),
                 }
             }
             if !keys.is_empty() {

@@ -286,10 +286,11 @@ fn merge_segments(tx: &rusqlite::Transaction<'_>, run: &Run) -> rusqlite::Result
     let mut delete = tx.prepare("DELETE FROM staging WHERE tenant = ?1 AND source = ?2 AND key = ?3")?;
     let mut segments = read.query([&run.id])?;
     while let Some(seg) = segments.next()? {
+        // `decode` has checked every insert and update carries its hash.
         for r in decode_segment(&seg.get::<_, Vec<u8>>(0)?)? {
-            match r.hash {
-                Some(h) if r.op != Op::Delete => upsert.execute(params![run.tenant, run.source, r.key, h.to_vec()])?,
-                _ => delete.execute(params![run.tenant, run.source, r.key])?,
+            match r.hash.filter(|_| r.op != Op::Delete) {
+                Some(h) => upsert.execute(params![run.tenant, run.source, r.key, h.to_vec()])?,
+                None => delete.execute(params![run.tenant, run.source, r.key])?,
             };
         }
     }
