@@ -49,10 +49,7 @@ impl DeltaWriter {
     /// Adds a row; starts a bulk write once a flush's worth has gathered.
     pub(super) async fn push(&mut self, row: DeltaRow) -> Result<(), StageError> {
         self.rows.push(row);
-        if self.rows.len() >= DELTA_FLUSH {
-            self.flush().await?;
-        }
-        Ok(())
+        self.extend(&mut Vec::new()).await
     }
 
     /// Adds rows gathered elsewhere (the push-down and watermark diffs collect them in steps).
