@@ -363,7 +363,10 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         .await
         .map_err(&err)?;
     let (mut upserted, mut deleted) = (0, 0);
-    for mut source in [legacy_rows(store, &run.id), segments(store, &run.id)] {
+    // One stream at a time: the transaction already holds a connection of the pool.
+    let sources: [fn(&PgStore, &str) -> Batches<DeltaRow, StoreError>; 2] = [legacy_rows, segments];
+    for open in sources {
+        let mut source = open(store, &run.id);
         while let Some(rows) = source.recv().await {
             let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
             for r in rows? {
