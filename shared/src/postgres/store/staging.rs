@@ -16,6 +16,9 @@ const REANALYZE_AFTER: u64 = 100_000;
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
+/// Opens one of a run's delta streams (old rows, or segments).
+type OpenDelta = fn(&PgStore, &str) -> Batches<DeltaRow, StoreError>;
+
 /// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
 fn range_sql(range: &KeyRange, params: &mut Params) -> String {
     let mut sql = String::new();
@@ -364,7 +367,7 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         .map_err(&err)?;
     let (mut upserted, mut deleted) = (0, 0);
     // One stream at a time: the transaction already holds a connection of the pool.
-    let sources: [fn(&PgStore, &str) -> Batches<DeltaRow, StoreError>; 2] = [legacy_rows, segments];
+    let sources: [OpenDelta; 2] = [legacy_rows, segments];
     for open in sources {
         let mut source = open(store, &run.id);
         while let Some(rows) = source.recv().await {
