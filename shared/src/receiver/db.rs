@@ -39,6 +39,17 @@ pub struct ReceiverStats {
     pub applied_twice: i64,
 }
 
+fn string_field<'x>(name: &str, v: &'x Option<std::borrow::Cow<'_, str>>) -> Result<&'x str, ApplyError> {
+    v.as_deref()
+        .ok_or_else(|| invalid(format!("missing string field `{name}`")))
+}
+
+/// The part of a batch's `schema` the receiver needs.
+#[derive(serde::Deserialize)]
+struct SchemaKey {
+    key: Vec<String>,
+}
+
 /// The database behind a receiver.
 pub struct ReceiverDb {
     conn: Mutex<Connection>,
@@ -67,27 +78,29 @@ impl ReceiverDb {
 
     /// Applies a batch once per idempotency key. Returns (response body, replayed).
     pub fn apply(&self, idempotency_key: &str, body: &[u8]) -> Result<(String, bool), ApplyError> {
-        let batch: Value = serde_json::from_slice(body).map_err(|e| invalid(format!("body is not JSON: {e}")))?;
-        let s = |f: &str| {
-            batch
-                .get(f)
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(format!("missing string field `{f}`")))
-        };
-        if s("protocol")? != crate::protocol::PROTOCOL {
-            return Err(invalid(format!("unsupported protocol `{}`", s("protocol")?)));
+        let batch = super::body::parse(body).map_err(invalid)?;
+        let s = string_field;
+        if s("protocol", &batch.protocol)? != crate::protocol::PROTOCOL {
+            return Err(invalid(format!(
+                "unsupported protocol `{}`",
+                s("protocol", &batch.protocol)?
+            )));
         }
-        let (tenant, dataset, run_id) = (s("tenant")?, s("dataset")?, s("run_id")?);
-        let schema = batch.get("schema").ok_or_else(|| invalid("missing `schema`"))?;
-        let key_cols: Vec<&str> = schema
-            .get("key")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .filter(|k: &Vec<&str>| !k.is_empty())
+        let (tenant, dataset, run_id) = (
+            s("tenant", &batch.tenant)?,
+            s("dataset", &batch.dataset)?,
+            s("run_id", &batch.run_id)?,
+        );
+        let schema = batch.schema.ok_or_else(|| invalid("missing `schema`"))?;
+        let key_cols: Vec<String> = serde_json::from_str::<SchemaKey>(schema.get())
+            .ok()
+            .map(|s| s.key)
+            .filter(|k| !k.is_empty())
             .ok_or_else(|| invalid("`schema.key` must list the key columns"))?;
+        let key_cols: Vec<&str> = key_cols.iter().map(String::as_str).collect();
         let changes = batch
-            .get("changes")
-            .and_then(Value::as_array)
+            .changes
+            .as_ref()
             .ok_or_else(|| invalid("missing `changes` array"))?;
 
         let mut conn = self.lock();
@@ -102,7 +115,7 @@ impl ReceiverDb {
         {
             return Ok((resp, true));
         }
-        let schema_json = schema.to_string();
+        let schema_json = schema.get();
         tx.execute(
             "INSERT INTO datasets (tenant, dataset, schema_json) VALUES (?1, ?2, ?3) \
              ON CONFLICT (tenant, dataset) DO UPDATE SET schema_json = excluded.schema_json",
@@ -128,27 +141,21 @@ impl ReceiverDb {
                  ON CONFLICT DO UPDATE SET count = count + 1",
             )?;
             for (i, c) in changes.iter().enumerate() {
-                let seq = c
-                    .get("seq")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| invalid(format!("change {i}: missing `seq`")))?;
-                let op = c.get("op").and_then(Value::as_str).unwrap_or("");
-                let field = if op == "delete" { "key" } else { "row" };
-                let obj = c
-                    .get(field)
-                    .and_then(Value::as_object)
-                    .ok_or_else(|| invalid(format!("change {i} (seq {seq}): `{op}` needs an object `{field}`")))?;
-                let key_values = key_cols
-                    .iter()
-                    .map(|k| {
-                        obj.get(*k)
-                            .ok_or_else(|| invalid(format!("change {i} (seq {seq}): key column `{k}` missing")))
-                    })
+                let seq = c.seq.ok_or_else(|| invalid(format!("change {i}: missing `seq`")))?;
+                let op = c.op.as_deref().unwrap_or("");
+                let (field, obj) = if op == "delete" { ("key", c.key) } else { ("row", c.row) };
+                let need_object = || invalid(format!("change {i} (seq {seq}): `{op}` needs an object `{field}`"));
+                let obj = obj.ok_or_else(need_object)?;
+                let key_values = super::body::key_values(obj, &key_cols)
+                    .map_err(|_| need_object())?
+                    .into_iter()
+                    .zip(&key_cols)
+                    .map(|(v, k)| v.ok_or_else(|| invalid(format!("change {i} (seq {seq}): key column `{k}` missing"))))
                     .collect::<Result<Vec<_>, _>>()?;
-                let key = key_text(key_values);
+                let key = key_text(&key_values);
                 match op {
                     "insert" | "update" => {
-                        upsert.execute(params![key, Value::Object(obj.clone()).to_string(), run_id, seq as i64])?;
+                        upsert.execute(params![key, obj.get(), run_id, seq as i64])?;
                     }
                     "delete" => {
                         delete.execute([&key])?;
@@ -158,7 +165,7 @@ impl ReceiverDb {
                 count.execute(params![tenant, dataset, run_id, seq as i64])?;
             }
         }
-        let resp = serde_json::json!({ "batch_id": batch.get("batch_id"), "applied": changes.len() }).to_string();
+        let resp = super::body::ack(&batch);
         tx.execute(
             "INSERT INTO idempotency (key, response, at) VALUES (?1, ?2, ?3)",
             params![idempotency_key, resp, chrono::Utc::now().timestamp_millis()],

@@ -56,6 +56,10 @@ impl Faults {
     pub fn clear(&self) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
+    /// No failure is queued: the receiver need not look for the dataset a fault would match.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
     /// Takes the next failure that applies to `dataset`.
     pub fn take(&self, dataset: Option<&str>) -> Option<Fault> {
         let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());

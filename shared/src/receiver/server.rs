@@ -100,10 +100,15 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
             );
         }
     }
-    let dataset = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v.get("dataset").and_then(|d| d.as_str()).map(str::to_owned));
-    if let Some(f) = st.faults.take(dataset.as_deref()) {
+    let fault = if st.faults.is_empty() {
+        None
+    } else {
+        let dataset = super::body::parse(&body)
+            .ok()
+            .and_then(|b| b.dataset.map(|d| d.into_owned()));
+        st.faults.take(dataset.as_deref())
+    };
+    if let Some(f) = fault {
         let status = StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = json_error(status, f.body.as_deref().unwrap_or("injected fault"));
         if let Some(s) = f.retry_after_secs {
@@ -131,12 +136,14 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
         Draw::Ok | Draw::DropAfter => {}
     }
     if st.ack_after_parse {
-        return match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(v) => {
-                let n = v.get("changes").and_then(|c| c.as_array()).map_or(0, Vec::len);
-                Json(serde_json::json!({ "batch_id": v.get("batch_id"), "applied": n })).into_response()
+        return match super::body::parse(&body) {
+            Ok(b) => {
+                let mut r = (StatusCode::OK, super::body::ack(&b)).into_response();
+                r.headers_mut()
+                    .insert("content-type", "application/json".parse().expect("ascii"));
+                r
             }
-            Err(e) => json_error(StatusCode::BAD_REQUEST, &format!("body is not JSON: {e}")),
+            Err(e) => json_error(StatusCode::BAD_REQUEST, &e),
         };
     }
     let st2 = st.clone();
