@@ -22,6 +22,9 @@ pub struct DefaultConnectors {
     /// Source pools by `tenant/connection`, with the URL they were built from.
     #[cfg(feature = "postgres")]
     pg_pools: Mutex<HashMap<String, (crate::secrets::Secret, deadpool_postgres::Pool)>>,
+    /// SQL Server pools by `tenant/connection`, with the connection string they were built from.
+    #[cfg(feature = "mssql")]
+    mssql_pools: Mutex<HashMap<String, (crate::secrets::Secret, crate::mssql::pool::Pool)>>,
 }
 
 impl DefaultConnectors {
@@ -77,6 +80,25 @@ impl Connectors for DefaultConnectors {
                 crate::postgres::source::PgSource::new(pool, connection).with_statement_timeout(timeout),
             ));
         }
+        #[cfg(feature = "mssql")]
+        if crate::mssql::is_mssql(url.expose()) {
+            let key = format!("{tenant_id}/{connection}");
+            let mut pools = self.mssql_pools.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = match pools.get(&key) {
+                Some((u, p)) if u.expose() == url.expose() => p.clone(),
+                _ => {
+                    let spec =
+                        crate::mssql::conn_str::ConnSpec::parse(url.expose()).map_err(|e| SourceError::Connect {
+                            connection: connection.to_owned(),
+                            detail: e.to_string(),
+                        })?;
+                    let p = crate::mssql::pool::Pool::new(spec, 8);
+                    pools.insert(key, (url.clone(), p.clone()));
+                    p
+                }
+            };
+            return Ok(Arc::new(crate::mssql::source::MssqlSource::new(pool, connection)));
+        }
         #[cfg(feature = "sqlite")]
         if scheme == "sqlite" {
             let path = url.expose()["sqlite:".len()..].trim_start_matches("//");
@@ -116,6 +138,18 @@ impl Connectors for DefaultConnectors {
                 let port = c.get_ports().first().copied().unwrap_or(5432);
                 return Ok(format!("postgres://{host}:{port}/{}", c.get_dbname().unwrap_or("")));
             }
+        }
+        #[cfg(feature = "mssql")]
+        if crate::mssql::is_mssql(url.expose()) {
+            return crate::mssql::conn_str::ConnSpec::parse(url.expose())
+                .map(|s| s.describe())
+                .map_err(|e| {
+                    SourceError::Connect {
+                        connection: connection.to_owned(),
+                        detail: e.to_string(),
+                    }
+                    .into()
+                });
         }
         // Unknown kinds: the scheme and host part only, never credentials.
         let shown = url

@@ -22,6 +22,8 @@ pub mod errors;
 pub mod hosts;
 pub mod limits;
 pub mod metrics;
+#[cfg(feature = "mssql")]
+pub mod mssql;
 pub mod ops;
 pub mod ports;
 #[cfg(feature = "postgres")]
