@@ -242,6 +242,84 @@ async fn wrong_credentials_and_a_missing_database_are_told_apart() {
     assert!(e.contains("database missing"), "{e}");
 }
 
+/// The suite's connection string pointed at another database.
+fn with_database(conn_str: &str, db: &str) -> String {
+    let kept: Vec<&str> = conn_str
+        .split(';')
+        .filter(|p| {
+            let k = p.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            !p.trim().is_empty() && k != "database" && k != "initial catalog"
+        })
+        .collect();
+    format!("{};Database={db}", kept.join(";"))
+}
+
+/// Change tracking sends exactly the changed keys (deletes included) without reading the table,
+/// and when tracking is switched off the next run falls back to a full snapshot diff and says
+/// so in its run history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_tracking_sends_changes_and_falls_back_when_it_cannot() {
+    let Some(s) = server("change_tracking_sends_changes_and_falls_back_when_it_cannot") else {
+        return;
+    };
+    let name = format!("sigct_{}", std::process::id());
+    let admin = Db::new(&s).await;
+    admin
+        .exec(&format!(
+            "CREATE DATABASE [{name}]; ALTER DATABASE [{name}] SET CHANGE_TRACKING = ON (CHANGE_RETENTION = 2 DAYS, AUTO_CLEANUP = ON)"
+        ))
+        .await;
+    let conn_str = with_database(&s, &name);
+    let db = Db::new(&conn_str).await;
+    db.exec(
+        "CREATE TABLE [{s}].[items] (id int PRIMARY KEY, n int, label nvarchar(20));
+         ALTER TABLE [{s}].[items] ENABLE CHANGE_TRACKING;
+         INSERT INTO [{s}].[items] SELECT value, value * 2, CONCAT(N'item ', value) FROM GENERATE_SERIES(1, 1000);",
+    )
+    .await;
+    let h = Harness::new().await;
+    let url_file = h.dir.path().join("mssql.url");
+    std::fs::write(&url_file, &conn_str).unwrap();
+    let toml = format!(
+        "[destinations.platform]\nurl = \"{}\"\n\n[tenants.t]\ndestination = \"platform\"\n\n\
+         [tenants.t.connections.db]\nurl = \"file:{}\"\n\n[tenants.t.sources.items]\nconnection = \"db\"\n\
+         table = \"{}.items\"\nkey = [\"id\"]\ninterval_secs = 1\ndiff = \"change_tracking\"\n",
+        h.url,
+        url_file.display(),
+        db.schema
+    );
+    h.apply(&toml).await;
+    h.onboard().await;
+    h.assert_in_sync().await;
+    db.exec(
+        "UPDATE [{s}].[items] SET n = -n WHERE id = 5; DELETE FROM [{s}].[items] WHERE id = 6;
+             INSERT INTO [{s}].[items] VALUES (2000, 1, N'new'); UPDATE [{s}].[items] SET n = n WHERE id = 7;",
+    )
+    .await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.updates, run.deletes, run.inserts), (1, 1, 1), "{run:#?}");
+    assert!(run.rows_read <= 3, "only changed keys are read: {run:#?}");
+    h.assert_in_sync().await;
+
+    db.exec("ALTER TABLE [{s}].[items] DISABLE CHANGE_TRACKING; UPDATE [{s}].[items] SET n = 0 WHERE id = 8;")
+        .await;
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.changes(), 1, "{run:#?}");
+    assert!(
+        run.last_error.as_deref().is_some_and(|e| e.contains("not enabled")),
+        "{run:#?}"
+    );
+    h.assert_in_sync().await;
+    drop(db);
+    admin
+        .exec(&format!(
+            "ALTER DATABASE [{name}] SET SINGLE_USER WITH ROLLBACK IMMEDIATE; DROP DATABASE [{name}]"
+        ))
+        .await;
+}
+
 /// Runs without a server: nothing listens on port 1 here, and PostgreSQL's port speaks another
 /// protocol. Both fail within the connect timeout with their class, and no password appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

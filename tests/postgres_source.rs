@@ -205,3 +205,25 @@ async fn large_tables_are_chunked_from_a_sample_and_lose_no_row() {
     // Every key read would cut exactly 25,000 rows per chunk.
     assert!(sizes.iter().any(|&n| n != 25_000), "cut from a sample: {sizes:?}");
 }
+
+/// `diff = "change_tracking"` is SQL Server's: on a PostgreSQL source the run stops at once with
+/// a dead letter that says so, instead of retrying or silently diffing another way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_tracking_on_postgresql_is_refused_by_name() {
+    let h = Harness::new().await;
+    let pg = PgSource::new(&h).await;
+    pg.exec("CREATE TABLE {s}.items (id BIGINT PRIMARY KEY, n INTEGER); INSERT INTO {s}.items VALUES (1, 1);")
+        .await;
+    let source = "[tenants.t.sources.items]\nconnection = \"db\"\ntable = \"{s}.items\"\nkey = [\"id\"]\n\
+                  interval_secs = 1\ndiff = \"change_tracking\"\n";
+    h.apply(&pg.config(&h, source)).await;
+    h.onboard().await;
+    let dead = h.store.dead_letters(true).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(
+        dead[0].error.contains("does not support change tracking") && dead[0].error.contains("SQL Server only"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(h.runs().await[0].display_state(), "blocked");
+}

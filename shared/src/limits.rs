@@ -182,4 +182,21 @@ impl SnapshotSource for LimitedSource {
         slot.give_back().await;
         out
     }
+
+    async fn change_versions(&self, spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {
+        let slot = Slot::take(self.slots.clone(), &self.server, self.limit).await?;
+        let out = self.inner.change_versions(spec).await;
+        slot.give_back().await;
+        out
+    }
+
+    fn read_changes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        version: i64,
+    ) -> Batches<crate::ports::TrackedChange, SourceError> {
+        let (inner, spec, schema) = (self.inner.clone(), spec.clone(), schema.clone());
+        self.limited(move || inner.read_changes(&spec, &schema, version))
+    }
 }

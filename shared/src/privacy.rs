@@ -6,7 +6,7 @@ use crate::domain::encoding::{encode_value, RowHash};
 use crate::domain::schema::{ColumnType, TableSchema};
 use crate::domain::value::Value;
 use crate::errors::SourceError;
-use crate::ports::{Batches, KeyRange, SnapshotSource, SourceSpec};
+use crate::ports::{Batches, KeyRange, SnapshotSource, SourceSpec, TrackedChange};
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -51,13 +51,12 @@ impl MaskedSource {
     }
 
     /// Reads through the inner source with its own (unmasked) shape and masks every row.
-    fn masked_stream(
+    fn masked_stream<T: Send + 'static>(
         &self,
         spec: &SourceSpec,
-        open: impl FnOnce(&dyn SnapshotSource, &SourceSpec, &TableSchema) -> Batches<Vec<Value>, SourceError>
-            + Send
-            + 'static,
-    ) -> Batches<Vec<Value>, SourceError> {
+        open: impl FnOnce(&dyn SnapshotSource, &SourceSpec, &TableSchema) -> Batches<T, SourceError> + Send + 'static,
+        values_of: fn(&mut T) -> Option<&mut Vec<Value>>,
+    ) -> Batches<T, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (inner, spec, cols, salt) = (
             self.inner.clone(),
@@ -83,7 +82,7 @@ impl MaskedSource {
             let mut rows = open(inner.as_ref(), &spec, &raw);
             while let Some(batch) = rows.recv().await {
                 let batch = batch.map(|mut rows| {
-                    for row in &mut rows {
+                    for row in rows.iter_mut().filter_map(values_of) {
                         for &i in &idx {
                             row[i] = mask(&row[i], &salt);
                         }
@@ -117,7 +116,7 @@ impl SnapshotSource for MaskedSource {
 
     fn read(&self, spec: &SourceSpec, _schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
         let range = range.clone();
-        self.masked_stream(spec, move |inner, spec, raw| inner.read(spec, raw, &range))
+        self.masked_stream(spec, move |inner, spec, raw| inner.read(spec, raw, &range), |r| Some(r))
     }
 
     fn read_hashes(
@@ -178,9 +177,11 @@ impl SnapshotSource for MaskedSource {
         from: &Value,
     ) -> Batches<Vec<Value>, SourceError> {
         let (column, from) = (column.to_owned(), from.clone());
-        self.masked_stream(spec, move |inner, spec, raw| {
-            inner.read_since(spec, raw, &column, &from)
-        })
+        self.masked_stream(
+            spec,
+            move |inner, spec, raw| inner.read_since(spec, raw, &column, &from),
+            |r| Some(r),
+        )
     }
 
     async fn max_of(
@@ -191,6 +192,27 @@ impl SnapshotSource for MaskedSource {
     ) -> Result<Option<Value>, SourceError> {
         let raw = self.inner.describe(spec).await?;
         self.inner.max_of(spec, &raw, column).await
+    }
+
+    async fn change_versions(&self, spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {
+        self.inner.change_versions(spec).await
+    }
+
+    fn read_changes(
+        &self,
+        spec: &SourceSpec,
+        _schema: &TableSchema,
+        version: i64,
+    ) -> Batches<TrackedChange, SourceError> {
+        // Keys are never masked: a vanished key's values pass as they are.
+        self.masked_stream(
+            spec,
+            move |inner, spec, raw| inner.read_changes(spec, raw, version),
+            |c| match c {
+                TrackedChange::Row(values) => Some(values),
+                TrackedChange::Gone(_) => None,
+            },
+        )
     }
 }
 

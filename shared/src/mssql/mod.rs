@@ -8,6 +8,7 @@ pub mod errors;
 pub mod ident;
 pub mod pool;
 pub mod source;
+pub mod tracking;
 pub mod types;
 
 /// Whether a connection string is an ADO.NET SQL Server one (`Server=…;…`).

@@ -249,6 +249,28 @@ impl SnapshotSource for MssqlSource {
         Ok(bounds)
     }
 
+    async fn change_versions(&self, spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {
+        super::tracking::versions(&self.pool, &self.connection, &Self::table_of(spec)?).await
+    }
+
+    fn read_changes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        version: i64,
+    ) -> Batches<crate::ports::TrackedChange, SourceError> {
+        match Self::table_of(spec) {
+            Ok(table) => super::tracking::read(
+                self.pool.clone(),
+                self.connection.clone(),
+                super::tracking::changes_sql(&table, schema),
+                schema.clone(),
+                version,
+            ),
+            Err(e) => crate::ports::failed(e),
+        }
+    }
+
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let sql = (|| -> Result<(String, Vec<Value>), SourceError> {
@@ -311,6 +333,17 @@ impl SnapshotSource for MssqlSource {
             }
         });
         rx
+    }
+}
+
+impl MssqlSource {
+    fn table_of(spec: &SourceSpec) -> Result<String, SourceError> {
+        match &spec.table {
+            Some(_) => from_clause(spec),
+            None => Err(SourceError::Unsupported {
+                what: "change tracking on a query (it reads a table's change table)".into(),
+            }),
+        }
     }
 }
 

@@ -62,13 +62,24 @@ pub fn unsupported_hint(system_type_name: &str) -> String {
 
 /// How the read query selects a column so that [`read_value`] gets a lossless value.
 pub fn select_expr(c: &Column) -> String {
+    select_expr_of("", c)
+}
+
+/// [`select_expr`] for a column of the table aliased `alias` (`""`: unqualified).
+pub fn select_expr_of(alias: &str, c: &Column) -> String {
     let q = quote(&c.name);
+    let src = if alias.is_empty() {
+        q.clone()
+    } else {
+        format!("{}.{q}", quote(alias))
+    };
     match base_type(&c.native).as_str() {
-        "money" => format!("CAST({q} AS decimal(19,4)) AS {q}"),
-        "smallmoney" => format!("CAST({q} AS decimal(10,4)) AS {q}"),
-        "hierarchyid" | "geography" | "geometry" => format!("CAST({q} AS varbinary(max)) AS {q}"),
-        "json" => format!("CAST({q} AS nvarchar(max)) AS {q}"),
-        _ => q,
+        "money" => format!("CAST({src} AS decimal(19,4)) AS {q}"),
+        "smallmoney" => format!("CAST({src} AS decimal(10,4)) AS {q}"),
+        "hierarchyid" | "geography" | "geometry" => format!("CAST({src} AS varbinary(max)) AS {q}"),
+        "json" => format!("CAST({src} AS nvarchar(max)) AS {q}"),
+        _ if alias.is_empty() => q,
+        _ => format!("{src} AS {q}"),
     }
 }
 

@@ -146,6 +146,25 @@ pub trait SnapshotSource: Send + Sync {
         unsupported("watermark reads (diff = \"watermark\")")
     }
 
+    /// Change tracking: the database's current version and the table's oldest version still
+    /// valid (`None`: change tracking is off for the table).
+    async fn change_versions(&self, _spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {
+        Err(SourceError::Unsupported {
+            what: "change tracking (diff = \"change_tracking\", SQL Server only)".into(),
+        })
+    }
+
+    /// Change tracking: every key changed since `version`, with its row if the source still has
+    /// it (in any order).
+    fn read_changes(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _version: i64,
+    ) -> Batches<TrackedChange, SourceError> {
+        unsupported("change tracking (diff = \"change_tracking\", SQL Server only)")
+    }
+
     /// The largest value of `column` (the next watermark), `None` for an empty table.
     async fn max_of(
         &self,
@@ -159,10 +178,24 @@ pub trait SnapshotSource: Send + Sync {
     }
 }
 
+/// A key change tracking lists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackedChange {
+    /// The source has the row now (inserted or updated): its values in schema column order.
+    Row(Vec<Value>),
+    /// The source no longer has it: the key's values in key order.
+    Gone(Vec<Value>),
+}
+
 /// A stream that fails at once: the adapter does not offer the operation.
 pub fn unsupported<T: Send + 'static>(what: &str) -> Batches<T, SourceError> {
+    failed(SourceError::Unsupported { what: what.to_owned() })
+}
+
+/// A stream that fails at once with `e`.
+pub fn failed<T: Send + 'static>(e: SourceError) -> Batches<T, SourceError> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(Err(SourceError::Unsupported { what: what.to_owned() }));
+    let _ = tx.try_send(Err(e));
     rx
 }
 

@@ -25,9 +25,14 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
         RunState::Merged => {} // merged before a crash; the batch job may be missing
         _ => return Ok(Vec::new()),
     }
-    // A watermark run moves its data source's cursor once its changes are in staging; doing it
+    // A watermark or change-tracking run moves its data source's cursor (the watermark, or the
+    // change-tracking version) once its changes are in staging; doing it
     // again after a crash is harmless (the same value).
-    if let Some(mode) = run.mode.as_ref().filter(|m| m.mode == DiffMode::Watermark) {
+    if let Some(mode) = run
+        .mode
+        .as_ref()
+        .filter(|m| matches!(m.mode, DiffMode::Watermark | DiffMode::ChangeTracking))
+    {
         ctx.store
             .set_cursor(&run.tenant, &run.source, mode.next.as_deref(), mode.full)
             .await?;

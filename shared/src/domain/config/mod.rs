@@ -189,6 +189,9 @@ pub enum DiffMode {
     RemoteHash,
     /// Rows whose cursor column moved since the last run, plus a periodic full diff for deletes.
     Watermark,
+    /// SQL Server change tracking: the keys `CHANGETABLE(CHANGES …)` lists since the stored
+    /// version, deletes included; a full snapshot diff when that version is no longer valid.
+    ChangeTracking,
 }
 
 impl DiffMode {
@@ -198,6 +201,7 @@ impl DiffMode {
             DiffMode::Snapshot => "snapshot",
             DiffMode::RemoteHash => "remote_hash",
             DiffMode::Watermark => "watermark",
+            DiffMode::ChangeTracking => "change_tracking",
         }
     }
 }
@@ -253,7 +257,7 @@ pub struct DataSource {
     /// When a periodic verification finds drift, re-send exactly the drifted keys.
     #[serde(default)]
     pub verify_repair: bool,
-    /// How changes are found: `snapshot` (default), `remote_hash` or `watermark`.
+    /// How changes are found: `snapshot` (default), `remote_hash`, `watermark` or `change_tracking`.
     #[serde(default)]
     pub diff: DiffMode,
     /// The `watermark` mode's cursor: an `updated_at` timestamp or a monotonic integer (rowversion).

@@ -79,6 +79,31 @@ fn watermark_needs_its_column_and_remote_hash_a_server() {
 }
 
 #[test]
+fn change_tracking_reads_a_table_of_a_server() {
+    let ok = GOOD.replace(
+        "table = \"dbo.orders\"",
+        "table = \"dbo.orders\"\ndiff = \"change_tracking\"",
+    );
+    let c = Config::parse(&ok, "x.toml").unwrap();
+    assert_eq!(c.source("acme", "orders", 1).unwrap().diff, DiffMode::ChangeTracking);
+    let on_query = GOOD.replace(
+        "key = [\"sku\", \"site\"]",
+        "key = [\"sku\", \"site\"]\ndiff = \"change_tracking\"",
+    );
+    let err = Config::parse(&on_query, "x.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("data source `products`, field `diff`: `change_tracking` reads a table"),
+        "{err}"
+    );
+    let on_sqlite = ok.replace("url = \"env:ACME_ERP_URL\"", "sqlite_path = \"erp.db\"");
+    let err = Config::parse(&on_sqlite, "x.toml").unwrap_err().to_string();
+    assert!(
+        err.contains("`change_tracking` needs a server source (SQL Server)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_fields_and_bad_secret_refs_are_refused() {
     let err = Config::parse(&GOOD.replace("interval_secs = 60", "interval = 60"), "x.toml")
         .unwrap_err()

@@ -101,13 +101,24 @@ impl Config {
                         }
                     }
                 }
-                if s.diff == DiffMode::RemoteHash
+                if s.diff == DiffMode::ChangeTracking && s.table.is_none() {
+                    p.push(format!(
+                        "{at}, field `diff`: `change_tracking` reads a table's change table: set `table`, not `query`"
+                    ));
+                }
+                if matches!(s.diff, DiffMode::RemoteHash | DiffMode::ChangeTracking)
                     && t.connections
                         .get(&s.connection)
                         .is_some_and(|c| c.sqlite_path.is_some())
                 {
                     p.push(format!(
-                        "{at}, field `diff`: `remote_hash` needs a server source (PostgreSQL, SQL Server), not SQLite"
+                        "{at}, field `diff`: `{}` needs a server source ({}), not SQLite",
+                        s.diff.as_str(),
+                        if s.diff == DiffMode::RemoteHash {
+                            "PostgreSQL, SQL Server"
+                        } else {
+                            "SQL Server"
+                        }
                     ));
                 }
                 if let Some(t) = &s.table {

@@ -1,10 +1,12 @@
 //! Snapshot: plan a run's key-range chunks (and how it finds changes), then diff each chunk —
-//! the ordinary diff (`full`), push-down hashing (`remote`) or a watermark read (`watermark`) —
+//! the ordinary diff (`full`), push-down hashing (`remote`), a watermark read (`watermark`) or a
+//! change-table read (`tracked`) —
 //! writing only the chunk's delta. The last chunk to finish emits the merge job.
 
 mod full;
 mod plan;
 mod remote;
+mod tracked;
 mod watermark;
 
 pub(super) use plan::plan;
@@ -214,6 +216,13 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
                     chunk_no,
                 )
                 .await?
+            }
+            DiffMode::ChangeTracking if !mode.full => {
+                let since =
+                    mode.from.as_deref().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        StageError::NotFound(format!("run `{}` has no change-tracking version", run.id))
+                    })?;
+                tracked::diff_changes(ctx, run, &schema, src.read_changes(&spec, &schema, since), chunk_no).await?
             }
             _ => {
                 let rows = src.read(&spec, &schema, &chunk.range);

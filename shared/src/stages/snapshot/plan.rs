@@ -88,8 +88,8 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
             }
         }
     }
-    let ranges = if mode.mode == DiffMode::Watermark && !mode.full {
-        vec![KeyRange::default()] // a watermark read is one small query
+    let ranges = if matches!(mode.mode, DiffMode::Watermark | DiffMode::ChangeTracking) && !mode.full {
+        vec![KeyRange::default()] // a watermark or change-table read is one small query
     } else {
         KeyRange::cut_at(src.split(&spec, &schema, ds.chunk_rows).await?)
     };
@@ -141,6 +141,22 @@ async fn choose_mode(
             )
             .await?;
     }
+    if ds.diff == DiffMode::ChangeTracking {
+        // The next version is taken before reading, so changes committed meanwhile are read again.
+        let (current, min_valid) = src.change_versions(spec).await?;
+        let (cursor, _) = ctx.store.cursor(&run.tenant, &run.source).await?;
+        let start = tracking_start(run.kind == RunKind::Initial, cursor.as_deref(), min_valid);
+        if let Err(Some(reason)) = &start {
+            tracing::warn!(tenant = %run.tenant, source = %run.source, %reason, "change tracking: full snapshot diff instead");
+            ctx.store.note_error(&run.id, reason).await?;
+        }
+        return Ok(RunMode {
+            mode: DiffMode::ChangeTracking,
+            full: start.is_err(),
+            from: start.ok().map(|v| v.to_string()),
+            next: Some(current.to_string()),
+        });
+    }
     if ds.diff != DiffMode::Watermark {
         return Ok(RunMode {
             mode: ds.diff,
@@ -179,6 +195,28 @@ async fn choose_mode(
     })
 }
 
+/// Where a change-tracking run starts: `Ok(version)` reads the changes since it; `Err(reason)`
+/// is a full snapshot diff, with the reason the run history shows (`None` for the expected
+/// first run: there is no version to start from).
+fn tracking_start(initial: bool, cursor: Option<&str>, min_valid: Option<i64>) -> Result<i64, Option<String>> {
+    let Some(min_valid) = min_valid else {
+        return Err(Some(
+            "change tracking is not enabled for the table (ALTER TABLE … ENABLE CHANGE_TRACKING): \
+             a full snapshot diff instead"
+                .into(),
+        ));
+    };
+    match cursor.and_then(|c| c.parse::<i64>().ok()) {
+        _ if initial => Err(None),
+        None => Err(None),
+        Some(v) if v < min_valid => Err(Some(format!(
+            "change tracking: the stored version {v} is older than CHANGE_TRACKING_MIN_VALID_VERSION {min_valid} \
+             (its changes were cleaned up): a full snapshot diff instead"
+        ))),
+        Some(v) => Ok(v),
+    }
+}
+
 /// The cursor minus the overlap, as protocol JSON.
 fn back_off(cursor_json: &str, ty: ColumnType, overlap: i64) -> Option<String> {
     let v = key_value_from_json(&serde_json::from_str(cursor_json).ok()?, ty)?;
@@ -206,5 +244,28 @@ mod tests {
             Some("\"2025-01-01T00:00:00+00:00\"")
         );
         assert_eq!(back_off("\"x\"", ColumnType::Int, 1), None);
+    }
+
+    #[test]
+    fn change_tracking_falls_back_to_a_full_diff_and_says_why() {
+        assert_eq!(tracking_start(false, Some("42"), Some(40)), Ok(42));
+        assert_eq!(tracking_start(false, Some("40"), Some(40)), Ok(40));
+        assert_eq!(
+            tracking_start(true, Some("42"), Some(40)),
+            Err(None),
+            "an initial sync reads everything"
+        );
+        assert_eq!(tracking_start(false, None, Some(0)), Err(None), "no stored version yet");
+        let stale = tracking_start(false, Some("7"), Some(40)).unwrap_err().unwrap();
+        assert!(
+            stale.contains("stored version 7 is older than CHANGE_TRACKING_MIN_VALID_VERSION 40"),
+            "{stale}"
+        );
+        let off = tracking_start(false, Some("7"), None).unwrap_err().unwrap();
+        assert!(off.contains("not enabled"), "{off}");
+        assert!(
+            tracking_start(true, None, None).unwrap_err().is_some(),
+            "said even on the first run"
+        );
     }
 }

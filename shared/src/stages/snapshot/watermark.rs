@@ -16,7 +16,7 @@ use std::collections::HashMap;
 /// Rows compared with staging per lookup.
 const LOOKUP: usize = 500;
 
-async fn compare(
+pub(super) async fn compare(
     ctx: &Ctx,
     run: &Run,
     names: &[&str],
