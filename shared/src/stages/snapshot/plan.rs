@@ -154,7 +154,7 @@ async fn choose_mode(
             mode: DiffMode::ChangeTracking,
             full: start.is_err(),
             from: start.ok().map(|v| v.to_string()),
-            next: Some(current.to_string()),
+            next: Some(format!("{TRACKED}{current}")),
         });
     }
     if ds.diff != DiffMode::Watermark {
@@ -195,6 +195,10 @@ async fn choose_mode(
     })
 }
 
+/// How a stored change-tracking version is marked, so neither it nor a watermark is ever read
+/// as the other after the data source's diff mode changes.
+const TRACKED: &str = "ct:";
+
 /// Where a change-tracking run starts: `Ok(version)` reads the changes since it; `Err(reason)`
 /// is a full snapshot diff, with the reason the run history shows (`None` for the expected
 /// first run: there is no version to start from).
@@ -206,7 +210,8 @@ fn tracking_start(initial: bool, cursor: Option<&str>, min_valid: Option<i64>) -
                 .into(),
         ));
     };
-    match cursor.and_then(|c| c.parse::<i64>().ok()) {
+    // Only a version this mode stored counts: a watermark left by an earlier diff mode is not one.
+    match cursor.and_then(|c| c.strip_prefix(TRACKED)?.parse::<i64>().ok()) {
         _ if initial => Err(None),
         None => Err(None),
         Some(v) if v < min_valid => Err(Some(format!(
@@ -248,24 +253,34 @@ mod tests {
 
     #[test]
     fn change_tracking_falls_back_to_a_full_diff_and_says_why() {
-        assert_eq!(tracking_start(false, Some("42"), Some(40)), Ok(42));
-        assert_eq!(tracking_start(false, Some("40"), Some(40)), Ok(40));
+        assert_eq!(tracking_start(false, Some("ct:42"), Some(40)), Ok(42));
+        assert_eq!(tracking_start(false, Some("ct:40"), Some(40)), Ok(40));
         assert_eq!(
-            tracking_start(true, Some("42"), Some(40)),
+            tracking_start(true, Some("ct:42"), Some(40)),
             Err(None),
             "an initial sync reads everything"
         );
         assert_eq!(tracking_start(false, None, Some(0)), Err(None), "no stored version yet");
-        let stale = tracking_start(false, Some("7"), Some(40)).unwrap_err().unwrap();
+        let stale = tracking_start(false, Some("ct:7"), Some(40)).unwrap_err().unwrap();
         assert!(
             stale.contains("stored version 7 is older than CHANGE_TRACKING_MIN_VALID_VERSION 40"),
             "{stale}"
         );
-        let off = tracking_start(false, Some("7"), None).unwrap_err().unwrap();
+        let off = tracking_start(false, Some("ct:7"), None).unwrap_err().unwrap();
         assert!(off.contains("not enabled"), "{off}");
         assert!(
             tracking_start(true, None, None).unwrap_err().is_some(),
             "said even on the first run"
+        );
+        assert_eq!(
+            tracking_start(false, Some("42"), Some(0)),
+            Err(None),
+            "a watermark is not a version"
+        );
+        assert_eq!(
+            back_off("ct:42", ColumnType::Int, 0),
+            None,
+            "and a version is not a watermark"
         );
     }
 }
