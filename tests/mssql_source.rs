@@ -320,6 +320,41 @@ async fn change_tracking_sends_changes_and_falls_back_when_it_cannot() {
         .await;
 }
 
+/// A watermark read fetches only the rows at or past the cursor, with no sort on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_reads_only_rows_past_the_cursor() {
+    let Some(s) = server("watermark_reads_only_rows_past_the_cursor") else {
+        return;
+    };
+    let db = Db::new(&s).await;
+    db.exec(
+        "CREATE TABLE [{s}].[items] (id int PRIMARY KEY, n int, changed datetime2(3) NOT NULL);
+         INSERT INTO [{s}].[items] SELECT value, value, DATEADD(minute, value, '2025-01-01') FROM GENERATE_SERIES(1, 100);",
+    )
+    .await;
+    let source = MssqlSource::new(db.pool.clone(), "db");
+    let spec = SourceSpec {
+        table: Some(format!("{}.items", db.schema)),
+        key: vec!["id".into()],
+        ..Default::default()
+    };
+    let schema = source.describe(&spec).await.unwrap();
+    let max = source.max_of(&spec, &schema, "changed").await.unwrap().unwrap();
+    assert_eq!(format!("{max:?}"), "Timestamp(2025-01-01T01:40:00)");
+    let from = signals_shared::domain::value::Value::Timestamp(
+        chrono::NaiveDate::from_ymd_opt(2025, 1, 1)
+            .unwrap()
+            .and_hms_opt(1, 31, 0)
+            .unwrap(),
+    );
+    let mut rx = source.read_since(&spec, &schema, "changed", &from);
+    let mut n = 0;
+    while let Some(b) = rx.recv().await {
+        n += b.unwrap().len();
+    }
+    assert_eq!(n, 10, "minutes 91 to 100");
+}
+
 /// Runs without a server: nothing listens on port 1 here, and PostgreSQL's port speaks another
 /// protocol. Both fail within the connect timeout with their class, and no password appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

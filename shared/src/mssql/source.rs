@@ -77,7 +77,7 @@ pub fn range_where(schema: &TableSchema, range: &KeyRange) -> Result<(String, Ve
     Ok((sql, params))
 }
 
-/// Binds key values to a query (the types `sorts_canonically` admits as keys).
+/// Binds key values (the types `sorts_canonically` admits as keys) and watermarks to a query.
 fn bind(q: &mut Query<'_>, values: Vec<Value>) -> Result<(), SourceError> {
     for v in values {
         match v {
@@ -88,6 +88,7 @@ fn bind(q: &mut Query<'_>, values: Vec<Value>) -> Result<(), SourceError> {
             Value::Date(d) => q.bind(d),
             Value::Time(t) => q.bind(t),
             Value::Timestamp(t) => q.bind(t),
+            Value::TimestampTz(t) => q.bind(t),
             other => {
                 return Err(SourceError::BadValue {
                     column: "key".into(),
@@ -272,20 +273,96 @@ impl SnapshotSource for MssqlSource {
     }
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let sql = (|| -> Result<(String, Vec<Value>), SourceError> {
+        let sql = (|| {
             let (cond, params) = range_where(schema, range)?;
-            let select = schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
             let order = key_columns(schema)
                 .iter()
                 .map(|c| quote(&c.name))
                 .collect::<Vec<_>>()
                 .join(", ");
             Ok((
-                format!("SELECT {select} FROM {}{cond} ORDER BY {order}", from_clause(spec)?),
+                format!(
+                    "SELECT {} FROM {}{cond} ORDER BY {order}",
+                    select_list(schema),
+                    from_clause(spec)?
+                ),
                 params,
             ))
         })();
+        self.stream_rows(spec, schema, sql)
+    }
+
+    fn read_since(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+        from: &Value,
+    ) -> Batches<Vec<Value>, SourceError> {
+        // Compared with staging by key, so in no particular order: no sort on the server.
+        let sql = (|| {
+            let c = column_of(schema, column)?;
+            Ok((
+                format!(
+                    "SELECT {} FROM {} WHERE {} >= CAST(@P1 AS {})",
+                    select_list(schema),
+                    from_clause(spec)?,
+                    quote(&c.name),
+                    c.native
+                ),
+                vec![from.clone()],
+            ))
+        })();
+        self.stream_rows(spec, schema, sql)
+    }
+
+    async fn max_of(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        column: &str,
+    ) -> Result<Option<Value>, SourceError> {
+        let c = column_of(schema, column)?;
+        let sql = format!("SELECT MAX({}) FROM {}", quote(&c.name), from_clause(spec)?);
+        let mut pooled = self.conn().await?;
+        let rows = run(pooled.conn(), &sql, vec![]).await?;
+        pooled.release();
+        match rows
+            .first()
+            .and_then(|r| r.cells().next().map(|(_, d)| read_value(d, c)))
+        {
+            Some(v) => Ok(Some(v?).filter(|v| *v != Value::Null)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The select list of a schema's columns.
+fn select_list(schema: &TableSchema) -> String {
+    schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ")
+}
+
+fn column_of<'s>(schema: &'s TableSchema, column: &str) -> Result<&'s Column, SourceError> {
+    schema
+        .columns
+        .iter()
+        .find(|c| c.name == column)
+        .ok_or_else(|| SourceError::Query {
+            detail: format!("the source has no column `{column}`"),
+        })
+}
+
+impl MssqlSource {
+    /// Streams a query's rows in bounded batches from a task of its own, after checking the
+    /// source's shape is still the run's (a change mid-run is an error, not a silently
+    /// different row).
+    fn stream_rows(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        sql: Result<(String, Vec<Value>), SourceError>,
+    ) -> Batches<Vec<Value>, SourceError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (pool, connection, spec, schema) =
             (self.pool.clone(), self.connection.clone(), spec.clone(), schema.clone());
         tokio::spawn(async move {
@@ -296,8 +373,6 @@ impl SnapshotSource for MssqlSource {
                     detail: e.detail,
                 })?;
                 let conn = pooled.conn();
-                // The run's shape is the first chunk's: a change mid-run is an error, not a
-                // silently different row.
                 let drift = Drift::between(&schema, &describe_on(conn, &spec).await?);
                 if !drift.is_empty() {
                     return Err(SourceError::ShapeChanged {
@@ -334,9 +409,7 @@ impl SnapshotSource for MssqlSource {
         });
         rx
     }
-}
 
-impl MssqlSource {
     fn table_of(spec: &SourceSpec) -> Result<String, SourceError> {
         match &spec.table {
             Some(_) => from_clause(spec),
