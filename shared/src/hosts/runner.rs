@@ -109,6 +109,9 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
     let outcome = execute(&ctx, &job).await;
     heartbeat.abort();
     settle(&ctx, queue.as_ref(), &claimed, &job, outcome).await;
+    if !matches!(job.task, Task::Push { .. }) {
+        super::return_free_memory(); // after the jobs that move a chunk's or a run's rows
+    }
 }
 
 /// Runs until `shutdown` resolves (or until idle, with `until_idle`), then drains in-flight jobs.

@@ -45,13 +45,26 @@ pub(super) async fn diff_chunk(
                 None => s_done = true,
                 Some(values) => {
                     stats.rows_read += 1;
-                    let kv: Vec<&Value> = key_idx.iter().map(|&i| &values[i]).collect();
                     let mut key = Vec::with_capacity(16);
-                    encode_key(&mut key, &kv, &schema.key).map_err(SourceError::from)?;
-                    if let Some(prev) = &prev_key {
-                        check_order(prev, &key, || render_key(&kv))?;
+                    // A single-column key (the usual case) needs no list of references per row.
+                    match key_idx.as_slice() {
+                        [i] => encode_key(&mut key, &[&values[*i]], &schema.key),
+                        idx => encode_key(
+                            &mut key,
+                            &idx.iter().map(|&i| &values[i]).collect::<Vec<_>>(),
+                            &schema.key,
+                        ),
                     }
-                    prev_key = Some(key.clone());
+                    .map_err(SourceError::from)?;
+                    if let Some(prev) = &mut prev_key {
+                        check_order(prev, &key, || {
+                            render_key(&key_idx.iter().map(|&i| &values[i]).collect::<Vec<_>>())
+                        })?;
+                        prev.clear();
+                        prev.extend_from_slice(&key);
+                    } else {
+                        prev_key = Some(key.clone());
+                    }
                     let hash = row_hash(&values, &mut scratch);
                     stats.bytes_read += scratch.len() as i64;
                     s_head = Some(Keyed { key, hash, values });
