@@ -7,7 +7,9 @@ pub mod conn_str;
 pub mod errors;
 pub mod ident;
 pub mod pool;
+pub mod pushdown;
 pub mod source;
+pub mod sql;
 pub mod tracking;
 pub mod types;
 

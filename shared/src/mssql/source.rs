@@ -10,10 +10,12 @@
 //! with the reason (docs/sqlserver.md).
 
 use super::errors::source_error;
-use super::ident::{qualified, quote};
+use super::ident::quote;
 use super::pool::{Conn, Pool, Pooled};
-use super::types::{map_type, read_value, select_expr, sorts_canonically, unsupported_hint};
-use crate::domain::key::{decode_key, encode_key};
+use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list};
+use super::types::{map_type, read_value, select_expr_of, sorts_canonically, unsupported_hint};
+use crate::domain::encoding::RowHash;
+use crate::domain::key::encode_key;
 use crate::domain::schema::{Column, Drift, TableSchema};
 use crate::domain::value::Value;
 use crate::errors::SourceError;
@@ -28,84 +30,6 @@ const BATCH: usize = 2_000;
 pub struct MssqlSource {
     pool: Pool,
     connection: String,
-}
-
-fn from_clause(spec: &SourceSpec) -> Result<String, SourceError> {
-    match (&spec.table, &spec.query) {
-        (Some(t), _) => qualified(t, "table").map_err(|e| SourceError::Query { detail: e.to_string() }),
-        (None, Some(q)) => Ok(format!("({q}) AS [q]")),
-        (None, None) => Err(SourceError::Query {
-            detail: "a data source needs a table or a query".into(),
-        }),
-    }
-}
-
-fn key_columns(schema: &TableSchema) -> Vec<&Column> {
-    schema.key_indexes().into_iter().map(|i| &schema.columns[i]).collect()
-}
-
-/// `(k1, …, kn) op (v1, …, vn)` in lexicographic order, spelled out (T-SQL has no row values);
-/// each value a parameter cast to its column's declared type, so the comparison stays an
-/// index seek instead of converting the column.
-pub fn tuple_compare(keys: &[&Column], op: &str, first_param: usize) -> String {
-    let strict = if op.starts_with('>') { ">" } else { "<" };
-    let p = |i: usize| format!("CAST(@P{} AS {})", first_param + i, keys[i].native);
-    let mut ors = Vec::new();
-    for i in 0..keys.len() {
-        let mut ands: Vec<String> = (0..i).map(|j| format!("{} = {}", quote(&keys[j].name), p(j))).collect();
-        let last_op = if i + 1 == keys.len() { op } else { strict };
-        ands.push(format!("{} {last_op} {}", quote(&keys[i].name), p(i)));
-        ors.push(format!("({})", ands.join(" AND ")));
-    }
-    format!("({})", ors.join(" OR "))
-}
-
-/// The `WHERE` of a key range and its parameter values.
-pub fn range_where(schema: &TableSchema, range: &KeyRange) -> Result<(String, Vec<Value>), SourceError> {
-    let keys = key_columns(schema);
-    let (mut conds, mut params) = (Vec::new(), Vec::new());
-    for (bound, op) in [(&range.lo, ">="), (&range.hi, "<")] {
-        let Some(bytes) = bound else { continue };
-        conds.push(tuple_compare(&keys, op, params.len() + 1));
-        params.extend(decode_key(bytes)?);
-    }
-    let sql = if conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", conds.join(" AND "))
-    };
-    Ok((sql, params))
-}
-
-/// Binds key values (the types `sorts_canonically` admits as keys) and watermarks to a query.
-fn bind(q: &mut Query<'_>, values: Vec<Value>) -> Result<(), SourceError> {
-    for v in values {
-        match v {
-            Value::Int(i) => q.bind(i),
-            Value::Bool(b) => q.bind(b),
-            Value::Text(t) => q.bind(t),
-            Value::Bytes(b) => q.bind(b),
-            Value::Date(d) => q.bind(d),
-            Value::Time(t) => q.bind(t),
-            Value::Timestamp(t) => q.bind(t),
-            Value::TimestampTz(t) => q.bind(t),
-            other => {
-                return Err(SourceError::BadValue {
-                    column: "key".into(),
-                    detail: format!("{} keys cannot bound a range", other.type_name()),
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Drains a query's results so the connection can be reused.
-async fn run(conn: &mut Conn, sql: &str, values: Vec<Value>) -> Result<Vec<tiberius::Row>, SourceError> {
-    let mut q = Query::new(sql.to_owned());
-    bind(&mut q, values)?;
-    let stream = q.query(conn).await.map_err(|e| source_error(&e))?;
-    stream.into_first_result().await.map_err(|e| source_error(&e))
 }
 
 /// The columns a table or query returns, and each column's collation.
@@ -316,6 +240,75 @@ impl SnapshotSource for MssqlSource {
         self.stream_rows(spec, schema, sql)
     }
 
+    fn read_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        let keys: Vec<Column> = key_columns(schema).into_iter().cloned().collect();
+        let sql = (|| {
+            let (cond, params) = range_where(schema, range)?;
+            let list = keys.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+            Ok((
+                format!(
+                    "SELECT {}, {} FROM {} AS [t]{cond} ORDER BY {list}",
+                    keys.iter()
+                        .map(|c| select_expr_of("t", c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    super::pushdown::hash_expr(schema),
+                    from_clause(spec)?
+                ),
+                params,
+            ))
+        })();
+        self.stream_mapped(spec, schema, sql, move |row| {
+            let mut cells = row.cells().map(|(_, d)| d);
+            let key = keys
+                .iter()
+                .map(|c| read_value(cells.next().unwrap_or(&tiberius::ColumnData::I32(None)), c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let hash: RowHash = match cells.next() {
+                Some(tiberius::ColumnData::Binary(Some(b))) => b.as_ref().try_into().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| SourceError::Query {
+                detail: "the server's row hash is not 16 bytes".into(),
+            })?;
+            Ok((key, hash))
+        })
+    }
+
+    async fn read_keys(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        keys: &[Vec<Value>],
+    ) -> Result<Vec<Vec<Value>>, SourceError> {
+        let cols = key_columns(schema);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut pooled = self.conn().await?;
+        for group in keys.chunks(super::pushdown::keys_per_statement(cols.len())) {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {}",
+                select_list(schema),
+                from_clause(spec)?,
+                super::pushdown::keys_where(&cols, group.len())
+            );
+            for row in run(pooled.conn(), &sql, super::pushdown::key_params(group)).await? {
+                out.push(
+                    row.cells()
+                        .zip(&schema.columns)
+                        .map(|((_, d), c)| read_value(d, c))
+                        .collect::<Result<Vec<_>, _>>()?,
+                );
+            }
+        }
+        pooled.release();
+        Ok(out)
+    }
+
     async fn max_of(
         &self,
         spec: &SourceSpec,
@@ -337,21 +330,6 @@ impl SnapshotSource for MssqlSource {
     }
 }
 
-/// The select list of a schema's columns.
-fn select_list(schema: &TableSchema) -> String {
-    schema.columns.iter().map(select_expr).collect::<Vec<_>>().join(", ")
-}
-
-fn column_of<'s>(schema: &'s TableSchema, column: &str) -> Result<&'s Column, SourceError> {
-    schema
-        .columns
-        .iter()
-        .find(|c| c.name == column)
-        .ok_or_else(|| SourceError::Query {
-            detail: format!("the source has no column `{column}`"),
-        })
-}
-
 impl MssqlSource {
     /// Streams a query's rows in bounded batches from a task of its own, after checking the
     /// source's shape is still the run's (a change mid-run is an error, not a silently
@@ -362,6 +340,20 @@ impl MssqlSource {
         schema: &TableSchema,
         sql: Result<(String, Vec<Value>), SourceError>,
     ) -> Batches<Vec<Value>, SourceError> {
+        let columns = schema.columns.clone();
+        self.stream_mapped(spec, schema, sql, move |row| {
+            row.cells().zip(&columns).map(|((_, d), c)| read_value(d, c)).collect()
+        })
+    }
+
+    /// [`Self::stream_rows`] with each row mapped by `map`.
+    fn stream_mapped<T: Send + 'static>(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        sql: Result<(String, Vec<Value>), SourceError>,
+        map: impl Fn(&tiberius::Row) -> Result<T, SourceError> + Send + Sync + 'static,
+    ) -> Batches<T, SourceError> {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (pool, connection, spec, schema) =
             (self.pool.clone(), self.connection.clone(), spec.clone(), schema.clone());
@@ -385,12 +377,7 @@ impl MssqlSource {
                 let mut rows = q.query(conn).await.map_err(|e| source_error(&e))?.into_row_stream();
                 let mut batch = Vec::with_capacity(BATCH);
                 while let Some(row) = rows.try_next().await.map_err(|e| source_error(&e))? {
-                    let values = row
-                        .cells()
-                        .zip(&schema.columns)
-                        .map(|((_, d), c)| read_value(d, c))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    batch.push(values);
+                    batch.push(map(&row)?);
                     if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
                         return Ok(()); // the reader went away: the connection is closed, not reused
                     }
@@ -417,77 +404,5 @@ impl MssqlSource {
                 what: "change tracking on a query (it reads a table's change table)".into(),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::schema::ColumnType;
-
-    fn col(name: &str, ty: ColumnType, native: &str) -> Column {
-        Column {
-            name: name.into(),
-            ty,
-            scale: None,
-            native: native.into(),
-        }
-    }
-
-    #[test]
-    fn composite_key_ranges_are_spelled_out_and_parameterized() {
-        let a = col("Region", ColumnType::Text, "varchar(10)");
-        let b = col("Id", ColumnType::Int, "int");
-        assert_eq!(
-            tuple_compare(&[&a, &b], ">=", 1),
-            "(([Region] > CAST(@P1 AS varchar(10))) OR ([Region] = CAST(@P1 AS varchar(10)) AND [Id] >= CAST(@P2 AS int)))"
-        );
-        assert_eq!(tuple_compare(&[&b], "<", 3), "(([Id] < CAST(@P3 AS int)))");
-        let schema = TableSchema {
-            columns: vec![a.clone(), b.clone()],
-            key: vec!["Region".into(), "Id".into()],
-            ..Default::default()
-        };
-        let key = |r: &str, i: i64| {
-            let mut k = Vec::new();
-            encode_key(&mut k, &[&Value::Text(r.into()), &Value::Int(i)], &schema.key).unwrap();
-            k
-        };
-        let range = KeyRange {
-            lo: Some(key("EU'; DROP TABLE x; --", 5)),
-            hi: Some(key("US", 1)),
-        };
-        let (sql, params) = range_where(&schema, &range).unwrap();
-        assert!(
-            sql.contains("@P4") && !sql.contains("DROP"),
-            "values are parameters: {sql}"
-        );
-        assert_eq!(params.len(), 4);
-        assert_eq!(params[0], Value::Text("EU'; DROP TABLE x; --".into()));
-        assert_eq!(range_where(&schema, &KeyRange::default()).unwrap().0, "");
-    }
-
-    #[test]
-    fn table_names_are_validated_and_bracketed() {
-        let spec = |t: &str| SourceSpec {
-            table: Some(t.into()),
-            key: vec!["id".into()],
-            ..Default::default()
-        };
-        assert_eq!(from_clause(&spec("dbo.Orders")).unwrap(), "[dbo].[Orders]");
-        assert!(from_clause(&spec("dbo.Orders]; DROP TABLE x")).is_err());
-        assert!(from_clause(&SourceSpec::default()).is_err());
-    }
-
-    #[test]
-    fn only_keys_the_server_sorts_bytewise_are_accepted() {
-        let text = col("k", ColumnType::Text, "nvarchar(50)");
-        assert!(!sorts_canonically(&text, Some("SQL_Latin1_General_CP1_CI_AS")));
-        assert!(sorts_canonically(&text, Some("Latin1_General_100_BIN2")));
-        assert!(sorts_canonically(&col("k", ColumnType::Int, "bigint"), None));
-        assert!(!sorts_canonically(
-            &col("k", ColumnType::Uuid, "uniqueidentifier"),
-            None
-        ));
     }
 }
