@@ -29,6 +29,38 @@ fn server(test: &str) -> Option<String> {
     }
 }
 
+/// A data source spec of `table` keyed on `key`.
+fn spec_of(table: String, key: &str) -> SourceSpec {
+    SourceSpec {
+        table: Some(table),
+        key: vec![key.into()],
+        ..Default::default()
+    }
+}
+
+/// How many items a read stream yields (failing the test on an error).
+async fn count<T>(mut rx: signals_shared::ports::Batches<T, signals_shared::errors::SourceError>) -> usize {
+    let mut n = 0;
+    while let Some(b) = rx.recv().await {
+        n += b.unwrap().len();
+    }
+    n
+}
+
+/// A config pushing to the harness's receiver with one data source, `table` keyed on `id`, on
+/// connection `db` (the connection string in a `file:` secret reference, as in production).
+fn config(h: &Harness, conn_str: &str, table: &str, extra: &str) -> String {
+    let url_file = h.dir.path().join("mssql.url");
+    std::fs::write(&url_file, conn_str).unwrap();
+    format!(
+        "[destinations.platform]\nurl = \"{}\"\nbatch_max_rows = 500\n\n[tenants.t]\ndestination = \"platform\"\n\n\
+         [tenants.t.connections.db]\nurl = \"file:{}\"\n\n[tenants.t.sources.data]\nconnection = \"db\"\n\
+         table = \"{table}\"\nkey = [\"id\"]\ninterval_secs = 1\n{extra}",
+        h.url,
+        url_file.display(),
+    )
+}
+
 /// A schema of its own on the server, and a connection to fill it.
 struct Db {
     pool: Pool,
@@ -96,17 +128,8 @@ INSERT INTO [{s}].[same] VALUES
 async fn every_type_reaches_the_receiver_exactly(h: Harness, conn_str: &str) {
     let db = Db::new(conn_str).await;
     db.exec(TYPES_TABLE).await;
-    let url_file = h.dir.path().join("mssql.url");
-    std::fs::write(&url_file, conn_str).unwrap();
-    let toml = format!(
-        "[destinations.platform]\nurl = \"{}\"\nbatch_max_rows = 500\n\n[tenants.t]\ndestination = \"platform\"\n\n\
-         [tenants.t.connections.db]\nurl = \"file:{}\"\n\n[tenants.t.sources.all_types]\nconnection = \"db\"\n\
-         table = \"{}.all_types\"\nkey = [\"id\"]\ninterval_secs = 1\n",
-        h.url,
-        url_file.display(),
-        db.schema
-    );
-    h.apply(&toml).await;
+    h.apply(&config(&h, conn_str, &format!("{}.all_types", db.schema), ""))
+        .await;
     h.onboard().await;
     let runs = h.runs().await;
     assert!(runs.iter().all(|r| r.display_state() == "done"), "{runs:#?}");
@@ -154,11 +177,7 @@ async fn a_row_read_from_the_server_hashes_as_sqlite_reads_it() {
                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '2025-01-01 00:00:00.25', '12:34:56.5');",
         )
         .unwrap();
-    let spec = |table: String| SourceSpec {
-        table: Some(table),
-        key: vec!["id".into()],
-        ..Default::default()
-    };
+    let spec = |table: String| spec_of(table, "id");
     let from_mssql = first_row_hash(
         &MssqlSource::new(db.pool.clone(), "db"),
         &spec(format!("{}.same", db.schema)),
@@ -191,19 +210,11 @@ async fn keys_the_server_sorts_otherwise_are_refused_with_the_reason() {
     )
     .await;
     let source = MssqlSource::new(db.pool.clone(), "db");
-    let spec = |t: &str| SourceSpec {
-        table: Some(format!("{}.{t}", db.schema)),
-        key: vec!["k".into()],
-        ..Default::default()
-    };
+    let spec = |t: &str| spec_of(format!("{}.{t}", db.schema), "k");
     let e = source.describe(&spec("ci")).await.unwrap_err().to_string();
     assert!(e.contains("key column `k`") && e.contains("_CI_AS"), "{e}");
     let schema = source.describe(&spec("bin")).await.unwrap();
-    let mut rx = source.read(&spec("bin"), &schema, &KeyRange::default());
-    let mut n = 0;
-    while let Some(b) = rx.recv().await {
-        n += b.unwrap().len();
-    }
+    let n = count(source.read(&spec("bin"), &schema, &KeyRange::default())).await;
     assert_eq!(n, 4, "keys differing by case or a trailing space stay distinct");
 }
 
@@ -278,17 +289,9 @@ async fn change_tracking_sends_changes_and_falls_back_when_it_cannot() {
     )
     .await;
     let h = Harness::new().await;
-    let url_file = h.dir.path().join("mssql.url");
-    std::fs::write(&url_file, &conn_str).unwrap();
-    let toml = format!(
-        "[destinations.platform]\nurl = \"{}\"\n\n[tenants.t]\ndestination = \"platform\"\n\n\
-         [tenants.t.connections.db]\nurl = \"file:{}\"\n\n[tenants.t.sources.items]\nconnection = \"db\"\n\
-         table = \"{}.items\"\nkey = [\"id\"]\ninterval_secs = 1\ndiff = \"change_tracking\"\n",
-        h.url,
-        url_file.display(),
-        db.schema
-    );
-    h.apply(&toml).await;
+    let table = format!("{}.items", db.schema);
+    h.apply(&config(&h, &conn_str, &table, "diff = \"change_tracking\"\n"))
+        .await;
     h.onboard().await;
     h.assert_in_sync().await;
     db.exec(
@@ -333,11 +336,7 @@ async fn watermark_reads_only_rows_past_the_cursor() {
     )
     .await;
     let source = MssqlSource::new(db.pool.clone(), "db");
-    let spec = SourceSpec {
-        table: Some(format!("{}.items", db.schema)),
-        key: vec!["id".into()],
-        ..Default::default()
-    };
+    let spec = spec_of(format!("{}.items", db.schema), "id");
     let schema = source.describe(&spec).await.unwrap();
     let max = source.max_of(&spec, &schema, "changed").await.unwrap().unwrap();
     assert_eq!(format!("{max:?}"), "Timestamp(2025-01-01T01:40:00)");
@@ -347,11 +346,7 @@ async fn watermark_reads_only_rows_past_the_cursor() {
             .and_hms_opt(1, 31, 0)
             .unwrap(),
     );
-    let mut rx = source.read_since(&spec, &schema, "changed", &from);
-    let mut n = 0;
-    while let Some(b) = rx.recv().await {
-        n += b.unwrap().len();
-    }
+    let n = count(source.read_since(&spec, &schema, "changed", &from)).await;
     assert_eq!(n, 10, "minutes 91 to 100");
 }
 
@@ -365,11 +360,7 @@ async fn the_server_hashes_rows_and_returns_them_by_key() {
     let db = Db::new(&s).await;
     db.exec(TYPES_TABLE).await;
     let source = MssqlSource::new(db.pool.clone(), "db");
-    let spec = SourceSpec {
-        table: Some(format!("{}.all_types", db.schema)),
-        key: vec!["id".into()],
-        ..Default::default()
-    };
+    let spec = spec_of(format!("{}.all_types", db.schema), "id");
     let schema = source.describe(&spec).await.unwrap();
     let hashes = || async {
         let mut rx = source.read_hashes(&spec, &schema, &KeyRange::default());
@@ -398,11 +389,7 @@ async fn the_server_hashes_rows_and_returns_them_by_key() {
 /// protocol. Both fail within the connect timeout with their class, and no password appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_or_wrong_server_is_reported_without_the_password() {
-    let spec = SourceSpec {
-        table: Some("dbo.t".into()),
-        key: vec!["id".into()],
-        ..Default::default()
-    };
+    let spec = spec_of("dbo.t".into(), "id");
     for (server, want) in [
         ("127.0.0.1,1", "server unreachable"),
         ("127.0.0.1,5432", "is this a SQL Server port"),

@@ -13,6 +13,24 @@ use std::sync::{Arc, Mutex};
 /// Pushers by destination id, with the settings they were built from.
 type PusherCache = Mutex<HashMap<String, (Destination, Arc<dyn Pusher>)>>;
 
+/// The pool cached for `key` if it was built from the same connection string, else a new one.
+fn cached<P: Clone>(
+    pools: &Mutex<HashMap<String, (crate::secrets::Secret, P)>>,
+    key: String,
+    url: &crate::secrets::Secret,
+    build: impl FnOnce() -> Result<P, SourceError>,
+) -> Result<P, SourceError> {
+    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    match pools.get(&key) {
+        Some((u, p)) if u.expose() == url.expose() => Ok(p.clone()),
+        _ => {
+            let p = build()?;
+            pools.insert(key, (url.clone(), p.clone()));
+            Ok(p)
+        }
+    }
+}
+
 /// Builds adapters from config; pushers are cached per destination (one HTTP connection pool).
 #[derive(Default)]
 pub struct DefaultConnectors {
@@ -60,21 +78,16 @@ impl Connectors for DefaultConnectors {
             None => unreachable!("validated: a connection has a path or a url"),
         };
         let scheme = url.expose().split(':').next().unwrap_or("").to_ascii_lowercase();
+        let key = format!("{tenant_id}/{connection}");
+        let connect_err = |detail: String| SourceError::Connect {
+            connection: connection.to_owned(),
+            detail,
+        };
         #[cfg(feature = "postgres")]
         if crate::backends::is_postgres(url.expose()) {
-            let key = format!("{tenant_id}/{connection}");
-            let mut pools = self.pg_pools.lock().unwrap_or_else(|p| p.into_inner());
-            let pool = match pools.get(&key) {
-                Some((u, p)) if u.expose() == url.expose() => p.clone(),
-                _ => {
-                    let p = crate::postgres::pool::pool(url.expose(), 8).map_err(|detail| SourceError::Connect {
-                        connection: connection.to_owned(),
-                        detail,
-                    })?;
-                    pools.insert(key, (url.clone(), p.clone()));
-                    p
-                }
-            };
+            let pool = cached(&self.pg_pools, key, &url, || {
+                crate::postgres::pool::pool(url.expose(), 8).map_err(connect_err)
+            })?;
             let timeout = conn.statement_timeout_secs;
             return Ok(Arc::new(
                 crate::postgres::source::PgSource::new(pool, connection).with_statement_timeout(timeout),
@@ -82,21 +95,11 @@ impl Connectors for DefaultConnectors {
         }
         #[cfg(feature = "mssql")]
         if crate::mssql::is_mssql(url.expose()) {
-            let key = format!("{tenant_id}/{connection}");
-            let mut pools = self.mssql_pools.lock().unwrap_or_else(|p| p.into_inner());
-            let pool = match pools.get(&key) {
-                Some((u, p)) if u.expose() == url.expose() => p.clone(),
-                _ => {
-                    let spec =
-                        crate::mssql::conn_str::ConnSpec::parse(url.expose()).map_err(|e| SourceError::Connect {
-                            connection: connection.to_owned(),
-                            detail: e.to_string(),
-                        })?;
-                    let p = crate::mssql::pool::Pool::new(spec, 8);
-                    pools.insert(key, (url.clone(), p.clone()));
-                    p
-                }
-            };
+            let pool = cached(&self.mssql_pools, key, &url, || {
+                let spec =
+                    crate::mssql::conn_str::ConnSpec::parse(url.expose()).map_err(|e| connect_err(e.to_string()))?;
+                Ok(crate::mssql::pool::Pool::new(spec, 8))
+            })?;
             return Ok(Arc::new(crate::mssql::source::MssqlSource::new(pool, connection)));
         }
         #[cfg(feature = "sqlite")]
