@@ -12,7 +12,7 @@
 use super::errors::source_error;
 use super::ident::quote;
 use super::pool::{Conn, Pool, Pooled};
-use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list};
+use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list, split_sql};
 use super::types::{map_type, read_value, select_expr_of, sorts_canonically, unsupported_hint};
 use crate::domain::encoding::RowHash;
 use crate::domain::key::encode_key;
@@ -148,13 +148,7 @@ impl SnapshotSource for MssqlSource {
         chunk_rows: u64,
     ) -> Result<Vec<Vec<u8>>, SourceError> {
         let keys = key_columns(schema);
-        let list = keys.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
-        // One pass over the key's index in order; only each chunk's first key comes back.
-        let sql = format!(
-            "SELECT {list} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS [signals_rn] FROM {}) AS [k] \
-             WHERE [signals_rn] % CAST(@P1 AS bigint) = 1 AND [signals_rn] > 1 ORDER BY {list}",
-            from_clause(spec)?
-        );
+        let sql = split_sql(&from_clause(spec)?, &keys);
         let mut c = self.conn().await?;
         let rows = run(c.conn(), &sql, vec![Value::Int(chunk_rows.max(1) as i64)]).await?;
         c.release();

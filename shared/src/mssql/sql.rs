@@ -106,6 +106,16 @@ pub fn column_of<'s>(schema: &'s TableSchema, column: &str) -> Result<&'s Column
         })
 }
 
+/// Chunk boundaries: every `@P1`-th key from one pass over the key's index in order (row 1
+/// starts the first chunk, so only the later chunks' first keys come back).
+pub fn split_sql(from: &str, keys: &[&Column]) -> String {
+    let list = keys.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
+    format!(
+        "SELECT {list} FROM (SELECT {list}, ROW_NUMBER() OVER (ORDER BY {list}) AS [signals_rn] FROM {from}) AS [k] \
+         WHERE ([signals_rn] - 1) % CAST(@P1 AS bigint) = 0 AND [signals_rn] > 1 ORDER BY {list}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +163,21 @@ mod tests {
         assert_eq!(params.len(), 4);
         assert_eq!(params[0], Value::Text("EU'; DROP TABLE x; --".into()));
         assert_eq!(range_where(&schema, &KeyRange::default()).unwrap().0, "");
+    }
+
+    #[test]
+    fn chunks_start_at_every_nth_key_of_one_ordered_pass() {
+        let id = col("id", ColumnType::Int, "bigint");
+        let sql = split_sql("[dbo].[t]", &[&id]);
+        assert_eq!(
+            sql,
+            "SELECT [id] FROM (SELECT [id], ROW_NUMBER() OVER (ORDER BY [id]) AS [signals_rn] FROM [dbo].[t]) AS [k] \
+             WHERE ([signals_rn] - 1) % CAST(@P1 AS bigint) = 0 AND [signals_rn] > 1 ORDER BY [id]"
+        );
+        // With @P1 = 3 over rows 1..=7: rows 4 and 7 start chunks; with @P1 = 1 every row after the first.
+        let starts = |n: i64| (1..=7i64).filter(|rn| (rn - 1) % n == 0 && *rn > 1).collect::<Vec<_>>();
+        assert_eq!(starts(3), vec![4, 7]);
+        assert_eq!(starts(1), vec![2, 3, 4, 5, 6, 7]);
     }
 
     #[test]
