@@ -169,7 +169,11 @@ impl SnapshotSource for MssqlSource {
     }
 
     async fn change_versions(&self, spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {
-        super::tracking::versions(&self.pool, &self.connection, &Self::table_of(spec)?).await
+        let table = Self::table_of(spec)?;
+        let mut pooled = self.conn().await?;
+        let rows = run(pooled.conn(), super::tracking::VERSIONS_SQL, vec![Value::Text(table)]).await?;
+        pooled.release();
+        super::tracking::versions_of(rows.first())
     }
 
     fn read_changes(
@@ -178,16 +182,12 @@ impl SnapshotSource for MssqlSource {
         schema: &TableSchema,
         version: i64,
     ) -> Batches<crate::ports::TrackedChange, SourceError> {
-        match Self::table_of(spec) {
-            Ok(table) => super::tracking::read(
-                self.pool.clone(),
-                self.connection.clone(),
-                super::tracking::changes_sql(&table, schema),
-                schema.clone(),
-                version,
-            ),
-            Err(e) => crate::ports::failed(e),
-        }
+        let sql = Self::table_of(spec).map(|t| (super::tracking::changes_sql(&t, schema), vec![Value::Int(version)]));
+        let keys: Vec<Column> = key_columns(schema).into_iter().cloned().collect();
+        let columns = schema.columns.clone();
+        self.stream_mapped(spec, schema, sql, move |row| {
+            super::tracking::change_of(row, &keys, &columns)
+        })
     }
 
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {

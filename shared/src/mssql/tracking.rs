@@ -2,18 +2,13 @@
 //! is still usable, and the change table joined back to the table for each changed key's row.
 //! The join is on the primary key (change tracking requires one), so no sort is involved.
 
-use super::errors::source_error;
 use super::ident::quote;
-use super::pool::Pool;
+use super::sql::key_columns;
 use super::types::{read_value, select_expr_of};
 use crate::domain::schema::{Column, TableSchema};
 use crate::domain::value::Value;
 use crate::errors::SourceError;
-use crate::ports::{Batches, TrackedChange};
-use futures_util::TryStreamExt;
-use tiberius::Query;
-
-const BATCH: usize = 2_000;
+use crate::ports::TrackedChange;
 
 /// `CHANGE_TRACKING_CURRENT_VERSION()` and the table's minimum valid version (NULL when the
 /// table is not tracked).
@@ -23,7 +18,7 @@ pub const VERSIONS_SQL: &str =
 /// The changed keys since `@P1` with their current rows: the first column says whether the
 /// row is gone, then the change table's key columns, then the row's columns.
 pub fn changes_sql(table: &str, schema: &TableSchema) -> String {
-    let keys: Vec<&Column> = schema.key_indexes().into_iter().map(|i| &schema.columns[i]).collect();
+    let keys = key_columns(schema);
     let join = keys
         .iter()
         .map(|c| format!("[t].{q} = [ct].{q}", q = quote(&c.name)))
@@ -47,23 +42,9 @@ pub fn changes_sql(table: &str, schema: &TableSchema) -> String {
     )
 }
 
-/// Reads the versions.
-pub async fn versions(pool: &Pool, connection: &str, table: &str) -> Result<(i64, Option<i64>), SourceError> {
-    let mut c = pool.get().await.map_err(|e| SourceError::Connect {
-        connection: connection.to_owned(),
-        detail: e.detail,
-    })?;
-    let mut q = Query::new(VERSIONS_SQL);
-    q.bind(table.to_owned());
-    let rows = q
-        .query(c.conn())
-        .await
-        .map_err(|e| source_error(&e))?
-        .into_first_result()
-        .await
-        .map_err(|e| source_error(&e))?;
-    c.release();
-    let row = rows.first().ok_or_else(|| SourceError::Query {
+/// The current version and the table's minimum valid one, from [`VERSIONS_SQL`]'s row.
+pub fn versions_of(row: Option<&tiberius::Row>) -> Result<(i64, Option<i64>), SourceError> {
+    let row = row.ok_or_else(|| SourceError::Query {
         detail: "change tracking versions: no row".into(),
     })?;
     let current = row.get::<i64, _>(0).ok_or_else(|| SourceError::Unsupported {
@@ -72,55 +53,8 @@ pub async fn versions(pool: &Pool, connection: &str, table: &str) -> Result<(i64
     Ok((current, row.get::<i64, _>(1)))
 }
 
-/// Streams the changes since `version`.
-pub fn read(
-    pool: Pool,
-    connection: String,
-    sql: String,
-    schema: TableSchema,
-    version: i64,
-) -> Batches<TrackedChange, SourceError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        let work = async {
-            let mut pooled = pool.get().await.map_err(|e| SourceError::Connect {
-                connection: connection.clone(),
-                detail: e.detail,
-            })?;
-            let keys: Vec<Column> = schema
-                .key_indexes()
-                .into_iter()
-                .map(|i| schema.columns[i].clone())
-                .collect();
-            let mut q = Query::new(sql);
-            q.bind(version);
-            let mut rows = q
-                .query(pooled.conn())
-                .await
-                .map_err(|e| source_error(&e))?
-                .into_row_stream();
-            let mut batch = Vec::with_capacity(BATCH);
-            while let Some(row) = rows.try_next().await.map_err(|e| source_error(&e))? {
-                batch.push(change_of(&row, &keys, &schema.columns)?);
-                if batch.len() == BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            drop(rows);
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch)).await;
-            }
-            pooled.release();
-            Ok(())
-        };
-        if let Err(e) = work.await {
-            let _ = tx.send(Err(e)).await;
-        }
-    });
-    rx
-}
-
-fn change_of(row: &tiberius::Row, keys: &[Column], columns: &[Column]) -> Result<TrackedChange, SourceError> {
+/// One row of [`changes_sql`]: the key gone, or the row as it is now.
+pub fn change_of(row: &tiberius::Row, keys: &[Column], columns: &[Column]) -> Result<TrackedChange, SourceError> {
     let mut cells = row.cells().map(|(_, d)| d);
     let gone = matches!(cells.next(), Some(tiberius::ColumnData::I32(Some(1))));
     let key: Vec<Value> = keys
