@@ -14,19 +14,7 @@ use signals_tests::{Harness, StoreKind};
 
 /// The server's connection string, or `None` after saying why the test is skipped.
 fn server(test: &str) -> Option<String> {
-    match std::env::var("SIGNALS_TEST_MSSQL") {
-        Ok(s) if !s.trim().is_empty() => Some(s),
-        _ => {
-            // Written past the test harness's output capture, so `make test` shows it.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: SIGNALS_TEST_MSSQL is not set (SQL Server cannot run on this machine; \
-                 docs/sqlserver.md shows how to run this suite against a server in Docker)"
-            );
-            None
-        }
-    }
+    signals_tests::mssql_server(test)
 }
 
 /// A data source spec of `table` keyed on `key`.

@@ -87,7 +87,52 @@ async fn reports_share_data_sources_and_each_syncs_once(h: Harness) {
     h.assert_in_sync().await;
 }
 
+/// Text of `n` characters that compresses poorly, so packed segments and batch bodies stay large.
+fn noise(seed: u64, n: usize) -> String {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect()
+}
+
+/// Values far past 64 KiB (segments, batch bodies) and keys of 700 bytes go through every write
+/// path of the store — on SQL Server that is the path around bulk loads of large values
+/// (tiberius#322) and the longest keys its clustered staging index holds.
+async fn large_values_and_long_keys_cross_every_write_path(h: Harness) {
+    let src = h.src();
+    src.execute_batch("CREATE TABLE docs (id TEXT PRIMARY KEY, body TEXT)")
+        .unwrap();
+    let key = |i: u64| format!("{i:03}-{}", "k".repeat(700));
+    for i in 0..30u64 {
+        src.execute(
+            "INSERT INTO docs VALUES (?1, ?2)",
+            rusqlite::params![key(i), noise(i, 150_000)],
+        )
+        .unwrap();
+    }
+    let source = "[tenants.t.sources.docs]\nconnection = \"db\"\ntable = \"docs\"\nkey = [\"id\"]\ninterval_secs = 1\n";
+    h.apply(&h.config(source)).await;
+    h.onboard().await;
+    let run = &h.runs().await[0];
+    assert_eq!((run.display_state(), run.inserts), ("done", 30));
+    h.assert_in_sync().await;
+
+    src.execute("UPDATE docs SET body = ?1 WHERE id < '005'", [noise(99, 200_000)])
+        .unwrap();
+    src.execute("DELETE FROM docs WHERE id >= '028'", []).unwrap();
+    h.interval().await;
+    let run = &h.runs().await[0];
+    assert_eq!((run.display_state(), run.updates, run.deletes), ("done", 5, 2));
+    h.assert_in_sync().await;
+}
+
 signals_tests::on_every_store!(
     initial_then_interval_sync_keeps_the_receiver_equal_to_the_source,
     reports_share_data_sources_and_each_syncs_once,
+    large_values_and_long_keys_cross_every_write_path,
 );

@@ -140,4 +140,5 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
     }
 }
 
-signals_tests::on_every_store!(a_run_in_flight_across_the_segment_upgrade_loses_nothing);
+// The SQL Server store began with segments: it has no older layout to upgrade from.
+signals_tests::on_every_store!(sqlite_and_postgres: a_run_in_flight_across_the_segment_upgrade_loses_nothing);

@@ -38,6 +38,12 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
             detail: "this build has no PostgreSQL store".into(),
         });
     }
+    #[cfg(feature = "mssql")]
+    if crate::mssql::is_mssql(target) {
+        return Ok(Arc::new(
+            crate::mssql::store::MssqlStore::connect(target, pg_schema).await?,
+        ));
+    }
     let _ = pg_schema;
     #[cfg(feature = "sqlite")]
     return Ok(Arc::new(crate::sqlite::store::SqliteStore::open(

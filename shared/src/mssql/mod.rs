@@ -10,6 +10,7 @@ pub mod pool;
 pub mod pushdown;
 pub mod source;
 pub mod sql;
+pub mod store;
 pub mod tracking;
 pub mod types;
 
