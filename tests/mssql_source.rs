@@ -396,3 +396,26 @@ async fn an_unreachable_or_wrong_server_is_reported_without_the_password() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "{msg}");
     }
 }
+
+/// A SQL Server store (`--store "Server=…"`) that cannot be reached fails within its connect
+/// timeout, saying what happened and never echoing the password; a bad schema name is refused
+/// before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_server_store_that_cannot_be_reached_says_so_without_the_password() {
+    let conn = "Server=tcp:127.0.0.1,1;Database=signals;User Id=sa;Password=Sup3r-Secret;Connect Timeout=3";
+    let started = std::time::Instant::now();
+    let msg = signals_shared::backends::open(conn, "signals")
+        .await
+        .err()
+        .expect("nothing listens on port 1")
+        .to_string();
+    assert!(msg.contains("server unreachable") && msg.contains("127.0.0.1"), "{msg}");
+    assert!(!msg.contains("Sup3r-Secret"), "{msg}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{msg}");
+    let msg = signals_shared::backends::open(conn, "signals]; DROP TABLE x; --")
+        .await
+        .err()
+        .expect("an injected schema name is refused")
+        .to_string();
+    assert!(msg.contains("is not a valid store schema name"), "{msg}");
+}

@@ -1,5 +1,6 @@
-//! Opening the store a host was pointed at: a SQLite file (embedded default) or a PostgreSQL
-//! database, named directly or through a secret reference (the URL usually holds a password).
+//! Opening the store a host was pointed at: a SQLite file (embedded default), a PostgreSQL
+//! database or a SQL Server one, named directly or through a secret reference (the URL or
+//! connection string usually holds a password).
 
 use crate::domain::secret_ref::SecretRef;
 use crate::errors::StoreError;
@@ -9,9 +10,10 @@ use std::sync::Arc;
 /// Default PostgreSQL schema of the store.
 pub const DEFAULT_PG_SCHEMA: &str = "signals";
 
-/// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, `env:NAME`,
-/// `file:PATH` or `aws-sm:ARN[#field]` holding one of those, or else a SQLite file path. `pg_schema` names the
-/// PostgreSQL schema (created and migrated on first use).
+/// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, ADO.NET SQL Server
+/// strings (`Server=…;…`), `env:NAME`, `file:PATH` or `aws-sm:ARN[#field]` holding one of those,
+/// or else a SQLite file path. `pg_schema` names the PostgreSQL or SQL Server schema (created and
+/// migrated on first use).
 pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, StoreError> {
     let resolved;
     let target = if spec.starts_with("env:") || spec.starts_with("file:") || spec.starts_with("aws-sm:") {

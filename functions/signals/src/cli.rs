@@ -10,10 +10,11 @@ use std::process::ExitCode;
 #[command(name = "signals", version, about)]
 struct Cli {
     /// The store holding config versions, runs, staging and the queue: a SQLite file, a
-    /// `postgres://` URL, or `env:NAME` / `file:PATH` holding one (URLs carry passwords).
+    /// `postgres://` URL, an ADO.NET SQL Server string (`Server=…;…`), or `env:NAME` /
+    /// `file:PATH` holding one (they carry passwords).
     #[arg(long, global = true, env = "SIGNALS_STORE", default_value = "signals.db")]
     store: String,
-    /// PostgreSQL schema of the store (created and migrated on first use).
+    /// PostgreSQL or SQL Server schema of the store (created and migrated on first use).
     #[arg(long, global = true, env = "SIGNALS_STORE_SCHEMA", default_value = "signals")]
     store_schema: String,
     /// Where jobs travel between stages: `table` (the store's table queue) or `sqs://PREFIX`

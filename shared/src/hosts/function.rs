@@ -12,7 +12,7 @@ const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] [
   replay EVENT_FILE                      run one cloud event file through this stage's handler
   worker [--listen ADDR] [--concurrency N] [--lease-secs S] [--grace-secs S]
                                          poll this stage's queue until SIGTERM
-  (SPEC: SQLite path, postgres:// URL, or env:NAME / file:PATH / aws-sm:ARN holding one; default
+  (SPEC: SQLite path, postgres:// URL, ADO.NET SQL Server string, or env:NAME / file:PATH / aws-sm:ARN holding one; default
    $SIGNALS_STORE. QUEUE: table (the store's) or sqs://PREFIX; default $SIGNALS_QUEUE or table.
    Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set) no command is needed: the Lambda host runs.)";
 
