@@ -12,7 +12,12 @@ use crate::mssql::pool::Pool;
 /// Longest key staging holds: a clustered index key is at most 900 bytes, 4 go to the source id.
 pub const MAX_KEY_BYTES: usize = 896;
 
-/// Migrations in order, each a list of statements; `{s}` is the quoted schema.
+/// Identifiers and names compare exactly, whatever the database's default collation (often
+/// case-insensitive): `acme` and `Acme` are two tenants, as on PostgreSQL. Every such column is
+/// `NVARCHAR`, so the `NVARCHAR` parameters tiberius sends never force a conversion (and a scan).
+const EXACT: &str = "COLLATE Latin1_General_100_BIN2";
+
+/// Migrations in order, each a list of statements; `{s}` is the quoted schema, `{bin}` [`EXACT`].
 const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE TABLE {s}.config_versions (
         version    BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
@@ -21,15 +26,15 @@ const MIGRATIONS: &[&[&str]] = &[&[
         applied_at BIGINT NOT NULL)",
     "CREATE TABLE {s}.sources (
         sid    INT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
-        tenant NVARCHAR(200) NOT NULL,
-        source NVARCHAR(200) NOT NULL,
+        tenant NVARCHAR(200) {bin} NOT NULL,
+        source NVARCHAR(200) {bin} NOT NULL,
         CONSTRAINT sources_by_name UNIQUE (tenant, source))",
     "CREATE TABLE {s}.runs (
-        id                VARCHAR(64) NOT NULL PRIMARY KEY,
-        tenant            NVARCHAR(200) NOT NULL,
-        source            NVARCHAR(200) NOT NULL,
-        kind              VARCHAR(16) NOT NULL,
-        state             VARCHAR(16) NOT NULL,
+        id                NVARCHAR(64) {bin} NOT NULL PRIMARY KEY,
+        tenant            NVARCHAR(200) {bin} NOT NULL,
+        source            NVARCHAR(200) {bin} NOT NULL,
+        kind              NVARCHAR(16) {bin} NOT NULL,
+        state             NVARCHAR(16) {bin} NOT NULL,
         config_version    BIGINT NOT NULL,
         created_at        BIGINT NOT NULL,
         updated_at        BIGINT NOT NULL,
@@ -53,7 +58,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         WHERE state <> 'done' AND state <> 'abandoned'",
     "CREATE INDEX runs_by_source ON {s}.runs (tenant, source, created_at)",
     "CREATE TABLE {s}.chunks (
-        run_id   VARCHAR(64) NOT NULL,
+        run_id   NVARCHAR(64) {bin} NOT NULL,
         chunk_no INT NOT NULL,
         lo       VARBINARY(MAX) NULL,
         hi       VARBINARY(MAX) NULL,
@@ -65,21 +70,21 @@ const MIGRATIONS: &[&[&str]] = &[&[
         hash BINARY(16) NOT NULL,
         CONSTRAINT staging_pk PRIMARY KEY (sid, k))",
     "CREATE TABLE {s}.staged_schemas (
-        tenant      NVARCHAR(200) NOT NULL,
-        source      NVARCHAR(200) NOT NULL,
+        tenant      NVARCHAR(200) {bin} NOT NULL,
+        source      NVARCHAR(200) {bin} NOT NULL,
         schema_json NVARCHAR(MAX) NOT NULL,
-        run_id      VARCHAR(64) NOT NULL,
+        run_id      NVARCHAR(64) {bin} NOT NULL,
         CONSTRAINT staged_schemas_pk PRIMARY KEY (tenant, source))",
     "CREATE TABLE {s}.delta_segments (
-        run_id   VARCHAR(64) NOT NULL,
+        run_id   NVARCHAR(64) {bin} NOT NULL,
         chunk_no INT NOT NULL,
         seg_no   INT NOT NULL,
         rows     INT NOT NULL,
         body     VARBINARY(MAX) NOT NULL,
         CONSTRAINT delta_segments_pk PRIMARY KEY (run_id, chunk_no, seg_no))",
     "CREATE TABLE {s}.batches (
-        id           NVARCHAR(200) NOT NULL PRIMARY KEY,
-        run_id       VARCHAR(64) NOT NULL,
+        id           NVARCHAR(200) {bin} NOT NULL PRIMARY KEY,
+        run_id       NVARCHAR(64) {bin} NOT NULL,
         seq_first    BIGINT NOT NULL,
         seq_last     BIGINT NOT NULL,
         rows         BIGINT NOT NULL,
@@ -88,8 +93,8 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE INDEX batches_by_run ON {s}.batches (run_id, seq_first)",
     "CREATE TABLE {s}.deliveries (
         id          BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
-        run_id      VARCHAR(64) NOT NULL,
-        batch_id    NVARCHAR(200) NOT NULL,
+        run_id      NVARCHAR(64) {bin} NOT NULL,
+        batch_id    NVARCHAR(200) {bin} NOT NULL,
         attempt     INT NOT NULL,
         at          BIGINT NOT NULL,
         duration_ms BIGINT NOT NULL,
@@ -100,15 +105,15 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE INDEX deliveries_by_run ON {s}.deliveries (run_id)",
     "CREATE TABLE {s}.dead_letters (
         id          BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
-        message_id  NVARCHAR(200) NULL,
-        tenant      NVARCHAR(200) NULL,
-        source      NVARCHAR(200) NULL,
-        run_id      VARCHAR(64) NULL,
-        stage       VARCHAR(32) NOT NULL,
+        message_id  NVARCHAR(200) {bin} NULL,
+        tenant      NVARCHAR(200) {bin} NULL,
+        source      NVARCHAR(200) {bin} NULL,
+        run_id      NVARCHAR(64) {bin} NULL,
+        stage       NVARCHAR(32) {bin} NOT NULL,
         message     NVARCHAR(MAX) NOT NULL,
         error       NVARCHAR(MAX) NOT NULL,
         attempts    INT NOT NULL,
-        state       VARCHAR(16) NOT NULL DEFAULT 'open',
+        state       NVARCHAR(16) {bin} NOT NULL DEFAULT 'open',
         created_at  BIGINT NOT NULL,
         resolved_at BIGINT NULL,
         resolved_by NVARCHAR(400) NULL)",
@@ -117,37 +122,37 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE INDEX dead_letters_open ON {s}.dead_letters (run_id) WHERE state = 'open'",
     "CREATE TABLE {s}.jobs (
         id          BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
-        stage       VARCHAR(32) NOT NULL,
+        stage       NVARCHAR(32) {bin} NOT NULL,
         body        NVARCHAR(MAX) NOT NULL,
         priority    INT NOT NULL DEFAULT 0,
         attempts    INT NOT NULL DEFAULT 0,
         enqueued_at BIGINT NOT NULL,
         visible_at  BIGINT NOT NULL,
-        lease_token VARCHAR(64) NULL,
+        lease_token NVARCHAR(64) {bin} NULL,
         last_error  NVARCHAR(MAX) NULL)",
     "CREATE INDEX jobs_claim ON {s}.jobs (priority DESC, visible_at, id) INCLUDE (stage)",
     "CREATE INDEX jobs_by_stage ON {s}.jobs (stage, visible_at)",
     "CREATE TABLE {s}.verifications (
-        tenant      NVARCHAR(200) NOT NULL,
-        source      NVARCHAR(200) NOT NULL,
+        tenant      NVARCHAR(200) {bin} NOT NULL,
+        source      NVARCHAR(200) {bin} NOT NULL,
         at          BIGINT NOT NULL,
         in_sync     BIT NULL,
         report_json NVARCHAR(MAX) NOT NULL,
         CONSTRAINT verifications_pk PRIMARY KEY (tenant, source))",
     "CREATE TABLE {s}.cursors (
-        tenant       NVARCHAR(200) NOT NULL,
-        source       NVARCHAR(200) NOT NULL,
+        tenant       NVARCHAR(200) {bin} NOT NULL,
+        source       NVARCHAR(200) {bin} NOT NULL,
         cursor_json  NVARCHAR(MAX) NULL,
         last_full_at BIGINT NULL,
         CONSTRAINT cursors_pk PRIMARY KEY (tenant, source))",
     "CREATE TABLE {s}.source_slots (
-        server     NVARCHAR(400) NOT NULL,
-        holder     NVARCHAR(200) NOT NULL,
+        server     NVARCHAR(200) {bin} NOT NULL,
+        holder     NVARCHAR(200) {bin} NOT NULL,
         expires_at BIGINT NOT NULL,
         CONSTRAINT source_slots_pk PRIMARY KEY (server, holder))",
     "CREATE TABLE {s}.pauses (
-        tenant    NVARCHAR(200) NOT NULL,
-        source    NVARCHAR(200) NOT NULL,
+        tenant    NVARCHAR(200) {bin} NOT NULL,
+        source    NVARCHAR(200) {bin} NOT NULL,
         paused_at BIGINT NOT NULL,
         paused_by NVARCHAR(400) NOT NULL,
         CONSTRAINT pauses_pk PRIMARY KEY (tenant, source))",
@@ -155,13 +160,13 @@ const MIGRATIONS: &[&[&str]] = &[&[
         id      BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
         at      BIGINT NOT NULL,
         actor   NVARCHAR(400) NOT NULL,
-        action  NVARCHAR(200) NOT NULL,
+        action  NVARCHAR(200) {bin} NOT NULL,
         subject NVARCHAR(MAX) NOT NULL,
         detail  NVARCHAR(MAX) NOT NULL)",
     "CREATE INDEX audit_log_by_action ON {s}.audit_log (action, at)",
     "CREATE TABLE {s}.run_stages (
-        run_id   VARCHAR(64) NOT NULL,
-        stage    VARCHAR(32) NOT NULL,
+        run_id   NVARCHAR(64) {bin} NOT NULL,
+        stage    NVARCHAR(32) {bin} NOT NULL,
         jobs     BIGINT NOT NULL,
         failures BIGINT NOT NULL,
         busy_ms  BIGINT NOT NULL,
@@ -216,7 +221,7 @@ pub async fn migrate(pool: &Pool, name: &str, s: &str) -> Result<(), StoreError>
         .unwrap_or(0);
     for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         for sql in *statements {
-            x.exec(&sql.replace("{s}", s), vec![]).await?;
+            x.exec(&sql.replace("{s}", s).replace("{bin}", EXACT), vec![]).await?;
         }
         x.exec(
             &format!(
@@ -250,6 +255,10 @@ mod tests {
             // `GO` separates batches in tools only; CREATE VIEW/PROCEDURE would need their own.
             assert!(!sql.contains("\nGO") && !sql.contains("CREATE VIEW") && !sql.contains("CREATE PROC"));
             assert!(!sql.contains("NOT IN"), "filtered indexes refuse NOT IN: {sql}");
+            assert!(
+                !sql.contains(" VARCHAR("),
+                "NVARCHAR only, matching the parameters: {sql}"
+            );
         }
     }
 
