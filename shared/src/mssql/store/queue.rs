@@ -90,6 +90,9 @@ impl MssqlStore {
 #[async_trait]
 impl JobQueue for MssqlStore {
     async fn enqueue(&self, jobs: &[Job], delay: Duration) -> Result<(), StoreError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let visible = now + delay.as_millis() as i64;
         let mut x = self.session("enqueue").await?;

@@ -179,11 +179,14 @@ impl RunStore for MssqlStore {
             row.push(ColumnData::I32(Some(i as i32)));
             row.push(ColumnData::Binary(ch.lo.clone().map(Into::into)));
             row.push(ColumnData::Binary(ch.hi.clone().map(Into::into)));
+            // Explicit: a bulk load's omitted columns need not take their defaults.
+            row.push(ColumnData::Bit(Some(false)));
             row
         });
         let rows: Vec<TokenRow<'static>> = rows.collect();
         let table = format!("{}.chunks", self.s);
-        x.bulk(&table, &["run_id", "chunk_no", "lo", "hi"], rows).await?;
+        x.bulk(&table, &["run_id", "chunk_no", "lo", "hi", "done"], rows)
+            .await?;
         x.commit().await?;
         self.count(1 + chunks.len() as u64);
         Ok(true)
