@@ -11,6 +11,17 @@ use std::time::Duration;
 
 use super::Batches;
 
+/// Now, as every store keeps instants: milliseconds since the epoch in one integer column type.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// A stored instant (milliseconds since the epoch) read back; out of range reads as the epoch.
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
 /// Run kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

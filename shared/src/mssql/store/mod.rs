@@ -25,7 +25,7 @@ use super::pool::Pool;
 use crate::domain::ident;
 use crate::errors::StoreError;
 use crate::ports::Store;
-use chrono::{DateTime, TimeZone, Utc};
+use crate::ports::{from_ms, now_ms};
 pub use session::Params;
 use session::Session;
 use std::collections::HashMap;
@@ -82,12 +82,4 @@ impl Store for MssqlStore {
     fn rows_written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }

@@ -15,8 +15,8 @@ mod staging;
 use super::pool::{pg_err, pool, pool_err};
 use crate::domain::ident;
 use crate::errors::StoreError;
+use crate::ports::{from_ms, now_ms};
 use crate::ports::{Batches, Store};
-use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{Object, Pool};
 use futures_util::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,12 +139,4 @@ impl Store for PgStore {
     fn rows_written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }

@@ -14,7 +14,7 @@ mod staging;
 use super::db::Db;
 use crate::errors::StoreError;
 use crate::ports::Store;
-use chrono::{DateTime, TimeZone, Utc};
+use crate::ports::{from_ms, now_ms};
 use std::path::Path;
 
 /// The store on one SQLite file.
@@ -41,12 +41,4 @@ impl Store for SqliteStore {
     fn rows_written(&self) -> u64 {
         self.db.rows_written()
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn from_ms(ms: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
