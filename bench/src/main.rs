@@ -127,7 +127,7 @@ fn args(a: &[String]) -> anyhow::Result<Args> {
 }
 
 fn main() -> anyhow::Result<()> {
-    signals_shared::hosts::limit_malloc_arenas();
+    signals_shared::hosts::tune_malloc();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -109,7 +109,7 @@ pub fn main() -> ExitCode {
         "info"
     };
     let _telemetry = signals_shared::telemetry::init(level, "signals");
-    signals_shared::hosts::limit_malloc_arenas();
+    signals_shared::hosts::tune_malloc();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

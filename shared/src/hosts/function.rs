@@ -63,7 +63,7 @@ pub fn main(stage: Stage) -> ExitCode {
     // Declared before the runtime so it is dropped after it: spans still buffered are flushed.
     let _telemetry = crate::telemetry::init("info", &format!("signals-{stage}"));
     let Some(args) = parse() else { return usage() };
-    super::limit_malloc_arenas();
+    super::tune_malloc();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),

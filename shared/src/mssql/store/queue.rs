@@ -46,8 +46,8 @@ impl MssqlStore {
     /// The query KEDA's `mssql` scaler runs (docs/sqlserver.md): visible messages of a stage.
     pub fn depth_query(&self, stage: Stage) -> String {
         format!(
-            "SELECT COUNT_BIG(*) FROM {}.jobs WHERE stage = '{}' \
-             AND visible_at <= DATEDIFF_BIG(MILLISECOND, '1970-01-01', SYSUTCDATETIME())",
+            "SELECT COUNT(*) FROM {}.jobs WHERE stage = '{}' \
+             AND visible_at <= DATEDIFF_BIG(millisecond, '1970-01-01', SYSUTCDATETIME())",
             self.s,
             stage.as_str()
         )
