@@ -10,12 +10,7 @@ use signals_shared::mssql::pool::{Pool, Pooled};
 use signals_shared::mssql::source::MssqlSource;
 use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
 use signals_shared::sqlite::source::SqliteSource;
-use signals_tests::{Harness, StoreKind};
-
-/// The server's connection string, or `None` after saying why the test is skipped.
-fn server(test: &str) -> Option<String> {
-    signals_tests::mssql_server(test)
-}
+use signals_tests::{mssql_server, Harness, StoreKind};
 
 /// A data source spec of `table` keyed on `key`.
 fn spec_of(table: String, key: &str) -> SourceSpec {
@@ -132,7 +127,7 @@ async fn every_type_reaches_the_receiver_exactly(h: Harness, conn_str: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_reaches_the_receiver_exactly_on_the_sqlite_store() {
-    let Some(s) = server("every_type_reaches_the_receiver_exactly_on_the_sqlite_store") else {
+    let Some(s) = mssql_server("every_type_reaches_the_receiver_exactly_on_the_sqlite_store") else {
         return;
     };
     every_type_reaches_the_receiver_exactly(Harness::on(StoreKind::Sqlite).await, &s).await;
@@ -140,7 +135,7 @@ async fn every_type_reaches_the_receiver_exactly_on_the_sqlite_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_reaches_the_receiver_exactly_on_the_postgres_store() {
-    let Some(s) = server("every_type_reaches_the_receiver_exactly_on_the_postgres_store") else {
+    let Some(s) = mssql_server("every_type_reaches_the_receiver_exactly_on_the_postgres_store") else {
         return;
     };
     every_type_reaches_the_receiver_exactly(Harness::on(StoreKind::Postgres).await, &s).await;
@@ -151,7 +146,7 @@ async fn every_type_reaches_the_receiver_exactly_on_the_postgres_store() {
 /// `tests/postgres_source.rs` proves those two agree on this row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_read_from_the_server_hashes_as_sqlite_reads_it() {
-    let Some(s) = server("a_row_read_from_the_server_hashes_as_sqlite_reads_it") else {
+    let Some(s) = mssql_server("a_row_read_from_the_server_hashes_as_sqlite_reads_it") else {
         return;
     };
     let db = Db::new(&s).await;
@@ -187,7 +182,7 @@ async fn first_row_hash(source: &dyn SnapshotSource, spec: &SourceSpec) -> Vec<u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_the_server_sorts_otherwise_are_refused_with_the_reason() {
-    let Some(s) = server("keys_the_server_sorts_otherwise_are_refused_with_the_reason") else {
+    let Some(s) = mssql_server("keys_the_server_sorts_otherwise_are_refused_with_the_reason") else {
         return;
     };
     let db = Db::new(&s).await;
@@ -208,7 +203,7 @@ async fn keys_the_server_sorts_otherwise_are_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_and_a_missing_database_are_told_apart() {
-    let Some(s) = server("wrong_credentials_and_a_missing_database_are_told_apart") else {
+    let Some(s) = mssql_server("wrong_credentials_and_a_missing_database_are_told_apart") else {
         return;
     };
     let spec = ConnSpec::parse(&s).unwrap();
@@ -258,7 +253,7 @@ fn with_database(conn_str: &str, db: &str) -> String {
 /// so in its run history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn change_tracking_sends_changes_and_falls_back_when_it_cannot() {
-    let Some(s) = server("change_tracking_sends_changes_and_falls_back_when_it_cannot") else {
+    let Some(s) = mssql_server("change_tracking_sends_changes_and_falls_back_when_it_cannot") else {
         return;
     };
     let name = format!("sigct_{}", std::process::id());
@@ -314,7 +309,7 @@ async fn change_tracking_sends_changes_and_falls_back_when_it_cannot() {
 /// A watermark read fetches only the rows at or past the cursor, with no sort on the server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watermark_reads_only_rows_past_the_cursor() {
-    let Some(s) = server("watermark_reads_only_rows_past_the_cursor") else {
+    let Some(s) = mssql_server("watermark_reads_only_rows_past_the_cursor") else {
         return;
     };
     let db = Db::new(&s).await;
@@ -342,7 +337,7 @@ async fn watermark_reads_only_rows_past_the_cursor() {
 /// type (the CLR and large-object types included), and changed rows come back by key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_hashes_rows_and_returns_them_by_key() {
-    let Some(s) = server("the_server_hashes_rows_and_returns_them_by_key") else {
+    let Some(s) = mssql_server("the_server_hashes_rows_and_returns_them_by_key") else {
         return;
     };
     let db = Db::new(&s).await;
