@@ -414,3 +414,38 @@ async fn a_sql_server_store_that_cannot_be_reached_says_so_without_the_password(
         .to_string();
     assert!(msg.contains("is not a valid store schema name"), "{msg}");
 }
+
+/// A large table is cut from a page sample: chunks of about `chunk_rows`, ascending boundaries,
+/// and together the chunks hold every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_tables_are_chunked_from_a_sample_and_lose_no_row() {
+    let Some(s) = mssql_server("large_tables_are_chunked_from_a_sample_and_lose_no_row") else {
+        return;
+    };
+    let db = Db::new(&s).await;
+    db.exec(
+        "CREATE TABLE [{s}].[big] (id bigint PRIMARY KEY, pad varchar(40));
+         INSERT INTO [{s}].[big] SELECT TOP (250000) 3 * ROW_NUMBER() OVER (ORDER BY (SELECT NULL)), REPLICATE('x', 40)
+           FROM sys.all_objects a CROSS JOIN sys.all_objects b CROSS JOIN sys.all_objects c;",
+    )
+    .await;
+    let source = MssqlSource::new(Pool::new(ConnSpec::parse(&s).unwrap(), 2), "erp");
+    let spec = spec_of(format!("{}.big", db.schema), "id");
+    let schema = source.describe(&spec).await.unwrap();
+    let bounds = source.split(&spec, &schema, 25_000).await.unwrap();
+    assert!(
+        (7..=13).contains(&bounds.len()),
+        "about 9 boundaries for 10 chunks: {}",
+        bounds.len()
+    );
+    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending");
+    let (mut total, mut sizes) = (0, Vec::new());
+    for r in &KeyRange::cut_at(bounds) {
+        let n = count(source.read(&spec, &schema, r)).await;
+        assert!((8_000..=60_000).contains(&n), "a chunk of {n} rows");
+        total += n;
+        sizes.push(n);
+    }
+    assert_eq!(total, 250_000);
+    assert!(sizes.iter().any(|&n| n != 25_000), "cut from a sample: {sizes:?}");
+}

@@ -13,6 +13,7 @@ pub mod key;
 pub mod packing;
 pub mod rate;
 pub mod retry;
+pub mod sampling;
 pub mod schedule;
 pub mod schema;
 pub mod secret_ref;

@@ -9,6 +9,7 @@ pub mod ident;
 pub mod pool;
 pub mod pushdown;
 pub mod source;
+pub mod split;
 pub mod sql;
 pub mod store;
 pub mod tracking;

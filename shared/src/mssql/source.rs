@@ -12,10 +12,9 @@
 use super::errors::source_error;
 use super::ident::quote;
 use super::pool::{Conn, Pool, Pooled};
-use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list, split_sql};
+use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list};
 use super::types::{map_type, read_value, select_expr_of, sorts_canonically, unsupported_hint};
 use crate::domain::encoding::RowHash;
-use crate::domain::key::encode_key;
 use crate::domain::schema::{Column, Drift, TableSchema};
 use crate::domain::value::Value;
 use crate::errors::SourceError;
@@ -147,25 +146,7 @@ impl SnapshotSource for MssqlSource {
         schema: &TableSchema,
         chunk_rows: u64,
     ) -> Result<Vec<Vec<u8>>, SourceError> {
-        let keys = key_columns(schema);
-        let sql = split_sql(&from_clause(spec)?, &keys);
-        let mut c = self.conn().await?;
-        let rows = run(c.conn(), &sql, vec![Value::Int(chunk_rows.max(1) as i64)]).await?;
-        c.release();
-        let mut bounds: Vec<Vec<u8>> = Vec::with_capacity(rows.len());
-        for row in rows {
-            let values = row
-                .cells()
-                .zip(&keys)
-                .map(|((_, d), c)| read_value(d, c))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut key = Vec::new();
-            encode_key(&mut key, &values.iter().collect::<Vec<_>>(), &schema.key)?;
-            if bounds.last() != Some(&key) {
-                bounds.push(key);
-            }
-        }
-        Ok(bounds)
+        super::split::split(&self.pool, &self.connection, spec, schema, chunk_rows).await
     }
 
     async fn change_versions(&self, spec: &SourceSpec) -> Result<(i64, Option<i64>), SourceError> {

@@ -1,24 +1,15 @@
-//! Chunk boundaries. Reading every key costs about 0.4 s per 1,000,000 rows, on every run
-//! (interval syncs included) and before an onboarding's first chunk can start; a large table is
-//! therefore cut from a sample of its pages (`TABLESAMPLE SYSTEM`), which gives chunks of about
-//! `chunk_rows` rows. Small tables, queries, views, and tables never analysed (no row estimate)
-//! are cut exactly from all their keys.
+//! Chunk boundaries: a large analysed table is cut from a sample of its pages
+//! (`domain::sampling`); small tables, queries, views, and tables never analysed (no row
+//! estimate) are cut exactly from all their keys.
 
 use super::{from_clause, key_columns, key_expr, query_err, read_value, select_expr};
 use crate::domain::key::encode_key;
+use crate::domain::sampling;
 use crate::domain::schema::TableSchema;
 use crate::errors::SourceError;
 use crate::ports::SourceSpec;
 use futures_util::StreamExt;
 use tokio_postgres::types::ToSql;
-
-/// Below this many estimated rows, every key is read (exact chunks, and cheap anyway).
-const SAMPLE_FROM_ROWS: f64 = 200_000.0;
-/// Sampled keys per chunk (at least), so chunk sizes vary by a few percent, not by half.
-const SAMPLES_PER_CHUNK: f64 = 200.0;
-/// Sampled pages per chunk (at least): a page holds a run of neighbouring keys, so too few
-/// pages make clumps, whatever the row count.
-const PAGES_PER_CHUNK: f64 = 50.0;
 
 /// The encoded keys of a key stream's rows that `keep(row number)` selects (ascending,
 /// distinct), and how many rows the stream had.
@@ -93,28 +84,8 @@ async fn sampled(
         .await
         .ok()??;
     let (estimate, pages): (f64, f64) = (row.get(0), row.get(1));
-    let chunks = (estimate / chunk_rows.max(1) as f64).ceil();
-    if estimate < SAMPLE_FROM_ROWS || chunks < 2.0 {
-        return None;
-    }
-    let percent = (100.0 * chunks * SAMPLES_PER_CHUNK / estimate)
-        .max(100.0 * chunks * PAGES_PER_CHUNK / pages.max(1.0))
-        .min(100.0);
-    if percent > 25.0 {
-        return None; // reading every key costs little more
-    }
+    let (chunks, percent) = sampling::plan(estimate, pages, chunk_rows)?;
     let sql = format!("SELECT {select} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {order}");
-    let (sample, n) = keys_where(client, &sql, schema, |_| true).await.ok()?;
-    if (n as f64) < chunks * SAMPLES_PER_CHUNK / 4.0 {
-        return None; // too thin to trust (a table much smaller than its estimate)
-    }
-    let every = (sample.len() as f64 / chunks).max(1.0);
-    let mut bounds: Vec<Vec<u8>> = Vec::new();
-    for i in 1..chunks as usize {
-        match sample.get((i as f64 * every) as usize) {
-            Some(k) if bounds.last().is_none_or(|l| l < k) => bounds.push(k.clone()),
-            _ => {}
-        }
-    }
-    Some(bounds)
+    let (sample, _) = keys_where(client, &sql, schema, |_| true).await.ok()?;
+    sampling::bounds(&sample, chunks)
 }
