@@ -413,6 +413,12 @@ async fn a_sql_server_store_that_cannot_be_reached_says_so_without_the_password(
         .expect("an injected schema name is refused")
         .to_string();
     assert!(msg.contains("is not a valid store schema name"), "{msg}");
+    let msg = signals_shared::backends::open(&format!("{conn};Max Pool Size=1"), "signals")
+        .await
+        .err()
+        .expect("one connection cannot merge")
+        .to_string();
+    assert!(msg.contains("`Max Pool Size` must be at least 2"), "{msg}");
 }
 
 /// A large table is cut from a page sample: chunks of about `chunk_rows`, ascending boundaries,

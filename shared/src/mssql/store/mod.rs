@@ -52,6 +52,12 @@ impl MssqlStore {
         };
         ident::validate(schema, "store schema").map_err(|e| open(e.to_string()))?;
         let spec = ConnSpec::parse(conn_str).map_err(|e| open(e.to_string()))?;
+        if spec.max_pool_size.is_some_and(|n| n < 2) {
+            // A merge reads the run's segments on one connection while loading `#delta` on another.
+            return Err(open(
+                "`Max Pool Size` must be at least 2 for a store (16 when it is not set)".into(),
+            ));
+        }
         let pool = Pool::new(spec, 16);
         let s = super::ident::quote(schema);
         schema::migrate(&pool, schema, &s).await?;
