@@ -338,7 +338,6 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
     tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
         .await
         .map_err(&err)?;
-    // Into a source with nothing staged (an initial sync), plain inserts: no conflict to check.
     let empty: bool = tx
         .query_one(
             &format!("SELECT NOT EXISTS (SELECT 1 FROM {s}.staging WHERE tenant = $1 AND source = $2)"),
@@ -347,15 +346,14 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         .await
         .map_err(&err)?
         .get(0);
-    let on_conflict = if empty {
-        ""
-    } else {
-        " ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
-    };
+    if empty {
+        return copy_into_empty(store, tx, run).await;
+    }
     let upsert = tx
         .prepare(&format!(
             "INSERT INTO {s}.staging (tenant, source, key, hash) \
-             SELECT $1, $2, k, h FROM UNNEST($3::BYTEA[], $4::BYTEA[]) AS u(k, h){on_conflict}"
+             SELECT $1, $2, k, h FROM UNNEST($3::BYTEA[], $4::BYTEA[]) AS u(k, h) \
+             ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
         ))
         .await
         .map_err(&err)?;
@@ -400,4 +398,44 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         }
     }
     Ok((upserted, deleted))
+}
+
+/// Into a source with nothing staged (an initial sync) every change is a new key: the delta goes
+/// in as one binary `COPY`, with no statement per segment and no conflict to check (a key
+/// arriving twice still fails the primary key, and the merge with it).
+async fn copy_into_empty(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(u64, u64), StoreError> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+    let err = pg_err("merge");
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {}.staging (tenant, source, key, hash) FROM STDIN BINARY",
+            store.s
+        ))
+        .await
+        .map_err(&err)?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::BYTEA]);
+    futures_util::pin_mut!(writer);
+    let mut copied = 0;
+    // One stream at a time: the transaction already holds a connection of the pool.
+    let sources: [OpenDelta; 2] = [legacy_rows, segments];
+    for open in sources {
+        let mut source = open(store, &run.id);
+        while let Some(rows) = source.recv().await {
+            for r in rows? {
+                let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
+                    what: "delta row",
+                    detail: e.to_string(),
+                })?;
+                // A delete has nothing to remove from an empty staging.
+                if let Some(h) = staged {
+                    let row: [&(dyn ToSql + Sync); 4] = [&run.tenant, &run.source, &r.key, &h.as_slice()];
+                    writer.as_mut().write(&row).await.map_err(&err)?;
+                    copied += 1;
+                }
+            }
+        }
+    }
+    writer.finish().await.map_err(&err)?;
+    Ok((copied, 0))
 }
