@@ -37,6 +37,36 @@ pub fn change_records<E: Send + 'static>(
     rx
 }
 
+/// A key's change to staging: its new hash, or `None` when the key leaves.
+pub type StagedChange = (Vec<u8>, Option<RowHash>);
+
+/// What staging takes from a run's delta rows, batch by batch in order. A damaged row (an
+/// insert or update without a hash) ends the stream with an error instead of passing as a delete.
+pub fn staged_changes(mut delta: Batches<DeltaRow, StoreError>) -> Batches<StagedChange, StoreError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        while let Some(batch) = delta.recv().await {
+            let mapped = batch.and_then(|rows| {
+                rows.into_iter()
+                    .map(|r| {
+                        let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
+                            what: "delta row",
+                            detail: e.to_string(),
+                        })?;
+                        let staged = staged.copied();
+                        Ok((r.key, staged))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()
+            });
+            let failed = mapped.is_err();
+            if tx.send(mapped).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// What to read: a table or a query, and its key columns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourceSpec {

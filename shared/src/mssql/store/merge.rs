@@ -8,11 +8,8 @@ use super::session::{int, p, Session};
 use super::MssqlStore;
 use crate::domain::encoding::RowHash;
 use crate::errors::StoreError;
-use crate::ports::Batches;
+use crate::ports::{Batches, StagedChange};
 use tiberius::{ColumnData, TokenRow};
-
-/// One change of staging: a key and its new hash, or `None` for a key that is gone.
-pub type StagedChange = (Vec<u8>, Option<RowHash>);
 
 const CREATE_DELTA: &str = "IF OBJECT_ID(N'tempdb..#delta') IS NOT NULL DROP TABLE #delta; \
     CREATE TABLE #delta (k VARBINARY(896) NOT NULL PRIMARY KEY, hash BINARY(16) NULL)";

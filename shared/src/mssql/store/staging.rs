@@ -2,13 +2,13 @@
 //! changes, each a parameter of its own statement whatever its size); merge applies them through
 //! `#delta` in one transaction (merge.rs).
 
-use super::merge::{drop_delta, StagedChange};
+use super::merge::drop_delta;
 use super::runs::upsert;
 use super::session::{self, bytes, flag, hash, opt_int, opt_text, p, placeholders, text, Params, MAX_LIST};
 use super::{now_ms, MssqlStore};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
 use crate::errors::StoreError;
-use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -170,7 +170,7 @@ impl StagingStore for MssqlStore {
         }
         let sid = self.sid(&mut x, &run.tenant, &run.source).await?;
         // Loaded before the transaction opens: it holds staging's locks only while applying.
-        self.load_delta(&mut x, staged_changes(self, &run.id)).await?;
+        self.load_delta(&mut x, staged_changes(segments(self, &run.id))).await?;
         x.begin().await?;
         let n = x
             .exec(
@@ -304,31 +304,4 @@ fn segments(store: &MssqlStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
             })
         },
     )
-}
-
-/// The run's delta as staging changes: each key with its new hash, or `None` when it is gone.
-fn staged_changes(store: &MssqlStore, run_id: &str) -> Batches<StagedChange, StoreError> {
-    let mut rows = segments(store, run_id);
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    tokio::spawn(async move {
-        while let Some(batch) = rows.recv().await {
-            let mapped = batch.and_then(|rows| {
-                rows.into_iter()
-                    .map(|r| {
-                        let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
-                            what: "delta row",
-                            detail: e.to_string(),
-                        })?;
-                        let staged = staged.copied();
-                        Ok((r.key, staged))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()
-            });
-            let failed = mapped.is_err();
-            if tx.send(mapped).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    rx
 }

@@ -4,7 +4,7 @@
 use super::{now_ms, PgStore};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
 use crate::errors::StoreError;
-use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -329,6 +329,27 @@ fn legacy_rows(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
     })
 }
 
+/// The run's whole delta: rows from a build before segments, then segments — the second stream
+/// opened only once the first is drained, since a merge's transaction already holds a
+/// connection of the pool.
+fn delta(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let (store, run_id) = (store.clone(), run_id.to_owned());
+    tokio::spawn(async move {
+        let sources: [OpenDelta; 2] = [legacy_rows, segments];
+        for open in sources {
+            let mut source = open(&store, &run_id);
+            while let Some(batch) = source.recv().await {
+                let failed = batch.is_err();
+                if tx.send(batch).await.is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Applies the run's delta to staging inside the merge transaction, a segment's keys per
 /// statement; returns (upserted, deleted).
 async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(u64, u64), StoreError> {
@@ -364,37 +385,29 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         .await
         .map_err(&err)?;
     let (mut upserted, mut deleted) = (0, 0);
-    // One stream at a time: the transaction already holds a connection of the pool.
-    let sources: [OpenDelta; 2] = [legacy_rows, segments];
-    for open in sources {
-        let mut source = open(store, &run.id);
-        while let Some(rows) = source.recv().await {
-            let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-            for r in rows? {
-                let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
-                    what: "delta row",
-                    detail: e.to_string(),
-                })?;
-                match staged {
-                    Some(h) => {
-                        hashes.push(h.to_vec());
-                        keys.push(r.key);
-                    }
-                    None => gone.push(r.key),
+    let mut changes = staged_changes(delta(store, &run.id));
+    while let Some(batch) = changes.recv().await {
+        let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, hash) in batch? {
+            match hash {
+                Some(h) => {
+                    hashes.push(h.to_vec());
+                    keys.push(key);
                 }
+                None => gone.push(key),
             }
-            if !keys.is_empty() {
-                upserted += tx
-                    .execute(&upsert, &[&run.tenant, &run.source, &keys, &hashes])
-                    .await
-                    .map_err(&err)?;
-            }
-            if !gone.is_empty() {
-                deleted += tx
-                    .execute(&delete, &[&run.tenant, &run.source, &gone])
-                    .await
-                    .map_err(&err)?;
-            }
+        }
+        if !keys.is_empty() {
+            upserted += tx
+                .execute(&upsert, &[&run.tenant, &run.source, &keys, &hashes])
+                .await
+                .map_err(&err)?;
+        }
+        if !gone.is_empty() {
+            deleted += tx
+                .execute(&delete, &[&run.tenant, &run.source, &gone])
+                .await
+                .map_err(&err)?;
         }
     }
     Ok((upserted, deleted))
@@ -417,22 +430,14 @@ async fn copy_into_empty(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Re
     let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::BYTEA]);
     futures_util::pin_mut!(writer);
     let mut copied = 0;
-    // One stream at a time: the transaction already holds a connection of the pool.
-    let sources: [OpenDelta; 2] = [legacy_rows, segments];
-    for open in sources {
-        let mut source = open(store, &run.id);
-        while let Some(rows) = source.recv().await {
-            for r in rows? {
-                let staged = r.staged_hash().map_err(|e| StoreError::Corrupt {
-                    what: "delta row",
-                    detail: e.to_string(),
-                })?;
-                // A delete has nothing to remove from an empty staging.
-                if let Some(h) = staged {
-                    let row: [&(dyn ToSql + Sync); 4] = [&run.tenant, &run.source, &r.key, &h.as_slice()];
-                    writer.as_mut().write(&row).await.map_err(&err)?;
-                    copied += 1;
-                }
+    let mut changes = staged_changes(delta(store, &run.id));
+    while let Some(batch) = changes.recv().await {
+        // A delete has nothing to remove from an empty staging.
+        for (key, hash) in batch? {
+            if let Some(h) = hash {
+                let row: [&(dyn ToSql + Sync); 4] = [&run.tenant, &run.source, &key, &h.as_slice()];
+                writer.as_mut().write(&row).await.map_err(&err)?;
+                copied += 1;
             }
         }
     }
