@@ -26,7 +26,6 @@ use crate::domain::ident;
 use crate::errors::StoreError;
 use crate::ports::Store;
 use crate::ports::{from_ms, now_ms};
-pub use session::Params;
 use session::Session;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
