@@ -1,7 +1,7 @@
 //! Child processes: pipeline workers (so each process's memory is its own, as in production)
 //! and receivers.
 
-use crate::measure::peak_rss;
+use crate::measure::{add_worker_cpu, peak_rss, process_cpu, watch_receiver};
 use crate::source::pg_url;
 use anyhow::Context;
 use signals_shared::backends;
@@ -83,6 +83,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "peak_rss": peak_rss("self"),
+            "cpu_secs": process_cpu("self"),
             "rows_written": store.rows_written(),
             "rows_read": total("signals_rows_read_total"),
             "batches_pushed": total("signals_batches_pushed_total"),
@@ -137,6 +138,7 @@ impl Worker {
         let status = self.0.wait()?;
         anyhow::ensure!(status.success(), "a worker failed: {status}");
         let v: serde_json::Value = serde_json::from_str(line.trim()).context("worker report")?;
+        add_worker_cpu(v["cpu_secs"].as_f64().unwrap_or(0.0));
         let n = |k: &str| v[k].as_f64().unwrap_or(0.0) as u64;
         Ok(WorkerReport {
             peak_rss: n("peak_rss"),
@@ -149,6 +151,7 @@ impl Worker {
     /// Kills it at once (SIGKILL: a crash, not a shutdown); returns its peak RSS.
     pub fn kill(mut self) -> u64 {
         let peak = self.peak_rss();
+        add_worker_cpu(process_cpu(&self.0.id().to_string()));
         let _ = self.0.kill();
         let _ = self.0.wait();
         peak
@@ -182,6 +185,7 @@ impl Receiver {
             cmd.arg("--ack-after-parse");
         }
         let mut child = cmd.stdout(Stdio::piped()).spawn()?;
+        watch_receiver(child.id());
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().context("receiver stdout")?).read_line(&mut line)?;
         Ok(Receiver {
