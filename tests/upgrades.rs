@@ -94,7 +94,7 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
             .await
             .unwrap()
         {
-            for r in segment::decode(seg.get(0)).unwrap() {
+            for r in segment::decode(seg.get(0), segment::Part::All).unwrap() {
                 c.execute(
                     &format!("INSERT INTO {s}.deltas (run_id, key, chunk_no, op, hash, payload) VALUES ($1, $2, 0, $3, $4, $5)"),
                     &[&run_id, &r.key, &(r.op.code() as i16), &r.hash.map(|h| h.to_vec()), &r.payload],
@@ -122,7 +122,7 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
             .collect();
         let mut n = 0;
         for body in bodies {
-            for r in segment::decode(&body).unwrap() {
+            for r in segment::decode(&body, segment::Part::All).unwrap() {
                 db.execute(
                     "INSERT INTO deltas (run_id, key, chunk_no, op, hash, payload) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
                     rusqlite::params![run_id, r.key, r.op.code(), r.hash.map(|h| h.to_vec()), r.payload],

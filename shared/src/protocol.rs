@@ -4,6 +4,7 @@
 use crate::domain::diff::Op;
 use crate::domain::schema::TableSchema;
 use crate::ports::RunKind;
+use std::fmt::Write;
 
 /// Protocol name and major version, sent in every body.
 pub const PROTOCOL: &str = "signals-push/1";
@@ -62,10 +63,22 @@ impl BodyBuilder {
         self.last_seq = seq;
         self.rows += 1;
         let field = if op == Op::Delete { "key" } else { "row" };
-        self.body.push_str(&format!(
-            "{{\"seq\":{seq},\"op\":\"{}\",\"{field}\":{payload}}}",
-            op.as_str()
-        ));
+        // Written in place: a formatted string per record cost the batch stage an allocation and
+        // its regrowth for every change.
+        let _ = write!(self.body, "{{\"seq\":{seq},\"op\":\"{}\",\"{field}\":", op.as_str());
+        self.body.push_str(payload);
+        self.body.push('}');
+    }
+
+    /// Makes room for `bytes` more (the previous body's size: bodies of one run are alike), so
+    /// the body does not regrow and copy itself as records arrive.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.body.reserve(bytes);
+    }
+
+    /// Bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.body.len()
     }
 
     /// Records so far.

@@ -45,25 +45,61 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// Packs rows into one segment: format byte, then per row the op code, key, optional hash
-/// and payload, length-prefixed; the whole compressed.
+/// Builds one segment row by row: format byte, then per row the op code, key, optional hash
+/// and payload, length-prefixed. Rows are copied in as they come, so the snapshot can write each
+/// row's JSON into one reused buffer instead of a string per row.
+pub struct Encoder {
+    raw: Vec<u8>,
+    rows: usize,
+}
+
+impl Encoder {
+    /// An empty segment with room for about `bytes`.
+    pub fn with_capacity(bytes: usize) -> Encoder {
+        let mut raw = Vec::with_capacity(bytes + 1);
+        raw.push(FORMAT);
+        Encoder { raw, rows: 0 }
+    }
+
+    /// Adds a row.
+    pub fn push(&mut self, op: Op, key: &[u8], hash: Option<&RowHash>, payload: &str) {
+        self.raw.push(op.code() as u8);
+        put_bytes(&mut self.raw, key);
+        match hash {
+            Some(h) => {
+                self.raw.push(1);
+                self.raw.extend_from_slice(h);
+            }
+            None => self.raw.push(0),
+        }
+        put_bytes(&mut self.raw, payload.as_bytes());
+        self.rows += 1;
+    }
+
+    /// Rows so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Uncompressed bytes so far.
+    pub fn bytes(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The segment as stored: compressed.
+    pub fn finish(self) -> Vec<u8> {
+        pack(&self.raw)
+    }
+}
+
+/// Packs rows into one segment.
 pub fn encode(rows: &[DeltaRow]) -> Vec<u8> {
     let size: usize = rows.iter().map(|r| r.key.len() + r.payload.len() + 30).sum();
-    let mut raw = Vec::with_capacity(size + 1);
-    raw.push(FORMAT);
+    let mut e = Encoder::with_capacity(size);
     for r in rows {
-        raw.push(r.op.code() as u8);
-        put_bytes(&mut raw, &r.key);
-        match &r.hash {
-            Some(h) => {
-                raw.push(1);
-                raw.extend_from_slice(h);
-            }
-            None => raw.push(0),
-        }
-        put_bytes(&mut raw, r.payload.as_bytes());
+        e.push(r.op, &r.key, r.hash.as_ref(), &r.payload);
     }
-    pack(&raw)
+    e.finish()
 }
 
 struct Reader<'a> {
@@ -88,8 +124,20 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// What a reader takes out of each row: the merge needs keys and hashes, the batch stage
+/// payloads; the part not asked for is left empty instead of copied out of the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Key, hash and payload.
+    All,
+    /// Key and hash (payload empty).
+    Keys,
+    /// Payload (key empty; the hash is still checked).
+    Payloads,
+}
+
 /// The rows of a segment, in the order they were written.
-pub fn decode(stored: &[u8]) -> Result<Vec<DeltaRow>, SegmentError> {
+pub fn decode(stored: &[u8], part: Part) -> Result<Vec<DeltaRow>, SegmentError> {
     let raw = unpack(stored).map_err(|e| SegmentError(e.to_string()))?;
     let mut r = Reader { b: &raw, pos: 0 };
     match r.byte()? {
@@ -100,13 +148,26 @@ pub fn decode(stored: &[u8]) -> Result<Vec<DeltaRow>, SegmentError> {
     while r.pos < raw.len() {
         let code = r.byte()?;
         let op = Op::from_code(code.into()).ok_or_else(|| SegmentError(format!("op code {code}")))?;
-        let key = r.sized()?.to_vec();
+        let key = r.sized()?;
         let hash = match r.byte()? {
             0 => None,
             _ => Some(r.take(16)?.try_into().expect("sixteen bytes")),
         };
-        let payload = String::from_utf8(r.sized()?.to_vec()).map_err(|e| SegmentError(e.to_string()))?;
-        let row = DeltaRow { key, op, hash, payload };
+        let payload = std::str::from_utf8(r.sized()?).map_err(|e| SegmentError(e.to_string()))?;
+        let row = DeltaRow {
+            key: if part == Part::Payloads {
+                Vec::new()
+            } else {
+                key.to_vec()
+            },
+            op,
+            hash,
+            payload: if part == Part::Keys {
+                String::new()
+            } else {
+                payload.to_owned()
+            },
+        };
         row.staged_hash()?;
         rows.push(row);
     }
@@ -129,8 +190,29 @@ mod tests {
     #[test]
     fn round_trips_in_order() {
         let rows = vec![row(3, Op::Insert), row(1, Op::Delete), row(2, Op::Update)];
-        assert_eq!(decode(&encode(&rows)).unwrap(), rows);
-        assert_eq!(decode(&encode(&[])).unwrap(), vec![]);
+        assert_eq!(decode(&encode(&rows), Part::All).unwrap(), rows);
+        assert_eq!(decode(&encode(&[]), Part::All).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn readers_take_only_the_part_they_need() {
+        let rows = vec![row(3, Op::Insert), row(1, Op::Delete)];
+        let keys = decode(&encode(&rows), Part::Keys).unwrap();
+        let payloads = decode(&encode(&rows), Part::Payloads).unwrap();
+        for ((k, p), r) in keys.iter().zip(&payloads).zip(&rows) {
+            assert_eq!((&k.key, k.op, k.hash, k.payload.as_str()), (&r.key, r.op, r.hash, ""));
+            assert_eq!((p.key.len(), p.op, p.hash, &p.payload), (0, r.op, r.hash, &r.payload));
+        }
+    }
+
+    #[test]
+    fn an_encoder_fed_row_by_row_writes_what_encode_writes() {
+        let rows = vec![row(3, Op::Insert), row(1, Op::Delete), row(2, Op::Update)];
+        let mut e = Encoder::with_capacity(0);
+        for r in &rows {
+            e.push(r.op, &r.key, r.hash.as_ref(), &r.payload);
+        }
+        assert_eq!((e.rows(), e.finish()), (3, encode(&rows)));
     }
 
     #[test]
@@ -138,21 +220,21 @@ mod tests {
         let raw = encode(&[row(1, Op::Insert)]);
         let plain = unpack(&raw).unwrap().into_owned();
         for cut in 2..plain.len() {
-            assert!(decode(&plain[..cut]).is_err(), "cut at {cut}");
+            assert!(decode(&plain[..cut], Part::All).is_err(), "cut at {cut}");
         }
         let mut bad = plain.clone();
         let mut no_hash = plain.clone();
         no_hash[1 + 1 + 4 + 2] = 0; // the insert's "hash follows" flag
         no_hash.drain(1 + 1 + 4 + 2 + 1..1 + 1 + 4 + 2 + 1 + 16);
         assert_eq!(
-            decode(&no_hash).unwrap_err().to_string(),
+            decode(&no_hash, Part::Payloads).unwrap_err().to_string(),
             "delta segment is damaged: insert without a row hash"
         );
         bad[1] = 9; // op code
-        assert!(decode(&bad).is_err());
+        assert!(decode(&bad, Part::All).is_err());
         bad[0] = 2; // format
         assert_eq!(
-            decode(&bad).unwrap_err().to_string(),
+            decode(&bad, Part::All).unwrap_err().to_string(),
             "delta segment is damaged: format 2 is not known to this build"
         );
     }

@@ -37,31 +37,31 @@ impl Decimal {
         {
             return Err(err());
         }
-        let mut frac = frac_part.to_owned();
-        if let Some(scale) = scale {
-            let scale = scale as usize;
-            if frac.len() > scale {
+        // The fraction as kept (cut to the scale) and the zeros that pad it to the scale: the
+        // normalised text is built once, without an intermediate string per value.
+        let (frac, pad) = match scale.map(|s| s as usize) {
+            Some(scale) if frac_part.len() > scale => {
                 // Only trailing zeros may be cut: anything else would lose a digit.
-                if frac[scale..].bytes().any(|b| b != b'0') {
+                if frac_part[scale..].bytes().any(|b| b != b'0') {
                     return Err(err());
                 }
-                frac.truncate(scale);
+                (&frac_part[..scale], 0)
             }
-            while frac.len() < scale {
-                frac.push('0');
-            }
-        }
+            Some(scale) => (frac_part, scale - frac_part.len()),
+            None => (frac_part, 0),
+        };
         let int = int_part.trim_start_matches('0');
         let int = if int.is_empty() { "0" } else { int };
         let zero = int == "0" && frac.bytes().all(|b| b == b'0');
-        let mut out = String::with_capacity(int.len() + frac.len() + 2);
+        let mut out = String::with_capacity(int.len() + frac.len() + pad + 2);
         if negative && !zero {
             out.push('-');
         }
         out.push_str(int);
-        if !frac.is_empty() {
+        if frac.len() + pad > 0 {
             out.push('.');
-            out.push_str(&frac);
+            out.push_str(frac);
+            out.extend(std::iter::repeat_n('0', pad));
         }
         Ok(Decimal(out))
     }

@@ -71,10 +71,10 @@ pub fn read_value(row: &tokio_postgres::Row, i: usize, c: &Column) -> Result<Val
             Type::INT4 => get!(i32).map(|v| Value::Int(v.into())),
             _ => get!(i64).map(Value::Int),
         },
-        ColumnType::Decimal => match get!(String) {
+        ColumnType::Decimal => match get!(&str) {
             None => None,
             Some(t) => Some(Value::Decimal(
-                Decimal::parse(&t, c.scale).map_err(|_| bad(c, format!("numeric `{t}` is not a finite decimal")))?,
+                Decimal::parse(t, c.scale).map_err(|_| bad(c, format!("numeric `{t}` is not a finite decimal")))?,
             )),
         },
         ColumnType::Float32 => get!(f32).map(Value::F32),

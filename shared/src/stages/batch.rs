@@ -62,6 +62,7 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
     let mut changes = Cursor::new(ctx.store.changes(&run.id));
     let (mut seq, mut total, mut bytes) = (0u64, 0i64, 0i64);
     let mut body: Option<BodyBuilder> = None;
+    let mut last_len = 0usize;
     let mut ready: Vec<BatchRecord> = Vec::new();
     let close = |b: BodyBuilder| {
         let (first, last) = b.range();
@@ -81,11 +82,17 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
         seq += 1;
         if cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) {
             if let Some(b) = body.take() {
+                last_len = b.bytes();
                 ready.push(close(b));
             }
         }
-        body.get_or_insert_with(|| BodyBuilder::new(&header))
-            .push(seq, op, &payload);
+        body.get_or_insert_with(|| {
+            let mut b = BodyBuilder::new(&header);
+            // The closing fields (batch id, range) fit in the margin.
+            b.reserve(last_len + 256);
+            b
+        })
+        .push(seq, op, &payload);
         if ready.len() >= SAVE_EVERY {
             total += ready.len() as i64;
             bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();

@@ -6,7 +6,8 @@ use super::merge::drop_delta;
 use super::runs::upsert;
 use super::session::{self, bytes, flag, hash, opt_int, opt_text, p, placeholders, text, Params, MAX_LIST};
 use super::{now_ms, MssqlStore};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
+use crate::domain::segment::{self, Part};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
 use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
@@ -170,7 +171,8 @@ impl StagingStore for MssqlStore {
         }
         let sid = self.sid(&mut x, &run.tenant, &run.source).await?;
         // Loaded before the transaction opens: it holds staging's locks only while applying.
-        self.load_delta(&mut x, staged_changes(segments(self, &run.id))).await?;
+        self.load_delta(&mut x, staged_changes(segments(self, &run.id, Part::Keys)))
+            .await?;
         x.begin().await?;
         let n = x
             .exec(
@@ -284,12 +286,12 @@ impl StagingStore for MssqlStore {
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
         // This store began with segments: there are no per-row deltas from an older build.
-        change_records(ready(Vec::new()), segments(self, run_id))
+        change_records(ready(Vec::new()), segments(self, run_id, Part::Payloads))
     }
 }
 
 /// The run's delta segments, decoded one at a time, in chunk and segment order.
-fn segments(store: &MssqlStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
+fn segments(store: &MssqlStore, run_id: &str, part: Part) -> Batches<DeltaRow, StoreError> {
     let sql = store.q("SELECT body FROM {s}.delta_segments WHERE run_id = @P1 ORDER BY chunk_no, seg_no");
     session::stream(
         &store.pool,
@@ -297,8 +299,8 @@ fn segments(store: &MssqlStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
         sql,
         vec![p(run_id.to_owned())],
         1,
-        |r| {
-            segment::decode(&bytes(r, 0)?).map_err(|e| StoreError::Corrupt {
+        move |r| {
+            segment::decode(&bytes(r, 0)?, part).map_err(|e| StoreError::Corrupt {
                 what: "delta segment",
                 detail: e.to_string(),
             })

@@ -2,7 +2,8 @@
 //! changes), merge applies them a segment per statement in one transaction.
 
 use super::{now_ms, PgStore};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
+use crate::domain::segment::{self, Part};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
 use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use crate::postgres::pool::pg_err;
@@ -282,22 +283,27 @@ impl StagingStore for PgStore {
     }
 
     fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
-        change_records(legacy_rows(self, run_id), segments(self, run_id))
+        change_records(legacy_rows(self, run_id), segments(self, run_id, Part::Payloads))
     }
 }
 
 /// The run's delta segments, decoded one at a time, in chunk and segment order.
-fn segments(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
+fn segments(store: &PgStore, run_id: &str, part: Part) -> Batches<DeltaRow, StoreError> {
     let sql = format!(
         "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
         store.s
     );
-    store.stream_each("read delta segments", sql, vec![Box::new(run_id.to_owned())], |r| {
-        segment::decode(r.get(0)).map_err(|e| StoreError::Corrupt {
-            what: "delta segment",
-            detail: e.to_string(),
-        })
-    })
+    store.stream_each(
+        "read delta segments",
+        sql,
+        vec![Box::new(run_id.to_owned())],
+        move |r| {
+            segment::decode(r.get(0), part).map_err(|e| StoreError::Corrupt {
+                what: "delta segment",
+                detail: e.to_string(),
+            })
+        },
+    )
 }
 
 /// Delta rows a build before segments wrote for a run still in flight at the upgrade.
@@ -336,7 +342,7 @@ fn delta(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let (store, run_id) = (store.clone(), run_id.to_owned());
     tokio::spawn(async move {
-        let sources: [OpenDelta; 2] = [legacy_rows, segments];
+        let sources: [OpenDelta; 2] = [legacy_rows, |s, run| segments(s, run, Part::Keys)];
         for open in sources {
             let mut source = open(&store, &run_id);
             while let Some(batch) = source.recv().await {

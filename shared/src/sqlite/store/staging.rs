@@ -1,7 +1,8 @@
 //! Staging state and deltas in SQLite: range streams, chunk deltas, and the set-based merge.
 
 use super::{now_ms, SqliteStore};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema, segment};
+use crate::domain::segment::{self, Part};
+use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
 use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
 use async_trait::async_trait;
@@ -265,14 +266,14 @@ impl StagingStore for SqliteStore {
             "read delta segments",
             "SELECT body FROM delta_segments WHERE run_id = ?1 ORDER BY chunk_no, seg_no".to_owned(),
             vec![Sql::Text(run_id.to_owned())],
-            |r| decode_segment(&r.get::<_, Vec<u8>>(0)?),
+            |r| decode_segment(&r.get::<_, Vec<u8>>(0)?, Part::Payloads),
         );
         change_records(legacy, segments)
     }
 }
 
-fn decode_segment(body: &[u8]) -> rusqlite::Result<Vec<DeltaRow>> {
-    segment::decode(body)
+fn decode_segment(body: &[u8], part: Part) -> rusqlite::Result<Vec<DeltaRow>> {
+    segment::decode(body, part)
         .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
 }
 
@@ -287,7 +288,7 @@ fn merge_segments(tx: &rusqlite::Transaction<'_>, run: &Run) -> rusqlite::Result
     let mut segments = read.query([&run.id])?;
     while let Some(seg) = segments.next()? {
         // `decode` has checked every insert and update carries its hash.
-        for r in decode_segment(&seg.get::<_, Vec<u8>>(0)?)? {
+        for r in decode_segment(&seg.get::<_, Vec<u8>>(0)?, Part::Keys)? {
             match r.hash.filter(|_| r.op != Op::Delete) {
                 Some(h) => upsert.execute(params![run.tenant, run.source, r.key, h.to_vec()])?,
                 None => delete.execute(params![run.tenant, run.source, r.key])?,

@@ -10,7 +10,7 @@ use crate::domain::key::encode_key;
 use crate::domain::schema::TableSchema;
 use crate::domain::value::Value;
 use crate::errors::{SourceError, StageError};
-use crate::ports::{Batches, ChunkStats, DeltaRow, KeyRange, Run};
+use crate::ports::{Batches, ChunkStats, KeyRange, Run};
 use crate::stages::cursor::Cursor;
 
 /// A source row with its key bytes and hash.
@@ -36,6 +36,8 @@ pub(super) async fn diff_chunk(
     let (mut scratch, mut prev_key): (Vec<u8>, Option<Vec<u8>>) = (Vec::new(), None);
     let mut stats = ChunkStats::default();
     let mut delta = super::DeltaWriter::new(ctx, &run.id, chunk_no);
+    // One buffer for every changed row's JSON, instead of a string per row.
+    let mut json = String::with_capacity(512);
     let mut s_head: Option<Keyed> = None;
     let mut g_head = staging.next().await?;
     let mut s_done = false;
@@ -76,11 +78,6 @@ pub(super) async fn diff_chunk(
             g_head.as_ref().map(|(k, h)| (k.as_slice(), h)),
             run.force_all,
         );
-        let row_json = |k: &Keyed| {
-            let mut s = String::with_capacity(256);
-            write_object(&mut s, names.iter().copied(), &k.values);
-            s
-        };
         match st {
             Step::Done => break,
             Step::Insert | Step::Update => {
@@ -92,15 +89,9 @@ pub(super) async fn diff_chunk(
                     stats.updates += 1;
                     g_head = staging.next().await?;
                 }
-                let payload = row_json(&k);
-                delta
-                    .push(DeltaRow {
-                        key: k.key,
-                        op,
-                        hash: Some(k.hash),
-                        payload,
-                    })
-                    .await?;
+                json.clear();
+                write_object(&mut json, names.iter().copied(), &k.values);
+                delta.push_parts(op, &k.key, Some(&k.hash), &json).await?;
             }
             Step::Unchanged => {
                 s_head = None;

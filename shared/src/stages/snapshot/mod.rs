@@ -14,8 +14,11 @@ pub(super) use plan::plan;
 use super::run_task;
 use crate::ctx::Ctx;
 use crate::domain::config::DiffMode;
+use crate::domain::diff::Op;
+use crate::domain::encoding::RowHash;
 use crate::domain::job::{Job, Task};
 use crate::domain::json::write_value;
+use crate::domain::segment::Encoder;
 use crate::domain::value::Value;
 use crate::errors::StageError;
 use crate::ports::{DeltaRow, Run, RunState};
@@ -31,7 +34,7 @@ pub(super) struct DeltaWriter {
     store: std::sync::Arc<dyn crate::ports::Store>,
     run_id: String,
     chunk_no: u32,
-    rows: Vec<DeltaRow>,
+    segment: Encoder,
     segments: u32,
     in_flight: Option<tokio::task::JoinHandle<Result<(), crate::errors::StoreError>>>,
 }
@@ -42,7 +45,7 @@ impl DeltaWriter {
             store: ctx.store.clone(),
             run_id: run_id.to_owned(),
             chunk_no,
-            rows: Vec::with_capacity(DELTA_FLUSH),
+            segment: Encoder::with_capacity(DELTA_FLUSH * 256),
             segments: 0,
             in_flight: None,
         }
@@ -50,15 +53,29 @@ impl DeltaWriter {
 
     /// Adds a row; starts a bulk write once a flush's worth has gathered.
     pub(super) async fn push(&mut self, row: DeltaRow) -> Result<(), StageError> {
-        self.rows.push(row);
-        self.extend(&mut Vec::new()).await
+        self.push_parts(row.op, &row.key, row.hash.as_ref(), &row.payload).await
+    }
+
+    /// Adds a row from borrowed parts: the ordinary diff writes every row's JSON into one
+    /// reused buffer, which is copied into the segment here.
+    pub(super) async fn push_parts(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        hash: Option<&RowHash>,
+        payload: &str,
+    ) -> Result<(), StageError> {
+        self.segment.push(op, key, hash, payload);
+        if self.segment.rows() >= DELTA_FLUSH {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Adds rows gathered elsewhere (the push-down and watermark diffs collect them in steps).
     pub(super) async fn extend(&mut self, rows: &mut Vec<DeltaRow>) -> Result<(), StageError> {
-        self.rows.append(rows);
-        if self.rows.len() >= DELTA_FLUSH {
-            self.flush().await?;
+        for r in rows.drain(..) {
+            self.push(r).await?;
         }
         Ok(())
     }
@@ -75,20 +92,21 @@ impl DeltaWriter {
 
     async fn flush(&mut self) -> Result<(), StageError> {
         self.wait().await?;
-        if self.rows.is_empty() {
+        if self.segment.rows() == 0 {
             return Ok(());
         }
-        let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(DELTA_FLUSH));
-        let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows = rows.len());
+        // The next segment starts with room for one like this one: no regrowth copies.
+        let next = Encoder::with_capacity(self.segment.bytes());
+        let segment = std::mem::replace(&mut self.segment, next);
+        let rows = segment.rows() as i64;
+        let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows);
         let (store, run_id, chunk_no, seg) = (self.store.clone(), self.run_id.clone(), self.chunk_no, self.segments);
         self.segments += 1;
         self.in_flight = Some(tokio::spawn(
             async move {
                 // Packing runs here too, beside the diff rather than in its way.
-                let body = crate::domain::segment::encode(&rows);
-                store
-                    .write_segment(&run_id, chunk_no, seg, rows.len() as i64, body)
-                    .await
+                let body = segment.finish();
+                store.write_segment(&run_id, chunk_no, seg, rows, body).await
             }
             .instrument(span),
         ));
