@@ -26,6 +26,19 @@ pub fn plan(estimate: f64, pages: f64, chunk_rows: u64) -> Option<(f64, f64)> {
     (percent <= MAX_PERCENT).then_some((chunks, percent))
 }
 
+/// Below this many pages, a table without a row estimate is read whole (exact chunks).
+const PILOT_FROM_PAGES: f64 = 2_000.0;
+/// Pages a pilot sample reads to estimate the rows of a table that was never analysed.
+const PILOT_PAGES: f64 = 500.0;
+
+/// The percentage of pages to sample to estimate the rows of a table that has no estimate yet
+/// (never analysed: a table loaded just before its onboarding) from its size in `pages`, or
+/// `None` when it is small enough to read whole. Its row count is then the sample's scaled up,
+/// and [`plan`] decides as for an analysed table.
+pub fn pilot_percent(pages: f64) -> Option<f64> {
+    (pages >= PILOT_FROM_PAGES).then(|| (100.0 * PILOT_PAGES / pages).min(MAX_PERCENT))
+}
+
 /// Boundaries cutting `sample` (encoded keys, ascending, distinct) into `chunks` chunks, or
 /// `None` when the sample is too thin to trust (a table much smaller than its estimate).
 pub fn bounds(sample: &[Vec<u8>], chunks: f64) -> Option<Vec<Vec<u8>>> {
@@ -62,6 +75,17 @@ mod tests {
             (percent - 2.5).abs() < 1e-9,
             "{percent}: 50 pages a chunk outweigh 200 keys"
         );
+    }
+
+    #[test]
+    fn a_table_without_an_estimate_is_piloted_by_its_size() {
+        assert_eq!(pilot_percent(1_999.0), None, "small: read whole");
+        assert_eq!(pilot_percent(25_000.0), Some(2.0), "500 of 25,000 pages");
+        assert_eq!(pilot_percent(2_000.0), Some(25.0), "never more than a quarter");
+        // A 1,000,000-row table on 25,000 pages: the pilot's 2% gives ~20,000 rows, and the
+        // plan for 10 chunks wants 2% too, so the pilot sample serves as the sample.
+        let (chunks, percent) = plan(20_000.0 * 100.0 / 2.0, 25_000.0, 100_000).unwrap();
+        assert_eq!((chunks, percent), (10.0, 2.0));
     }
 
     #[test]

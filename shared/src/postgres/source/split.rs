@@ -1,6 +1,6 @@
-//! Chunk boundaries: a large analysed table is cut from a sample of its pages
-//! (`domain::sampling`); small tables, queries, views, and tables never analysed (no row
-//! estimate) are cut exactly from all their keys.
+//! Chunk boundaries: a large table is cut from a sample of its pages (`domain::sampling`) —
+//! one never analysed after a pilot sample estimates its rows; small tables, queries and views
+//! are cut exactly from all their keys.
 
 use super::{from_clause, key_columns, key_expr, query_err, read_value, select_expr};
 use crate::domain::key::encode_key;
@@ -66,8 +66,9 @@ pub(super) async fn split(
     Ok(keys_where(client, &sql, schema, |n| n > 1 && n % every == 1).await?.0)
 }
 
-/// Boundaries from a page sample, or `None` when the table is small, has no estimate, cannot
-/// be sampled (a view) or the sample came out too thin to trust.
+/// Boundaries from a page sample, or `None` when the table is small, cannot be sampled (a
+/// view) or the sample came out too thin to trust. A table never analysed has no row estimate:
+/// a pilot sample sized from its pages gives one (and serves as the sample when dense enough).
 async fn sampled(
     client: &deadpool_postgres::Object,
     from: &str,
@@ -78,14 +79,30 @@ async fn sampled(
 ) -> Option<Vec<Vec<u8>>> {
     let row = client
         .query_opt(
-            "SELECT reltuples::FLOAT8, relpages::FLOAT8 FROM pg_class WHERE oid = to_regclass($1) AND relkind = 'r'",
+            "SELECT reltuples::FLOAT8, relpages::FLOAT8,                     pg_relation_size(oid)::FLOAT8 / current_setting('block_size')::FLOAT8              FROM pg_class WHERE oid = to_regclass($1) AND relkind = 'r'",
             &[&from],
         )
         .await
         .ok()??;
-    let (estimate, pages): (f64, f64) = (row.get(0), row.get(1));
-    let (chunks, percent) = sampling::plan(estimate, pages, chunk_rows)?;
-    let sql = format!("SELECT {select} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {order}");
-    let (sample, _) = keys_where(client, &sql, schema, |_| true).await.ok()?;
-    sampling::bounds(&sample, chunks)
+    let (estimate, pages, size_pages): (f64, f64, f64) = (row.get(0), row.get(1), row.get(2));
+    let sample = |percent: f64| async move {
+        let sql = format!("SELECT {select} FROM {from} TABLESAMPLE SYSTEM ({percent}) ORDER BY {order}");
+        keys_where(client, &sql, schema, |_| true)
+            .await
+            .ok()
+            .map(|(keys, _)| keys)
+    };
+    // PostgreSQL 14+ says -1 rows for a table never vacuumed or analysed; older ones 0 pages.
+    if estimate >= 0.0 && pages > 0.0 {
+        let (chunks, percent) = sampling::plan(estimate, pages, chunk_rows)?;
+        return sampling::bounds(&sample(percent).await?, chunks);
+    }
+    let pilot_percent = sampling::pilot_percent(size_pages)?;
+    let pilot = sample(pilot_percent).await?;
+    let estimate = pilot.len() as f64 * 100.0 / pilot_percent;
+    let (chunks, percent) = sampling::plan(estimate, size_pages, chunk_rows)?;
+    if percent <= pilot_percent {
+        return sampling::bounds(&pilot, chunks);
+    }
+    sampling::bounds(&sample(percent).await?, chunks)
 }
