@@ -202,6 +202,11 @@ CREATE TABLE delta_segments (
     PRIMARY KEY (run_id, chunk_no, seg_no)
 );
 "#,
+    r#"
+-- Claims read the queue in its claim order from an index: without it every claim sorted the
+-- whole queue (thousands of jobs during an onboarding).
+CREATE INDEX jobs_claim ON jobs (priority DESC, visible_at, id);
+"#,
 ];
 
 /// Brings the schema up to date.
