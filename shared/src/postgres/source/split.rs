@@ -79,7 +79,9 @@ async fn sampled(
 ) -> Option<Vec<Vec<u8>>> {
     let row = client
         .query_opt(
-            "SELECT reltuples::FLOAT8, relpages::FLOAT8,                     pg_relation_size(oid)::FLOAT8 / current_setting('block_size')::FLOAT8              FROM pg_class WHERE oid = to_regclass($1) AND relkind = 'r'",
+            "SELECT reltuples::FLOAT8, relpages::FLOAT8, \
+                    pg_relation_size(oid)::FLOAT8 / current_setting('block_size')::FLOAT8 \
+             FROM pg_class WHERE oid = to_regclass($1) AND relkind = 'r'",
             &[&from],
         )
         .await
