@@ -10,7 +10,7 @@ use signals_shared::mssql::pool::{Pool, Pooled};
 use signals_shared::mssql::source::MssqlSource;
 use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
 use signals_shared::sqlite::source::SqliteSource;
-use signals_tests::{mssql_server, Harness, StoreKind};
+use signals_tests::{assert_chunked_from_a_sample, mssql_server, Harness, StoreKind};
 
 /// A data source spec of `table` keyed on `key`.
 fn spec_of(table: String, key: &str) -> SourceSpec {
@@ -436,22 +436,5 @@ async fn large_tables_are_chunked_from_a_sample_and_lose_no_row() {
     )
     .await;
     let source = MssqlSource::new(Pool::new(ConnSpec::parse(&s).unwrap(), 2), "erp");
-    let spec = spec_of(format!("{}.big", db.schema), "id");
-    let schema = source.describe(&spec).await.unwrap();
-    let bounds = source.split(&spec, &schema, 25_000).await.unwrap();
-    assert!(
-        (7..=13).contains(&bounds.len()),
-        "about 9 boundaries for 10 chunks: {}",
-        bounds.len()
-    );
-    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending");
-    let (mut total, mut sizes) = (0, Vec::new());
-    for r in &KeyRange::cut_at(bounds) {
-        let n = count(source.read(&spec, &schema, r)).await;
-        assert!((8_000..=60_000).contains(&n), "a chunk of {n} rows");
-        total += n;
-        sizes.push(n);
-    }
-    assert_eq!(total, 250_000);
-    assert!(sizes.iter().any(|&n| n != 25_000), "cut from a sample: {sizes:?}");
+    assert_chunked_from_a_sample(&source, format!("{}.big", db.schema)).await;
 }

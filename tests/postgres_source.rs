@@ -5,7 +5,7 @@ use signals_shared::domain::encoding::row_hash;
 use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
 use signals_shared::postgres::source::PgSource as PgReader;
 use signals_shared::sqlite::source::SqliteSource;
-use signals_tests::{pg_url, Harness, PgSource, StoreKind};
+use signals_tests::{assert_chunked_from_a_sample, pg_url, Harness, PgSource, StoreKind, SAMPLED_ROWS};
 
 const TYPES_TABLE: &str = r#"
 CREATE TABLE {s}.all_types (
@@ -183,39 +183,12 @@ async fn chunked_from_a_sample(analyse: &str) {
     let pg = PgSource::new(&h).await;
     pg.exec(&format!(
         "CREATE TABLE {{s}}.big (id BIGINT PRIMARY KEY, pad TEXT) WITH (autovacuum_enabled = false);
-         INSERT INTO {{s}}.big SELECT i * 3, repeat('x', 40) FROM generate_series(1, 250000) AS i;
+         INSERT INTO {{s}}.big SELECT i * 3, repeat('x', 40) FROM generate_series(1, {SAMPLED_ROWS}) AS i;
          {analyse}"
     ))
     .await;
     let reader = PgReader::new(signals_shared::postgres::pool::pool(&pg_url(), 2).unwrap(), "pg");
-    let spec = SourceSpec {
-        table: Some(format!("{}.big", pg.schema)),
-        key: vec!["id".into()],
-        ..Default::default()
-    };
-    let schema = reader.describe(&spec).await.unwrap();
-    let bounds = reader.split(&spec, &schema, 25_000).await.unwrap();
-    assert!(
-        (7..=13).contains(&bounds.len()),
-        "about 9 boundaries for 10 chunks: {}",
-        bounds.len()
-    );
-    assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending");
-    let ranges = KeyRange::cut_at(bounds);
-    let (mut total, mut sizes) = (0, Vec::new());
-    for r in &ranges {
-        let mut rx = reader.read(&spec, &schema, r);
-        let mut n = 0;
-        while let Some(b) = rx.recv().await {
-            n += b.unwrap().len();
-        }
-        assert!((8_000..=60_000).contains(&n), "a chunk of {n} rows");
-        total += n;
-        sizes.push(n);
-    }
-    assert_eq!(total, 250_000);
-    // Every key read would cut exactly 25,000 rows per chunk.
-    assert!(sizes.iter().any(|&n| n != 25_000), "cut from a sample: {sizes:?}");
+    assert_chunked_from_a_sample(&reader, format!("{}.big", pg.schema)).await;
 }
 
 /// `diff = "change_tracking"` is SQL Server's: on a PostgreSQL source the run stops at once with

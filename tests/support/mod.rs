@@ -20,8 +20,10 @@ use tempfile::TempDir;
 
 mod moto;
 mod process;
+mod sampling;
 pub use moto::Moto;
 pub use process::{free_port, http, http_get, terminate, wait_for_port, KillOnDrop};
+pub use sampling::{assert_chunked_from_a_sample, SAMPLED_ROWS};
 
 /// One isolated environment.
 pub struct Harness {
