@@ -176,6 +176,7 @@ async fn read_source(pg_ref: &str, table: &str) -> anyhow::Result<u64> {
 /// and the WAL bytes the server wrote meanwhile.
 async fn timed(o: &WorkerOpts, name: &str, rows: u64, bytes: u64) -> anyhow::Result<Measured> {
     let c = client().await?;
+    source::checkpoint(&c).await?;
     let wal = source::wal_lsn(&c).await?;
     let p = Phase::start();
     let r = Worker::spawn(o)?.wait()?;
@@ -204,17 +205,16 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         source::copy_table(&c, "big", t, a.onboard_rows).await?;
     }
     if a.onboard_rows > a.rows {
-        c.batch_execute(&format!(
-            "DELETE FROM {SRC}.big WHERE id > {}; VACUUM ANALYZE {SRC}.big",
-            a.rows
-        ))
-        .await?;
+        c.batch_execute(&format!("DELETE FROM {SRC}.big WHERE id > {}", a.rows))
+            .await?;
+        source::settle(&c, "big").await?;
     }
     let receiver = Receiver::spawn(&dir.join("receiver.db"), false)?;
     let ack_only = Receiver::spawn(&dir.join("receiver-ack.db"), true)?;
     let mut report = Report::default();
     let rows = a.rows;
 
+    source::checkpoint(&c).await?;
     let p = Phase::start();
     let bytes = source::copy_baseline(&c, "big").await?;
     report.baseline(p.finish(

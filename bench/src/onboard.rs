@@ -205,6 +205,7 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
             Duration::ZERO,
         )
         .await?;
+    crate::source::checkpoint(&client().await?).await?;
     let phase = Phase::start();
     let workers = two_workers("sigbench_onboard", 60, true)?;
     let mut samples = Vec::new();
@@ -229,6 +230,7 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
 pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64) -> anyhow::Result<Measured> {
     let (store, _) = fresh_store("sigbench_resume", &ob.config(), &["onboard"]).await?;
     let c = client().await?;
+    crate::source::checkpoint(&c).await?;
     let phase = Phase::start();
     let workers = two_workers("sigbench_resume", lease_secs, false)?;
     let mut samples = Vec::new();
