@@ -140,5 +140,102 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
     }
 }
 
+/// Staging as the PostgreSQL store kept it before source ids (one table keyed by tenant and data
+/// source names), re-keyed when a store of this build opens it: nothing staged is lost — the next
+/// interval sync sends exactly the changes — and a worker of the older build still reads, copies
+/// into and deletes from staging by name, while its upsert fails (its job is retried by a newer
+/// worker) instead of writing beside the new table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
+    use signals_tests::StoreKind;
+    let h = Harness::on(StoreKind::Postgres).await;
+    signals_tests::create_items(&h.src(), 3_000);
+    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    h.onboard().await;
+    let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let s = &h.store_schema;
+    let count = |table: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(&format!("SELECT COUNT(*) FROM {s}.{table}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    // Back to the layout before the re-key, staged rows and all.
+    c.batch_execute(&format!(
+        "CREATE TABLE {s}.staging_old (tenant TEXT NOT NULL, source TEXT NOT NULL, key BYTEA NOT NULL,
+             hash BYTEA NOT NULL, PRIMARY KEY (tenant, source, key));
+         INSERT INTO {s}.staging_old SELECT tenant, source, key, hash FROM {s}.staging;
+         DROP VIEW {s}.staging; DROP FUNCTION {s}.staging_write(); DROP TABLE {s}.staging_keys, {s}.sources;
+         ALTER TABLE {s}.staging_old RENAME TO staging;
+         UPDATE {s}.meta SET value = value - 1 WHERE key = 'schema_version';"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(count("staging").await, 3_000);
+
+    signals_shared::backends::open(&h.store_spec, s).await.unwrap();
+    assert_eq!(count("staging_keys").await, 3_000, "every staged row re-keyed");
+    assert_eq!(count("sources").await, 1);
+
+    // What a worker of the older build still does by name.
+    let old_select =
+        format!("SELECT key, hash FROM {s}.staging WHERE tenant = $1 AND source = $2 ORDER BY key LIMIT 1");
+    let first = c.query_one(&old_select, &[&"t", &"items"]).await.unwrap();
+    let (key, hash): (Vec<u8>, Vec<u8>) = (first.get(0), first.get(1));
+    let deleted = c
+        .execute(
+            &format!("DELETE FROM {s}.staging WHERE tenant = $1 AND source = $2 AND key = ANY($3::BYTEA[])"),
+            &[&"t", &"items", &vec![key.clone()]],
+        )
+        .await
+        .unwrap();
+    assert_eq!((deleted, count("staging_keys").await), (1, 2_999));
+    let sink = c
+        .copy_in(&format!(
+            "COPY {s}.staging (tenant, source, key, hash) FROM STDIN BINARY"
+        ))
+        .await
+        .unwrap();
+    use tokio_postgres::types::{ToSql, Type};
+    let mut writer = std::pin::pin!(tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+        sink,
+        &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::BYTEA]
+    ));
+    let row: [&(dyn ToSql + Sync); 4] = [&"t", &"items", &key, &hash];
+    writer.as_mut().write(&row).await.unwrap();
+    writer.as_mut().finish().await.unwrap();
+    assert_eq!(
+        count("staging_keys").await,
+        3_000,
+        "the old build's COPY lands in the new table"
+    );
+    let upsert = c
+        .execute(
+            &format!(
+                "INSERT INTO {s}.staging (tenant, source, key, hash) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
+            ),
+            &[&"t", &"items", &key, &hash],
+        )
+        .await;
+    assert!(upsert.is_err(), "an old upsert fails rather than writing elsewhere");
+
+    signals_tests::mutate_items(&h.src(), 3_000);
+    h.interval().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.display_state(), "done");
+    assert_eq!(h.stats().changes, 3_000 + run.changes(), "every change sent once");
+    assert_eq!(h.stats().applied_twice, 0);
+    h.assert_in_sync().await;
+}
+
 // The SQL Server store began with segments: it has no older layout to upgrade from.
 signals_tests::on_every_store!(sqlite_and_postgres: a_run_in_flight_across_the_segment_upgrade_loses_nothing);

@@ -109,7 +109,8 @@ impl OperatorStore for PgStore {
         let runs = format!("(SELECT id FROM {s}.runs WHERE tenant = $1)");
         let mut sql = vec![
             format!("DELETE FROM {s}.jobs WHERE (body::jsonb) ->> 'tenant' = $1"),
-            format!("DELETE FROM {s}.staging WHERE tenant = $1"),
+            // The (tenant, source) → id map stays, as on SQL Server: it holds no data.
+            format!("DELETE FROM {s}.staging_keys WHERE sid IN (SELECT sid FROM {s}.sources WHERE tenant = $1)"),
             format!("DELETE FROM {s}.staged_schemas WHERE tenant = $1"),
             format!("DELETE FROM {s}.deltas WHERE run_id IN {runs}"),
             format!("DELETE FROM {s}.delta_segments WHERE run_id IN {runs}"),

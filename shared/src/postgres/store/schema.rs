@@ -207,7 +207,72 @@ ALTER TABLE {s}.batches ALTER COLUMN body SET STORAGE EXTERNAL;
 -- sorted the whole queue (thousands of jobs during an onboarding, ~1 ms of server CPU each).
 CREATE INDEX jobs_claim ON {s}.jobs (priority DESC, visible_at, id);
 "#,
+    r#"
+-- Staging keyed by one integer per (tenant, data source) and hash-partitioned on it (decision
+-- 0013): every staging B-tree comparison had compared two texts before the key, and concurrent
+-- initial merges of different sources queued on the one table's extension lock.
+CREATE TABLE {s}.sources (
+    sid    SERIAL PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    source TEXT NOT NULL,
+    UNIQUE (tenant, source)
+);
+CREATE TABLE {s}.staging_keys (
+    sid  INTEGER NOT NULL,
+    key  BYTEA NOT NULL,
+    hash BYTEA NOT NULL,
+    PRIMARY KEY (sid, key)
+) PARTITION BY HASH (sid);
+{staging_partitions}
+INSERT INTO {s}.sources (tenant, source) SELECT DISTINCT tenant, source FROM {s}.staging;
+INSERT INTO {s}.staging_keys (sid, key, hash)
+    SELECT so.sid, st.key, st.hash FROM {s}.staging st JOIN {s}.sources so USING (tenant, source);
+DROP TABLE {s}.staging;
+-- Workers of the previous release, still running during a rollout, keep reading and writing
+-- staging by name through this view: reads, `COPY` and deletes work; their upsert
+-- (`ON CONFLICT`, which a view cannot take) fails and its job is retried by a new worker. A
+-- later release drops the view and its trigger.
+CREATE VIEW {s}.staging AS
+    SELECT so.tenant, so.source, st.key, st.hash FROM {s}.staging_keys st JOIN {s}.sources so USING (sid);
+CREATE FUNCTION {s}.staging_write() RETURNS trigger LANGUAGE plpgsql AS $body$
+DECLARE
+    id INTEGER;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM {s}.staging_keys
+            WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = OLD.tenant AND source = OLD.source)
+              AND key = OLD.key;
+        RETURN OLD;
+    END IF;
+    INSERT INTO {s}.sources (tenant, source) VALUES (NEW.tenant, NEW.source) ON CONFLICT DO NOTHING;
+    SELECT sid INTO id FROM {s}.sources WHERE tenant = NEW.tenant AND source = NEW.source;
+    INSERT INTO {s}.staging_keys (sid, key, hash) VALUES (id, NEW.key, NEW.hash)
+        ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash;
+    RETURN NEW;
+END
+$body$;
+CREATE TRIGGER staging_write INSTEAD OF INSERT OR DELETE ON {s}.staging
+    FOR EACH ROW EXECUTE FUNCTION {s}.staging_write();
+"#,
 ];
+
+/// Partitions of `staging_keys`: enough that a tenant's dozen data sources mostly load into
+/// partitions of their own, few enough that an unpruned statement stays cheap to plan.
+pub(super) const STAGING_PARTITIONS: u32 = 16;
+
+/// A migration's text for one schema: `{s}` quoted, the staging partitions written out.
+fn expand(sql: &str, s: &str) -> String {
+    let partitions = (0..STAGING_PARTITIONS)
+        .map(|i| {
+            format!(
+                "CREATE TABLE {s}.staging_keys_{i} PARTITION OF {s}.staging_keys \
+                 FOR VALUES WITH (MODULUS {STAGING_PARTITIONS}, REMAINDER {i});"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    sql.replace("{staging_partitions}", &partitions).replace("{s}", s)
+}
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.
 pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
@@ -238,7 +303,7 @@ pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
         .map_err(err)?
         .map_or(0, |r| r.get(0));
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        tx.batch_execute(&sql.replace("{s}", &s)).await.map_err(err)?;
+        tx.batch_execute(&expand(sql, &s)).await.map_err(err)?;
         tx.execute(
             &format!(
                 "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', $1) \

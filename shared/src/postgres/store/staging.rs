@@ -15,6 +15,36 @@ use tokio_postgres::Transaction;
 /// Staging rows changed by one merge after which its statistics are refreshed at once.
 const REANALYZE_AFTER: u64 = 100_000;
 
+/// Staging rows of one (tenant, data source), by name: the partition is pruned when the
+/// statement runs, so reads need no source id of their own.
+const STAGED: &str =
+    "FROM {s}.staging_keys WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2)";
+
+/// [`STAGED`] for this store.
+fn staged(store: &PgStore) -> String {
+    STAGED.replace("{s}", &store.s)
+}
+
+/// The compact id of a (tenant, data source), created on first use. Not cached: a merge asks
+/// once, and a cache would outlive a store schema dropped and created again.
+async fn sid(c: &impl tokio_postgres::GenericClient, s: &str, tenant: &str, source: &str) -> Result<i32, StoreError> {
+    let err = pg_err("source id");
+    // Two statements: the second sees a row another merge committed while the first waited on it.
+    c.execute(
+        &format!("INSERT INTO {s}.sources (tenant, source) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+        &[&tenant, &source],
+    )
+    .await
+    .map_err(&err)?;
+    Ok(c.query_one(
+        &format!("SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2"),
+        &[&tenant, &source],
+    )
+    .await
+    .map_err(&err)?
+    .get(0))
+}
+
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
 /// Opens one of a run's delta streams (old rows, or segments).
@@ -59,10 +89,7 @@ impl StagingStore for PgStore {
     fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError> {
         let mut p: Params = vec![Box::new(tenant.to_owned()), Box::new(source.to_owned())];
         let cond = range_sql(range, &mut p);
-        let sql = format!(
-            "SELECT key, hash FROM {}.staging WHERE tenant = $1 AND source = $2{cond} ORDER BY key",
-            self.s
-        );
+        let sql = format!("SELECT key, hash {}{cond} ORDER BY key", staged(self));
         self.stream("read staging", sql, p, |r| {
             let hash: Vec<u8> = r.get(1);
             let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
@@ -199,22 +226,33 @@ impl StagingStore for PgStore {
         if upserted + deleted >= REANALYZE_AFTER {
             // Planner statistics lag a large merge (autovacuum analyses a minute later, if at all
             // under load): with staging believed empty, the next run's delete join scans every
-            // staged key of the source (1,000,000 probes instead of a few thousand).
-            c.batch_execute(&format!("ANALYZE {s}.staging")).await.map_err(&err)?;
+            // staged key of the source (1,000,000 probes instead of a few thousand). Only the
+            // source's partition: analysing the parent would sample every partition.
+            let part: Option<String> = c
+                .query_opt(
+                    &format!("SELECT tableoid::regclass::TEXT {} LIMIT 1", staged(self)),
+                    &[&run.tenant, &run.source],
+                )
+                .await
+                .map_err(&err)?
+                .map(|r| r.get(0));
+            if let Some(part) = part {
+                c.batch_execute(&format!("ANALYZE {part}")).await.map_err(&err)?;
+            }
         }
         Ok(true)
     }
 
     async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError> {
         let sql = format!(
-            "INSERT INTO {}.staging (tenant, source, key, hash) SELECT $1, $2, k, $4 FROM UNNEST($3::BYTEA[]) AS k \
-             ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash",
+            "INSERT INTO {}.staging_keys (sid, key, hash) SELECT $1, k, $3 FROM UNNEST($2::BYTEA[]) AS k \
+             ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash",
             self.s
         );
-        let n = self
-            .client()
-            .await?
-            .execute(&sql, &[&tenant, &source, &keys, &INVALID_HASH.to_vec()])
+        let c = self.client().await?;
+        let id = sid(&**c, &self.s, tenant, source).await?;
+        let n = c
+            .execute(&sql, &[&id, &keys, &INVALID_HASH.to_vec()])
             .await
             .map_err(pg_err("invalidate staging"))?;
         self.count(n);
@@ -227,10 +265,7 @@ impl StagingStore for PgStore {
         source: &str,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
-        let sql = format!(
-            "SELECT key, hash FROM {}.staging WHERE tenant = $1 AND source = $2 AND key = ANY($3)",
-            self.s
-        );
+        let sql = format!("SELECT key, hash {} AND key = ANY($3)", staged(self));
         let rows = self
             .client()
             .await?
@@ -365,28 +400,29 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
     tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
         .await
         .map_err(&err)?;
+    let id = sid(tx, s, &run.tenant, &run.source).await?;
     let empty: bool = tx
         .query_one(
-            &format!("SELECT NOT EXISTS (SELECT 1 FROM {s}.staging WHERE tenant = $1 AND source = $2)"),
-            &[&run.tenant, &run.source],
+            &format!("SELECT NOT EXISTS (SELECT 1 FROM {s}.staging_keys WHERE sid = $1)"),
+            &[&id],
         )
         .await
         .map_err(&err)?
         .get(0);
     if empty {
-        return copy_into_empty(store, tx, run).await;
+        return copy_into_empty(store, tx, id, &run.id).await;
     }
     let upsert = tx
         .prepare(&format!(
-            "INSERT INTO {s}.staging (tenant, source, key, hash) \
-             SELECT $1, $2, k, h FROM UNNEST($3::BYTEA[], $4::BYTEA[]) AS u(k, h) \
-             ON CONFLICT (tenant, source, key) DO UPDATE SET hash = EXCLUDED.hash"
+            "INSERT INTO {s}.staging_keys (sid, key, hash) \
+             SELECT $1, k, h FROM UNNEST($2::BYTEA[], $3::BYTEA[]) AS u(k, h) \
+             ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash"
         ))
         .await
         .map_err(&err)?;
     let delete = tx
         .prepare(&format!(
-            "DELETE FROM {s}.staging WHERE tenant = $1 AND source = $2 AND key = ANY($3::BYTEA[])"
+            "DELETE FROM {s}.staging_keys WHERE sid = $1 AND key = ANY($2::BYTEA[])"
         ))
         .await
         .map_err(&err)?;
@@ -404,16 +440,10 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
             }
         }
         if !keys.is_empty() {
-            upserted += tx
-                .execute(&upsert, &[&run.tenant, &run.source, &keys, &hashes])
-                .await
-                .map_err(&err)?;
+            upserted += tx.execute(&upsert, &[&id, &keys, &hashes]).await.map_err(&err)?;
         }
         if !gone.is_empty() {
-            deleted += tx
-                .execute(&delete, &[&run.tenant, &run.source, &gone])
-                .await
-                .map_err(&err)?;
+            deleted += tx.execute(&delete, &[&id, &gone]).await.map_err(&err)?;
         }
     }
     Ok((upserted, deleted))
@@ -422,26 +452,31 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
 /// Into a source with nothing staged (an initial sync) every change is a new key: the delta goes
 /// in as one binary `COPY`, with no statement per segment and no conflict to check (a key
 /// arriving twice still fails the primary key, and the merge with it).
-async fn copy_into_empty(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(u64, u64), StoreError> {
+async fn copy_into_empty(
+    store: &PgStore,
+    tx: &Transaction<'_>,
+    sid: i32,
+    run_id: &str,
+) -> Result<(u64, u64), StoreError> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
     let err = pg_err("merge");
     let sink = tx
         .copy_in(&format!(
-            "COPY {}.staging (tenant, source, key, hash) FROM STDIN BINARY",
+            "COPY {}.staging_keys (sid, key, hash) FROM STDIN BINARY",
             store.s
         ))
         .await
         .map_err(&err)?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::BYTEA, Type::BYTEA]);
+    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA, Type::BYTEA]);
     futures_util::pin_mut!(writer);
     let mut copied = 0;
-    let mut changes = staged_changes(delta(store, &run.id));
+    let mut changes = staged_changes(delta(store, run_id));
     while let Some(batch) = changes.recv().await {
         // A delete has nothing to remove from an empty staging.
         for (key, hash) in batch? {
             if let Some(h) = hash {
-                let row: [&(dyn ToSql + Sync); 4] = [&run.tenant, &run.source, &key, &h.as_slice()];
+                let row: [&(dyn ToSql + Sync); 3] = [&sid, &key, &h.as_slice()];
                 writer.as_mut().write(&row).await.map_err(&err)?;
                 copied += 1;
             }
