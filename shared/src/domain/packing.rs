@@ -13,12 +13,21 @@ const MAGIC: &[u8; 4] = b"\0LZ4";
 #[error("packed data is damaged: {0}")]
 pub struct UnpackError(String);
 
-/// Compresses `raw`.
+/// Compresses `raw`: straight into the buffer returned (lz4_flex's own `Vec` would be shrunk,
+/// then copied in here — two copies of every segment and body).
 pub fn pack(raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(raw.len() / 3 + 16);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&lz4_flex::compress_prepend_size(raw));
-    out
+    let head = MAGIC.len() + 4;
+    let mut out = vec![0; head + lz4_flex::block::get_maximum_output_size(raw.len())];
+    out[..MAGIC.len()].copy_from_slice(MAGIC);
+    out[MAGIC.len()..head].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+    match lz4_flex::block::compress_into(raw, &mut out[head..]) {
+        Ok(n) => {
+            out.truncate(head + n);
+            out
+        }
+        // Cannot happen with room for the worst case; stored as it is, it still reads.
+        Err(_) => raw.to_vec(),
+    }
 }
 
 /// The original bytes: decompressed if packed, as they are otherwise.
@@ -57,10 +66,29 @@ mod tests {
     }
 
     #[test]
+    fn the_layout_stays_what_stores_already_hold() {
+        // Segments and bodies packed by earlier builds: the magic, then lz4_flex's own
+        // size-prefixed block.
+        let raw = br#"{"id":7,"name":"x"}"#.repeat(50);
+        let mut earlier = MAGIC.to_vec();
+        earlier.extend_from_slice(&lz4_flex::compress_prepend_size(&raw));
+        assert_eq!(unpack(&earlier).unwrap().as_ref(), raw.as_slice());
+        assert_eq!(
+            lz4_flex::decompress_size_prepended(&pack(&raw)[MAGIC.len()..]).unwrap(),
+            raw
+        );
+    }
+
+    #[test]
     fn unpacked_bodies_pass_through_and_damage_is_an_error() {
         assert_eq!(unpack(br#"{"a":1}"#).unwrap().as_ref(), br#"{"a":1}"#);
         let mut packed = pack(&b"abc".repeat(100));
         packed.truncate(packed.len() - 3);
         assert!(unpack(&packed).is_err());
+        // Garbage after the magic and a size: an error from the unchecked-input decoder too.
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&1000u32.to_le_bytes());
+        garbage.extend_from_slice(&[0xff; 64]);
+        assert!(unpack(&garbage).is_err());
     }
 }
