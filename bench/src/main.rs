@@ -214,15 +214,23 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     let mut report = Report::default();
     let rows = a.rows;
 
+    // The median of three: one COPY on this shared machine has taken anything from 1.9 to 3.1 s
+    // within an hour, and every ratio of the run divides by it.
     source::checkpoint(&c).await?;
-    let p = Phase::start();
-    let bytes = source::copy_baseline(&c, "big").await?;
-    report.baseline(p.finish(
-        "COPY (SELECT … ORDER BY id) TO STDOUT, text, read by client",
-        rows,
-        bytes,
-        vec![],
-    ));
+    let mut copies = Vec::new();
+    for _ in 0..3 {
+        let p = Phase::start();
+        let bytes = source::copy_baseline(&c, "big").await?;
+        copies.push(p.finish(
+            "COPY (SELECT … ORDER BY id) TO STDOUT, text, read by client (median of 3)",
+            rows,
+            bytes,
+            vec![],
+        ));
+    }
+    copies.sort_by(|x, y| x.secs.total_cmp(&y.secs));
+    let bytes = copies[1].bytes;
+    report.baseline(copies.swap_remove(1));
 
     reset_own_peak();
     let p = Phase::start();
