@@ -234,7 +234,7 @@ pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64) -> anyhow::Result<Mea
     let phase = Phase::start();
     let workers = two_workers("sigbench_resume", lease_secs, false)?;
     let mut samples = Vec::new();
-    let at_kill = follow(&store, "onboard", ob, &phase, Until::HalfTheChunks, &mut samples).await?;
+    follow(&store, "onboard", ob, &phase, Until::HalfTheChunks, &mut samples).await?;
     let mut rss: Vec<u64> = workers.into_iter().map(Worker::kill).collect();
     let killed_at = phase.elapsed();
     let in_flight: i64 = c
@@ -244,6 +244,9 @@ pub async fn resumed(ob: &Onboarding<'_>, lease_secs: u64) -> anyhow::Result<Mea
         )
         .await?
         .get(0);
+    // What the store holds once the workers are dead: chunks that finished between the last
+    // progress sample and the kill were read before it (and are not read again).
+    let at_kill = latest_runs(&store, "onboard", ob.tables.len()).await?;
     let read_before: i64 = at_kill.iter().map(|r| r.rows_read).sum();
     let (chunks_done, chunks_total) = at_kill
         .iter()
