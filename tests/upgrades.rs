@@ -235,6 +235,14 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
     assert_eq!(h.stats().changes, 3_000 + run.changes(), "every change sent once");
     assert_eq!(h.stats().applied_twice, 0);
     h.assert_in_sync().await;
+    // Later merges of the source reuse its id and take no sequence number each (an int4 id
+    // would otherwise run out after enough interval syncs).
+    let last: i64 = c
+        .query_one(&format!("SELECT last_value FROM {s}.sources_sid_seq"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(last, 1);
 }
 
 // The SQL Server store began with segments: it has no older layout to upgrade from.

@@ -244,8 +244,11 @@ BEGIN
               AND key = OLD.key;
         RETURN OLD;
     END IF;
-    INSERT INTO {s}.sources (tenant, source) VALUES (NEW.tenant, NEW.source) ON CONFLICT DO NOTHING;
     SELECT sid INTO id FROM {s}.sources WHERE tenant = NEW.tenant AND source = NEW.source;
+    IF id IS NULL THEN
+        INSERT INTO {s}.sources (tenant, source) VALUES (NEW.tenant, NEW.source) ON CONFLICT DO NOTHING;
+        SELECT sid INTO id FROM {s}.sources WHERE tenant = NEW.tenant AND source = NEW.source;
+    END IF;
     INSERT INTO {s}.staging_keys (sid, key, hash) VALUES (id, NEW.key, NEW.hash)
         ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash;
     RETURN NEW;
@@ -258,7 +261,7 @@ CREATE TRIGGER staging_write INSTEAD OF INSERT OR DELETE ON {s}.staging
 
 /// Partitions of `staging_keys`: enough that a tenant's dozen data sources mostly load into
 /// partitions of their own, few enough that an unpruned statement stays cheap to plan.
-pub(super) const STAGING_PARTITIONS: u32 = 16;
+const STAGING_PARTITIONS: u32 = 16;
 
 /// A migration's text for one schema: `{s}` quoted, the staging partitions written out.
 fn expand(sql: &str, s: &str) -> String {

@@ -29,20 +29,20 @@ fn staged(store: &PgStore) -> String {
 /// once, and a cache would outlive a store schema dropped and created again.
 async fn sid(c: &impl tokio_postgres::GenericClient, s: &str, tenant: &str, source: &str) -> Result<i32, StoreError> {
     let err = pg_err("source id");
-    // Two statements: the second sees a row another merge committed while the first waited on it.
+    let select = format!("SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2");
+    if let Some(row) = c.query_opt(&select, &[&tenant, &source]).await.map_err(&err)? {
+        return Ok(row.get(0));
+    }
+    // Only when missing: an `INSERT … ON CONFLICT` takes a sequence number even when it inserts
+    // nothing, and every merge of every source would use one up. The second `SELECT` is its own
+    // statement, so it sees a row another merge committed while this insert waited on it.
     c.execute(
         &format!("INSERT INTO {s}.sources (tenant, source) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
         &[&tenant, &source],
     )
     .await
     .map_err(&err)?;
-    Ok(c.query_one(
-        &format!("SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2"),
-        &[&tenant, &source],
-    )
-    .await
-    .map_err(&err)?
-    .get(0))
+    Ok(c.query_one(&select, &[&tenant, &source]).await.map_err(&err)?.get(0))
 }
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
