@@ -1,6 +1,7 @@
 //! Request bodies of the push protocol (docs/push-protocol.md), built once per batch by string
 //! concatenation of the change records' stored JSON, so no row is parsed again.
 
+use crate::domain::buffers::Buffer;
 use crate::domain::diff::Op;
 use crate::domain::schema::TableSchema;
 use crate::ports::RunKind;
@@ -73,7 +74,14 @@ impl BodyBuilder {
     /// Makes room for `bytes` more (the previous body's size: bodies of one run are alike), so
     /// the body does not regrow and copy itself as records arrive.
     pub fn reserve(&mut self, bytes: usize) {
-        self.body.reserve(bytes);
+        let need = self.body.len() + bytes;
+        if need > self.body.capacity() {
+            // A kept buffer: a body is too large for the heap, and a fresh mapping of its size
+            // is faulted in page by page as it fills.
+            let mut body = String::from_utf8(Buffer::with_capacity(need).into_vec()).unwrap_or_default();
+            body.push_str(&self.body);
+            self.body = body;
+        }
     }
 
     /// Bytes so far.
@@ -92,13 +100,13 @@ impl BodyBuilder {
     }
 
     /// Closes the body with the batch id and sequence range.
-    pub fn finish(mut self, batch_id: &str) -> Vec<u8> {
+    pub fn finish(mut self, batch_id: &str) -> Buffer {
         let (first, last) = self.range();
         self.body.push_str(&format!(
             "],\"batch_id\":{},\"seq_first\":{first},\"seq_last\":{last}}}",
             json_str(batch_id)
         ));
-        self.body.into_bytes()
+        Buffer::from(self.body.into_bytes())
     }
 }
 

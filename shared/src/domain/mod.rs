@@ -1,6 +1,7 @@
 //! Pure domain rules: no I/O, no async. Everything here is tested next to the code.
 
 pub mod batching;
+pub mod buffers;
 pub mod checksum;
 pub mod config;
 pub mod diff;

@@ -4,6 +4,7 @@
 //! slower still. Packed data starts with a NUL byte, which no JSON body does, so bodies stored
 //! before packing existed still read.
 
+use super::buffers::Buffer;
 use std::borrow::Cow;
 
 const MAGIC: &[u8; 4] = b"\0LZ4";
@@ -13,11 +14,13 @@ const MAGIC: &[u8; 4] = b"\0LZ4";
 #[error("packed data is damaged: {0}")]
 pub struct UnpackError(String);
 
-/// Compresses `raw`: straight into the buffer returned (lz4_flex's own `Vec` would be shrunk,
-/// then copied in here — two copies of every segment and body).
-pub fn pack(raw: &[u8]) -> Vec<u8> {
+/// Compresses `raw` straight into a kept buffer (lz4_flex's own `Vec` would be shrunk, then
+/// copied in here — two copies of every segment and body — and a fresh one faulted in).
+pub fn pack(raw: &[u8]) -> Buffer {
     let head = MAGIC.len() + 4;
-    let mut out = vec![0; head + lz4_flex::block::get_maximum_output_size(raw.len())];
+    let size = head + lz4_flex::block::get_maximum_output_size(raw.len());
+    let mut out = Buffer::with_capacity(size);
+    out.resize(size, 0);
     out[..MAGIC.len()].copy_from_slice(MAGIC);
     out[MAGIC.len()..head].copy_from_slice(&(raw.len() as u32).to_le_bytes());
     match lz4_flex::block::compress_into(raw, &mut out[head..]) {
@@ -26,30 +29,51 @@ pub fn pack(raw: &[u8]) -> Vec<u8> {
             out
         }
         // Cannot happen with room for the worst case; stored as it is, it still reads.
-        Err(_) => raw.to_vec(),
+        Err(_) => Buffer::from(raw.to_vec()),
     }
 }
+
+/// LZ4 expands at most 255-fold: a larger stated size is damage, not a reason to allocate it.
+const MAX_RATIO: usize = 255;
 
 /// The original bytes: decompressed if packed, as they are otherwise.
 pub fn unpack(stored: &[u8]) -> Result<Cow<'_, [u8]>, UnpackError> {
     match stored.strip_prefix(MAGIC.as_slice()) {
-        Some(packed) => lz4_flex::decompress_size_prepended(packed)
-            .map(Cow::Owned)
-            .map_err(|e| UnpackError(e.to_string())),
+        Some(_) => unpack_buffer(stored).map(|b| Cow::Owned(b.into_vec())),
         None => Ok(Cow::Borrowed(stored)),
     }
 }
 
-/// A stored batch body as the destination receives it.
-pub fn unpack_body(stored: Vec<u8>) -> Result<Vec<u8>, crate::errors::StoreError> {
-    match unpack(&stored) {
-        Ok(std::borrow::Cow::Borrowed(_)) => Ok(stored),
-        Ok(std::borrow::Cow::Owned(body)) => Ok(body),
-        Err(e) => Err(crate::errors::StoreError::Corrupt {
-            what: "batch body",
-            detail: e.to_string(),
-        }),
+/// The original bytes in a kept buffer, for readers that decode them and let them go (the
+/// merge and batch stages read every segment once).
+pub fn unpack_buffer(stored: &[u8]) -> Result<Buffer, UnpackError> {
+    let Some(packed) = stored.strip_prefix(MAGIC.as_slice()) else {
+        let mut out = Buffer::with_capacity(stored.len());
+        out.extend_from_slice(stored);
+        return Ok(out);
+    };
+    let (size, block) = lz4_flex::block::uncompressed_size(packed).map_err(|e| UnpackError(e.to_string()))?;
+    if size > block.len().saturating_mul(MAX_RATIO) + 16 {
+        return Err(UnpackError(format!("{size} bytes stated for {} packed", block.len())));
     }
+    let mut out = Buffer::with_capacity(size);
+    out.resize(size, 0);
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(n) if n == size => Ok(out),
+        Ok(n) => Err(UnpackError(format!("{n} bytes unpacked, {size} stated"))),
+        Err(e) => Err(UnpackError(e.to_string())),
+    }
+}
+
+/// A stored batch body as the destination receives it.
+pub fn unpack_body(stored: Vec<u8>) -> Result<Buffer, crate::errors::StoreError> {
+    if !stored.starts_with(MAGIC) {
+        return Ok(Buffer::from(stored));
+    }
+    unpack_buffer(&stored).map_err(|e| crate::errors::StoreError::Corrupt {
+        what: "batch body",
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -83,12 +107,27 @@ mod tests {
     fn unpacked_bodies_pass_through_and_damage_is_an_error() {
         assert_eq!(unpack(br#"{"a":1}"#).unwrap().as_ref(), br#"{"a":1}"#);
         let mut packed = pack(&b"abc".repeat(100));
-        packed.truncate(packed.len() - 3);
+        let n = packed.len();
+        packed.truncate(n - 3);
         assert!(unpack(&packed).is_err());
         // Garbage after the magic and a size: an error from the unchecked-input decoder too.
         let mut garbage = MAGIC.to_vec();
         garbage.extend_from_slice(&1000u32.to_le_bytes());
         garbage.extend_from_slice(&[0xff; 64]);
         assert!(unpack(&garbage).is_err());
+    }
+
+    #[test]
+    fn a_stated_size_no_lz4_block_could_reach_is_damage_not_an_allocation() {
+        let mut bogus = MAGIC.to_vec();
+        bogus.extend_from_slice(&u32::MAX.to_le_bytes());
+        bogus.extend_from_slice(&[0x10, b'x']);
+        let e = unpack_buffer(&bogus).unwrap_err();
+        assert!(e.to_string().contains("4294967295 bytes stated"), "{e}");
+        // The most compressible input still unpacks: LZ4 stays within its 255-fold bound.
+        let zeros = vec![0u8; 4 << 20];
+        assert_eq!(unpack_buffer(&pack(&zeros)).unwrap().as_slice(), zeros.as_slice());
+        // A body stored before packing existed comes back as it is.
+        assert_eq!(unpack_body(br#"{"a":1}"#.to_vec()).unwrap().as_slice(), br#"{"a":1}"#);
     }
 }

@@ -4,9 +4,10 @@
 //! batch stage reads them back in the order they were written, which is deterministic: the
 //! same run always numbers its change records the same way.
 
+use super::buffers::Buffer;
 use super::diff::Op;
 use super::encoding::RowHash;
-use super::packing::{pack, unpack};
+use super::packing::{pack, unpack_buffer};
 
 /// One change of a chunk's delta.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,14 +50,14 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 /// and payload, length-prefixed. Rows are copied in as they come, so the snapshot can write each
 /// row's JSON into one reused buffer instead of a string per row.
 pub struct Encoder {
-    raw: Vec<u8>,
+    raw: Buffer,
     rows: usize,
 }
 
 impl Encoder {
     /// An empty segment with room for about `bytes`.
     pub fn with_capacity(bytes: usize) -> Encoder {
-        let mut raw = Vec::with_capacity(bytes + 1);
+        let mut raw = Buffer::with_capacity(bytes + 1);
         raw.push(FORMAT);
         Encoder { raw, rows: 0 }
     }
@@ -87,13 +88,13 @@ impl Encoder {
     }
 
     /// The segment as stored: compressed.
-    pub fn finish(self) -> Vec<u8> {
+    pub fn finish(self) -> Buffer {
         pack(&self.raw)
     }
 }
 
 /// Packs rows into one segment.
-pub fn encode(rows: &[DeltaRow]) -> Vec<u8> {
+pub fn encode(rows: &[DeltaRow]) -> Buffer {
     let size: usize = rows.iter().map(|r| r.key.len() + r.payload.len() + 30).sum();
     let mut e = Encoder::with_capacity(size);
     for r in rows {
@@ -138,7 +139,7 @@ pub enum Part {
 
 /// The rows of a segment, in the order they were written.
 pub fn decode(stored: &[u8], part: Part) -> Result<Vec<DeltaRow>, SegmentError> {
-    let raw = unpack(stored).map_err(|e| SegmentError(e.to_string()))?;
+    let raw = unpack_buffer(stored).map_err(|e| SegmentError(e.to_string()))?;
     let mut r = Reader { b: &raw, pos: 0 };
     match r.byte()? {
         FORMAT => {}
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn damage_is_an_error_not_a_panic() {
         let raw = encode(&[row(1, Op::Insert)]);
-        let plain = unpack(&raw).unwrap().into_owned();
+        let plain = crate::domain::packing::unpack(&raw).unwrap().into_owned();
         for cut in 2..plain.len() {
             assert!(decode(&plain[..cut], Part::All).is_err(), "cut at {cut}");
         }

@@ -202,7 +202,9 @@ pub async fn settle(
 ///   so far (up to 32 MiB), after which batch bodies and read buffers of a few MiB come from the
 ///   heap and leave it fragmented — with the threshold fixed they are mapped and unmapped whole.
 ///   Measured: a 1,000,000-row batch stage peaked at 41 MB instead of 63, a 5,000,000-row
-///   sync at 57 MB instead of 78 (53 and 68 for 1,000,000), no slower within the noise.
+///   sync at 57 MB instead of 78 (53 and 68 for 1,000,000). Mapping each fresh costs page
+///   faults, so our own large buffers are kept for reuse instead (`domain::buffers`, decision
+///   0014); a raised threshold was faster still but held 20–60 MB more per worker.
 ///
 /// Call before starting the runtime's threads; `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_`
 /// in the environment still win.

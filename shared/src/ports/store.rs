@@ -242,7 +242,7 @@ pub struct BatchRecord {
     /// Records in the batch.
     pub rows: i64,
     /// Request body.
-    pub body: Vec<u8>,
+    pub body: crate::domain::buffers::Buffer,
     /// Delivered already.
     pub delivered: bool,
 }
@@ -366,7 +366,7 @@ pub trait StagingStore: Send + Sync {
         chunk: u32,
         seg: u32,
         rows: i64,
-        body: Vec<u8>,
+        body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError>;
     /// Marks the chunk done (once) and adds its counts; returns true when every chunk is done.
     async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;

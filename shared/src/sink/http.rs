@@ -4,6 +4,7 @@
 //! restart; mTLS identity loaded when the client is built); no redirects followed.
 
 use super::limiter::Limiter;
+use crate::domain::buffers::Buffer;
 use crate::domain::config::{Auth, Destination};
 use crate::domain::retry::{classify_status, parse_retry_after, StatusClass};
 use crate::errors::PushError;
@@ -79,17 +80,18 @@ impl HttpPusher {
             .post(&self.url)
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", req.batch_id);
+        // Kept buffers (`domain::buffers`), handed back when the client has sent them.
         let r = if req.body.len() >= self.gzip_min_bytes {
-            let mut gz = flate2::write::GzEncoder::new(
-                // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
-                Vec::with_capacity(req.body.len() / 4),
-                flate2::Compression::fast(),
-            );
+            // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
+            let mut out = Buffer::with_capacity(req.body.len() / 4);
+            let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
             gz.write_all(req.body).map_err(PushError::Io)?;
-            r.header("Content-Encoding", "gzip")
-                .body(gz.finish().map_err(PushError::Io)?)
+            gz.finish().map_err(PushError::Io)?;
+            r.header("Content-Encoding", "gzip").body(bytes::Bytes::from_owner(out))
         } else {
-            r.body(req.body.to_vec())
+            let mut out = Buffer::with_capacity(req.body.len());
+            out.extend_from_slice(req.body);
+            r.body(bytes::Bytes::from_owner(out))
         };
         self.authorize(r)
     }

@@ -130,7 +130,7 @@ pub(super) async fn push(ctx: &Ctx, job: &Job, run: &Run, batch_id: &str) -> Res
                         seq_first: h.first as i64,
                         seq_last: h.last as i64,
                         rows: h.records as i64,
-                        body: h.body,
+                        body: h.body.into(),
                         delivered: false,
                     })
                     .collect();

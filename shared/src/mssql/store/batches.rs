@@ -47,7 +47,7 @@ impl MssqlStore {
                 p(b.seq_first),
                 p(b.seq_last),
                 p(b.rows),
-                p(pack(&b.body)),
+                p(pack(&b.body).into_vec()),
             ],
         )
         .await

@@ -80,7 +80,7 @@ impl StagingStore for MssqlStore {
         chunk: u32,
         seg: u32,
         rows: i64,
-        body: Vec<u8>,
+        body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
         // One parameter, any size: the RPC path streams (max) values, unlike bulk loads.
         let sql = self.q(
@@ -94,7 +94,7 @@ impl StagingStore for MssqlStore {
                 p(chunk as i32),
                 p(seg as i32),
                 p(rows as i32),
-                p(body),
+                p(body.into_vec()),
             ],
         )
         .await?;

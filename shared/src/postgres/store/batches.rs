@@ -68,7 +68,14 @@ impl BatchStore for PgStore {
         for b in &batches {
             tx.execute(
                 &ins,
-                &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body)],
+                &[
+                    &b.id,
+                    &b.run_id,
+                    &b.seq_first,
+                    &b.seq_last,
+                    &b.rows,
+                    &pack(&b.body).as_slice(),
+                ],
             )
             .await
             .map_err(&err)?;
@@ -137,7 +144,7 @@ impl BatchStore for PgStore {
                         "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (id) DO NOTHING"
                     ),
-                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body)],
+                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body).as_slice()],
                 )
                 .await
                 .map_err(&err)?;

@@ -130,7 +130,7 @@ impl StagingStore for PgStore {
         chunk: u32,
         seg: u32,
         rows: i64,
-        body: Vec<u8>,
+        body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO {}.delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
@@ -138,7 +138,16 @@ impl StagingStore for PgStore {
         );
         self.client()
             .await?
-            .execute(&sql, &[&run_id, &(chunk as i32), &(seg as i32), &(rows as i32), &body])
+            .execute(
+                &sql,
+                &[
+                    &run_id,
+                    &(chunk as i32),
+                    &(seg as i32),
+                    &(rows as i32),
+                    &body.as_slice(),
+                ],
+            )
             .await
             .map_err(pg_err("write delta"))?;
         self.count(1);

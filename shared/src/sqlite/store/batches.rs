@@ -51,7 +51,14 @@ impl BatchStore for SqliteStore {
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 for b in batches {
-                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, pack(&b.body)])?;
+                    ins.execute(params![
+                        b.id,
+                        b.run_id,
+                        b.seq_first,
+                        b.seq_last,
+                        b.rows,
+                        pack(&b.body).as_slice()
+                    ])?;
                 }
                 Ok(())
             })
@@ -105,7 +112,14 @@ impl BatchStore for SqliteStore {
                      ON CONFLICT (id) DO NOTHING",
                 )?;
                 for b in &children {
-                    ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, pack(&b.body)])?;
+                    ins.execute(params![
+                        b.id,
+                        b.run_id,
+                        b.seq_first,
+                        b.seq_last,
+                        b.rows,
+                        pack(&b.body).as_slice()
+                    ])?;
                 }
                 tx.execute(
                     "UPDATE runs SET batches_total = batches_total + ?2, batches_delivered = batches_delivered + 1, \
@@ -133,7 +147,7 @@ impl BatchStore for SqliteStore {
                             seq_first: r.get(2)?,
                             seq_last: r.get(3)?,
                             rows: r.get(4)?,
-                            body: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                            body: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default().into(),
                             delivered: r.get(6)?,
                         })
                     },
@@ -144,7 +158,7 @@ impl BatchStore for SqliteStore {
         batch
             .map(|b| {
                 Ok(BatchRecord {
-                    body: unpack_body(b.body)?,
+                    body: unpack_body(b.body.into_vec())?,
                     ..b
                 })
             })

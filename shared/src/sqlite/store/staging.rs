@@ -88,14 +88,14 @@ impl StagingStore for SqliteStore {
         chunk: u32,
         seg: u32,
         rows: i64,
-        body: Vec<u8>,
+        body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
         let run_id = run_id.to_owned();
         self.db
             .write("write delta", move |tx| {
                 tx.execute(
                     "INSERT INTO delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run_id, chunk, seg, rows, body],
+                    params![run_id, chunk, seg, rows, body.as_slice()],
                 )?;
                 Ok(())
             })
