@@ -7,6 +7,26 @@ use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Transaction};
 
+/// Inserts batches, packed, ignoring ones already saved.
+fn insert_batches(tx: &Transaction, batches: &[BatchRecord]) -> rusqlite::Result<()> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (id) DO NOTHING",
+    )?;
+    for b in batches {
+        let body = pack(&b.body);
+        ins.execute(params![
+            b.id,
+            b.run_id,
+            b.seq_first,
+            b.seq_last,
+            b.rows,
+            body.as_slice()
+        ])?;
+    }
+    Ok(())
+}
+
 fn insert_attempt(tx: &Transaction, run_id: &str, a: &Attempt) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO deliveries (run_id, batch_id, attempt, at, duration_ms, status, detail, request_id) \
@@ -45,23 +65,7 @@ fn finish_run(tx: &Transaction, run_id: &str) -> rusqlite::Result<bool> {
 impl BatchStore for SqliteStore {
     async fn save_batches(&self, batches: Vec<BatchRecord>) -> Result<(), StoreError> {
         self.db
-            .write("save batches", move |tx| {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (id) DO NOTHING",
-                )?;
-                for b in batches {
-                    ins.execute(params![
-                        b.id,
-                        b.run_id,
-                        b.seq_first,
-                        b.seq_last,
-                        b.rows,
-                        pack(&b.body).as_slice()
-                    ])?;
-                }
-                Ok(())
-            })
+            .write("save batches", move |tx| insert_batches(tx, &batches))
             .await
     }
 
@@ -107,20 +111,7 @@ impl BatchStore for SqliteStore {
                 if !first {
                     return Ok(());
                 }
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (id) DO NOTHING",
-                )?;
-                for b in &children {
-                    ins.execute(params![
-                        b.id,
-                        b.run_id,
-                        b.seq_first,
-                        b.seq_last,
-                        b.rows,
-                        pack(&b.body).as_slice()
-                    ])?;
-                }
+                insert_batches(tx, &children)?;
                 tx.execute(
                     "UPDATE runs SET batches_total = batches_total + ?2, batches_delivered = batches_delivered + 1, \
                      updated_at = ?3 WHERE id = ?1",
