@@ -5,6 +5,7 @@
 //! before packing existed still read.
 
 use super::buffers::Buffer;
+use crate::errors::StoreError;
 use std::borrow::Cow;
 
 const MAGIC: &[u8; 4] = b"\0LZ4";
@@ -65,15 +66,103 @@ pub fn unpack_buffer(stored: &[u8]) -> Result<Buffer, UnpackError> {
     }
 }
 
-/// A stored batch body as the destination receives it.
-pub fn unpack_body(stored: Vec<u8>) -> Result<Buffer, crate::errors::StoreError> {
-    if !stored.starts_with(MAGIC) {
-        return Ok(Buffer::from(stored));
-    }
-    unpack_buffer(&stored).map_err(|e| crate::errors::StoreError::Corrupt {
+/// gzip's magic: no JSON body and no LZ4-packed one starts with it.
+const GZIP_MAGIC: &[u8; 2] = &[0x1f, 0x8b];
+
+/// A batch body: the JSON, or the gzip of it the batch stage stored so that the push sends it
+/// as it is — one compression per batch instead of LZ4 at the batch stage, its unpacking at
+/// push and gzip again there. Bodies stored LZ4-packed by earlier builds read as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// The JSON itself.
+    Json(Buffer),
+    /// The JSON gzip-compressed, as sent with `Content-Encoding: gzip`.
+    Gzip(Buffer),
+}
+
+fn damaged(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
         what: "batch body",
         detail: e.to_string(),
-    })
+    }
+}
+
+impl Body {
+    /// `json` gzip-compressed at the level the push used (fast: JSON still shrinks four- to
+    /// sixfold), into a kept buffer.
+    pub fn gzip_of(json: &[u8]) -> Body {
+        use std::io::Write;
+        let mut out = Buffer::with_capacity(json.len() / 4 + 64);
+        let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
+        match gz.write_all(json).and_then(|()| gz.finish().map(drop)) {
+            Ok(()) => Body::Gzip(out),
+            // Writing into memory does not fail; were it to, the JSON is stored as it is.
+            Err(_) => Body::Json(Buffer::from(json.to_vec())),
+        }
+    }
+
+    /// Bytes of JSON (for gzip, the trailer's size: bodies are far below 4 GiB).
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Json(b) => b.len(),
+            Body::Gzip(b) => b.len().checked_sub(4).map_or(0, |at| {
+                u32::from_le_bytes(b[at..].try_into().unwrap_or_default()) as usize
+            }),
+        }
+    }
+
+    /// Whether there is no JSON.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The JSON, inflated if held as gzip.
+    pub fn json(&self) -> Result<Cow<'_, [u8]>, StoreError> {
+        match self {
+            Body::Json(b) => Ok(Cow::Borrowed(b.as_slice())),
+            Body::Gzip(b) => {
+                use std::io::Read;
+                let mut out = Vec::with_capacity(self.len().min(b.len().saturating_mul(1032)));
+                flate2::read::GzDecoder::new(b.as_slice())
+                    .read_to_end(&mut out)
+                    .map_err(damaged)?;
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
+
+    /// The gzip form, when that is how the body is held.
+    pub fn gzip(&self) -> Option<&[u8]> {
+        match self {
+            Body::Gzip(b) => Some(b),
+            Body::Json(_) => None,
+        }
+    }
+
+    /// The bytes a store keeps: gzip as it is, JSON LZ4-packed.
+    pub fn stored(&self) -> Cow<'_, [u8]> {
+        match self {
+            Body::Gzip(b) => Cow::Borrowed(b.as_slice()),
+            Body::Json(b) => Cow::Owned(pack(b).into_vec()),
+        }
+    }
+}
+
+impl From<Buffer> for Body {
+    fn from(json: Buffer) -> Body {
+        Body::Json(json)
+    }
+}
+
+/// A stored batch body read back.
+pub fn unpack_body(stored: Vec<u8>) -> Result<Body, StoreError> {
+    if stored.starts_with(GZIP_MAGIC) {
+        Ok(Body::Gzip(Buffer::from(stored)))
+    } else if stored.starts_with(MAGIC) {
+        unpack_buffer(&stored).map(Body::Json).map_err(damaged)
+    } else {
+        Ok(Body::Json(Buffer::from(stored)))
+    }
 }
 
 #[cfg(test)]
@@ -128,6 +217,36 @@ mod tests {
         let zeros = vec![0u8; 4 << 20];
         assert_eq!(unpack_buffer(&pack(&zeros)).unwrap().as_slice(), zeros.as_slice());
         // A body stored before packing existed comes back as it is.
-        assert_eq!(unpack_body(br#"{"a":1}"#.to_vec()).unwrap().as_slice(), br#"{"a":1}"#);
+    }
+
+    #[test]
+    fn bodies_are_stored_as_the_gzip_the_push_sends_and_earlier_forms_still_read() {
+        let json = br#"{"changes":[{"seq":1,"op":"insert","row":{"id":1,"name":"x"}}]}"#.repeat(300);
+        let body = Body::gzip_of(&json);
+        let gz = body.gzip().expect("held as gzip").to_vec();
+        assert!(gz.starts_with(GZIP_MAGIC) && gz.len() * 4 < json.len());
+        assert_eq!(
+            (body.len(), body.json().unwrap().as_ref()),
+            (json.len(), json.as_slice())
+        );
+        // Stored as it is, read back as it was.
+        assert_eq!(body.stored().as_ref(), gz.as_slice());
+        assert_eq!(unpack_body(gz.clone()).unwrap(), body);
+        // Any gzip reader takes it: it is what goes on the wire.
+        let mut inflated = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz.as_slice()), &mut inflated).unwrap();
+        assert_eq!(inflated, json);
+        // Bodies an earlier build stored LZ4-packed, or as plain JSON before packing existed.
+        let legacy = Body::from(Buffer::from(json.clone()));
+        assert_eq!(unpack_body(legacy.stored().into_owned()).unwrap(), legacy);
+        assert_eq!(
+            unpack_body(br#"{"a":1}"#.to_vec()).unwrap().json().unwrap().as_ref(),
+            br#"{"a":1}"#
+        );
+        // Damage is an error, named.
+        let mut cut = gz;
+        cut.truncate(cut.len() - 9);
+        let e = unpack_body(cut).unwrap().json().unwrap_err();
+        assert!(e.to_string().contains("batch body"), "{e}");
     }
 }

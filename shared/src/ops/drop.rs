@@ -72,7 +72,7 @@ async fn drop_job(store: &dyn Backend, job: &Job, id: i64, by: &str) -> Result<D
     match &job.task {
         Task::Push { batch_id, .. } => {
             if let (Some(batch), Some(schema)) = (store.batch(run_id, batch_id).await?, &schema) {
-                out.keys = keys_of_body(&batch.body, schema).map_err(DropError::Invalid)?;
+                out.keys = keys_of_body(&batch.body.json()?, schema).map_err(DropError::Invalid)?;
             }
             let note = Attempt {
                 batch_id: batch_id.clone(),

@@ -290,8 +290,8 @@ pub struct PushRequest<'a> {
     pub tenant_max_concurrency: Option<usize>,
     /// Batch id, sent as `Idempotency-Key`.
     pub batch_id: &'a str,
-    /// Request body (JSON).
-    pub body: &'a [u8],
+    /// Request body: JSON, or its gzip as the batch stage stored it.
+    pub body: &'a crate::domain::packing::Body,
 }
 
 /// Delivers one batch body.

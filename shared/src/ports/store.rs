@@ -242,7 +242,7 @@ pub struct BatchRecord {
     /// Records in the batch.
     pub rows: i64,
     /// Request body.
-    pub body: crate::domain::buffers::Buffer,
+    pub body: crate::domain::packing::Body,
     /// Delivered already.
     pub delivered: bool,
 }

@@ -81,18 +81,24 @@ impl HttpPusher {
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", req.batch_id);
         // Kept buffers (`domain::buffers`), handed back when the client has sent them.
-        let r = if req.body.len() >= self.gzip_min_bytes {
-            // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
-            let mut out = Buffer::with_capacity(req.body.len() / 4);
-            let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
-            gz.write_all(req.body).map_err(PushError::Io)?;
-            gz.finish().map_err(PushError::Io)?;
-            r.header("Content-Encoding", "gzip").body(bytes::Bytes::from_owner(out))
-        } else {
-            let mut out = Buffer::with_capacity(req.body.len());
-            out.extend_from_slice(req.body);
-            r.body(bytes::Bytes::from_owner(out))
+        let damaged = |e: crate::errors::StoreError| PushError::Setup(e.to_string());
+        let gzip = req.body.len() >= self.gzip_min_bytes;
+        let out = match req.body.gzip() {
+            // As the batch stage stored it: no second compression.
+            Some(gz) if gzip => copied(gz),
+            _ if gzip => {
+                let json = req.body.json().map_err(damaged)?;
+                // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
+                let mut out = Buffer::with_capacity(json.len() / 4);
+                let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
+                gz.write_all(&json).map_err(PushError::Io)?;
+                gz.finish().map_err(PushError::Io)?;
+                out
+            }
+            _ => copied(&req.body.json().map_err(damaged)?),
         };
+        let r = if gzip { r.header("Content-Encoding", "gzip") } else { r };
+        let r = r.body(bytes::Bytes::from_owner(out));
         self.authorize(r)
     }
 
@@ -107,6 +113,13 @@ impl HttpPusher {
             }
         })
     }
+}
+
+/// `bytes` in a kept buffer, which the client hands back once it has sent them.
+fn copied(bytes: &[u8]) -> Buffer {
+    let mut out = Buffer::with_capacity(bytes.len());
+    out.extend_from_slice(bytes);
+    out
 }
 
 fn excerpt(body: &str) -> String {

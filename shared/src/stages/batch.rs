@@ -6,6 +6,7 @@ use super::run_task;
 use crate::ctx::Ctx;
 use crate::domain::batching::{batch_id, BatchLimits, Cutter};
 use crate::domain::job::{Job, Task};
+use crate::domain::packing::Body;
 use crate::errors::StageError;
 use crate::ports::{BatchRecord, Run, RunState};
 use crate::protocol::{BatchHeader, BodyBuilder, RECORD_OVERHEAD};
@@ -69,7 +70,8 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
         let id = batch_id(&run.id, first, last);
         let rows = b.rows() as i64;
         BatchRecord {
-            body: b.finish(&id),
+            // Compressed once, here: the push sends it as it is (`packing::Body`).
+            body: Body::gzip_of(&b.finish(&id)),
             id,
             run_id: run.id.clone(),
             seq_first: first as i64,

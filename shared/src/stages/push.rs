@@ -4,6 +4,7 @@
 use crate::ctx::Ctx;
 use crate::domain::job::Job;
 use crate::domain::job::Task;
+use crate::domain::packing::Body;
 use crate::domain::retry::{classify_status, StatusClass};
 use crate::errors::StageError;
 use crate::ports::{Attempt, BatchRecord, PushRequest, Run, RunState};
@@ -120,7 +121,7 @@ pub(super) async fn push(ctx: &Ctx, job: &Job, run: &Run, batch_id: &str) -> Res
                 retry_after: resp.retry_after,
             })
         }
-        StatusClass::Reject if resp.status == 413 => match split_body(&batch.body, &run.id) {
+        StatusClass::Reject if resp.status == 413 => match split_body(&batch.body.json()?, &run.id) {
             Some(halves) => {
                 let children: Vec<BatchRecord> = halves
                     .into_iter()
@@ -130,7 +131,7 @@ pub(super) async fn push(ctx: &Ctx, job: &Job, run: &Run, batch_id: &str) -> Res
                         seq_first: h.first as i64,
                         seq_last: h.last as i64,
                         rows: h.records as i64,
-                        body: h.body.into(),
+                        body: Body::gzip_of(&h.body),
                         delivered: false,
                     })
                     .collect();

@@ -3,7 +3,7 @@
 
 use super::session::{flag, int, opt_bytes, p, text, Session};
 use super::{now_ms, MssqlStore};
-use crate::domain::packing::{pack, unpack_body};
+use crate::domain::packing::unpack_body;
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use async_trait::async_trait;
@@ -47,7 +47,7 @@ impl MssqlStore {
                 p(b.seq_first),
                 p(b.seq_last),
                 p(b.rows),
-                p(pack(&b.body).into_vec()),
+                p(b.body.stored().into_owned()),
             ],
         )
         .await

@@ -1,7 +1,7 @@
 //! Batches and the delivery ledger in PostgreSQL.
 
 use super::{now_ms, PgStore};
-use crate::domain::packing::{pack, unpack_body};
+use crate::domain::packing::unpack_body;
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use crate::postgres::pool::pg_err;
@@ -74,7 +74,7 @@ impl BatchStore for PgStore {
                     &b.seq_first,
                     &b.seq_last,
                     &b.rows,
-                    &pack(&b.body).as_slice(),
+                    &b.body.stored().as_ref(),
                 ],
             )
             .await
@@ -144,7 +144,7 @@ impl BatchStore for PgStore {
                         "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
                          ON CONFLICT (id) DO NOTHING"
                     ),
-                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &pack(&b.body).as_slice()],
+                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body.stored().as_ref()],
                 )
                 .await
                 .map_err(&err)?;

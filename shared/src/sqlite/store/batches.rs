@@ -1,28 +1,21 @@
 //! Batches and the delivery ledger in SQLite.
 
 use super::{now_ms, SqliteStore};
-use crate::domain::packing::{pack, unpack_body};
+use crate::domain::packing::{unpack_body, Body};
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Transaction};
 
-/// Inserts batches, packed, ignoring ones already saved.
+/// Inserts batches as stored (`Body::stored`), ignoring ones already saved.
 fn insert_batches(tx: &Transaction, batches: &[BatchRecord]) -> rusqlite::Result<()> {
     let mut ins = tx.prepare_cached(
         "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (id) DO NOTHING",
     )?;
     for b in batches {
-        let body = pack(&b.body);
-        ins.execute(params![
-            b.id,
-            b.run_id,
-            b.seq_first,
-            b.seq_last,
-            b.rows,
-            body.as_slice()
-        ])?;
+        let body = b.body.stored();
+        ins.execute(params![b.id, b.run_id, b.seq_first, b.seq_last, b.rows, body.as_ref()])?;
     }
     Ok(())
 }
@@ -138,7 +131,8 @@ impl BatchStore for SqliteStore {
                             seq_first: r.get(2)?,
                             seq_last: r.get(3)?,
                             rows: r.get(4)?,
-                            body: r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default().into(),
+                            // As stored, until unpacked below (outside the read).
+                            body: Body::Json(r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default().into()),
                             delivered: r.get(6)?,
                         })
                     },
@@ -148,8 +142,9 @@ impl BatchStore for SqliteStore {
             .await?;
         batch
             .map(|b| {
+                let (Body::Json(stored) | Body::Gzip(stored)) = b.body;
                 Ok(BatchRecord {
-                    body: unpack_body(b.body.into_vec())?,
+                    body: unpack_body(stored.into_vec())?,
                     ..b
                 })
             })
