@@ -115,6 +115,10 @@ pub enum PushError {
     /// The JSONL dry-run file could not be written.
     #[error("jsonl sink: {0}")]
     Io(#[from] std::io::Error),
+    /// The stored body could not be read back (damaged in the store): another attempt reads the
+    /// same bytes, so it is not retried.
+    #[error(transparent)]
+    Body(#[from] StoreError),
 }
 
 /// Why a stage handler failed; the class decides retry or dead letter.

@@ -1,8 +1,8 @@
-//! Compression of what the store keeps in bulk (delta segments, batch bodies): LZ4, because
-//! it costs far less CPU than the bytes it saves the store to write, log and read back (JSON
-//! rows shrink three- to fivefold), and the store's own compression (PostgreSQL's pglz) is
-//! slower still. Packed data starts with a NUL byte, which no JSON body does, so bodies stored
-//! before packing existed still read.
+//! Compression of what the store keeps in bulk. Delta segments: LZ4, because it costs far less
+//! CPU than the bytes it saves the store to write, log and read back (JSON rows shrink three- to
+//! fivefold), and the store's own compression (PostgreSQL's pglz) is slower still. Batch bodies:
+//! the gzip the push sends ([`Body`], decision 0015). Packed data starts with a NUL byte and gzip
+//! with `1f 8b`, which no JSON body does, so bodies stored by every earlier build still read.
 
 use super::buffers::Buffer;
 use crate::errors::StoreError;
@@ -216,7 +216,6 @@ mod tests {
         // The most compressible input still unpacks: LZ4 stays within its 255-fold bound.
         let zeros = vec![0u8; 4 << 20];
         assert_eq!(unpack_buffer(&pack(&zeros)).unwrap().as_slice(), zeros.as_slice());
-        // A body stored before packing existed comes back as it is.
     }
 
     #[test]

@@ -81,13 +81,12 @@ impl HttpPusher {
             .header("Content-Type", "application/json")
             .header("Idempotency-Key", req.batch_id);
         // Kept buffers (`domain::buffers`), handed back when the client has sent them.
-        let damaged = |e: crate::errors::StoreError| PushError::Setup(e.to_string());
         let gzip = req.body.len() >= self.gzip_min_bytes;
         let out = match req.body.gzip() {
             // As the batch stage stored it: no second compression.
             Some(gz) if gzip => copied(gz),
             _ if gzip => {
-                let json = req.body.json().map_err(damaged)?;
+                let json = req.body.json()?;
                 // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
                 let mut out = Buffer::with_capacity(json.len() / 4);
                 let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
@@ -95,7 +94,7 @@ impl HttpPusher {
                 gz.finish().map_err(PushError::Io)?;
                 out
             }
-            _ => copied(&req.body.json().map_err(damaged)?),
+            _ => copied(&req.body.json()?),
         };
         let r = if gzip { r.header("Content-Encoding", "gzip") } else { r };
         let r = r.body(bytes::Bytes::from_owner(out));

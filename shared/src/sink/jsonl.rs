@@ -29,7 +29,7 @@ impl Pusher for JsonlSink {
         let (batch_id, body) = (req.batch_id, req.body);
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
-        f.write_all(&body.json().map_err(|e| std::io::Error::other(e.to_string()))?)?;
+        f.write_all(&body.json()?)?;
         f.write_all(b"\n")?;
         f.sync_data()?;
         Ok(PushResponse {
