@@ -87,18 +87,22 @@ fn damaged(e: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// `json` gzip-compressed at the fast level (JSON still shrinks four- to sixfold) into a kept
+/// buffer sized for that ratio, so it does not regrow on the way.
+pub fn gzip(json: &[u8]) -> std::io::Result<Buffer> {
+    use std::io::Write;
+    let mut out = Buffer::with_capacity(json.len() / 4 + 64);
+    let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
+    gz.write_all(json)?;
+    gz.finish()?;
+    Ok(out)
+}
+
 impl Body {
-    /// `json` gzip-compressed at the level the push used (fast: JSON still shrinks four- to
-    /// sixfold), into a kept buffer.
+    /// `json` as the push sends it to a destination that takes gzip.
     pub fn gzip_of(json: &[u8]) -> Body {
-        use std::io::Write;
-        let mut out = Buffer::with_capacity(json.len() / 4 + 64);
-        let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
-        match gz.write_all(json).and_then(|()| gz.finish().map(drop)) {
-            Ok(()) => Body::Gzip(out),
-            // Writing into memory does not fail; were it to, the JSON is stored as it is.
-            Err(_) => Body::Json(Buffer::from(json.to_vec())),
-        }
+        // Writing into memory does not fail; were it to, the JSON is stored as it is.
+        gzip(json).map_or_else(|_| Body::Json(Buffer::from(json.to_vec())), Body::Gzip)
     }
 
     /// Bytes of JSON (for gzip, the trailer's size: bodies are far below 4 GiB).

@@ -13,7 +13,6 @@ use crate::protocol::{ChecksumRequest, ChecksumResponse};
 use crate::secrets::resolve;
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -85,15 +84,7 @@ impl HttpPusher {
         let out = match req.body.gzip() {
             // As the batch stage stored it: no second compression.
             Some(gz) if gzip => copied(gz),
-            _ if gzip => {
-                let json = req.body.json()?;
-                // Sized for JSON's usual ratio at this level: no regrowth copies on the way.
-                let mut out = Buffer::with_capacity(json.len() / 4);
-                let mut gz = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::fast());
-                gz.write_all(&json).map_err(PushError::Io)?;
-                gz.finish().map_err(PushError::Io)?;
-                out
-            }
+            _ if gzip => crate::domain::packing::gzip(&req.body.json()?)?,
             _ => copied(&req.body.json()?),
         };
         let r = if gzip { r.header("Content-Encoding", "gzip") } else { r };
