@@ -98,6 +98,28 @@ pub fn gzip(json: &[u8]) -> std::io::Result<Buffer> {
     Ok(out)
 }
 
+/// The size a gzip member's trailer states: the sender's word, modulo 4 GiB (0 if too short).
+fn gzip_stated_size(gz: &[u8]) -> usize {
+    gz.len().checked_sub(4).map_or(0, |at| {
+        u32::from_le_bytes(gz[at..].try_into().unwrap_or_default()) as usize
+    })
+}
+
+/// The first allocation for inflating `gz`: the trailer's size, within deflate's 1032-fold reach
+/// of the body and 64 MiB (a lying trailer sizes nothing more; the size is checked after).
+fn first_allocation(gz: &[u8]) -> usize {
+    gzip_stated_size(gz).min(gz.len().saturating_mul(1032)).min(64 << 20)
+}
+
+/// Inflates `gz` into a kept buffer sized from its trailer: grown by doubling from empty, a body
+/// was mapped and faulted in several times over.
+pub fn gunzip(gz: &[u8]) -> std::io::Result<Buffer> {
+    use std::io::Read;
+    let mut out = Buffer::with_capacity(first_allocation(gz));
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 impl Body {
     /// `json` as the push sends it to a destination that takes gzip.
     pub fn gzip_of(json: &[u8]) -> Body {
@@ -109,9 +131,7 @@ impl Body {
     pub fn len(&self) -> usize {
         match self {
             Body::Json(b) => b.len(),
-            Body::Gzip(b) => b.len().checked_sub(4).map_or(0, |at| {
-                u32::from_le_bytes(b[at..].try_into().unwrap_or_default()) as usize
-            }),
+            Body::Gzip(b) => gzip_stated_size(b),
         }
     }
 
@@ -124,14 +144,7 @@ impl Body {
     pub fn json(&self) -> Result<Cow<'_, [u8]>, StoreError> {
         match self {
             Body::Json(b) => Ok(Cow::Borrowed(b.as_slice())),
-            Body::Gzip(b) => {
-                use std::io::Read;
-                let mut out = Vec::with_capacity(self.len().min(b.len().saturating_mul(1032)));
-                flate2::read::GzDecoder::new(b.as_slice())
-                    .read_to_end(&mut out)
-                    .map_err(damaged)?;
-                Ok(Cow::Owned(out))
-            }
+            Body::Gzip(b) => gunzip(b).map(|json| Cow::Owned(json.into_vec())).map_err(damaged),
         }
     }
 
@@ -220,6 +233,22 @@ mod tests {
         // The most compressible input still unpacks: LZ4 stays within its 255-fold bound.
         let zeros = vec![0u8; 4 << 20];
         assert_eq!(unpack_buffer(&pack(&zeros)).unwrap().as_slice(), zeros.as_slice());
+    }
+
+    #[test]
+    fn bodies_inflate_into_a_buffer_sized_from_the_trailer_within_reason() {
+        let raw = br#"{"seq":1,"op":"insert","row":{"id":1}}"#.repeat(5000);
+        let gz = gzip(&raw).unwrap();
+        assert_eq!(first_allocation(&gz), raw.len());
+        assert_eq!(gunzip(&gz).unwrap().as_slice(), raw.as_slice());
+        // A trailer claiming 4 GiB for a few bytes sizes nothing beyond deflate's reach.
+        let mut lying = gzip(b"{}").unwrap();
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(first_allocation(&lying) <= n * 1032);
+        assert!(gunzip(&lying).is_err(), "the trailer's size is checked after inflating");
+        assert_eq!(first_allocation(b"ab"), 0);
+        assert!(gunzip(b"not gzip").is_err());
     }
 
     #[test]

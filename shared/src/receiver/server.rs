@@ -3,7 +3,6 @@
 
 use super::db::{ApplyError, ReceiverDb};
 use super::faults::{Draw, Faults, RateFaults};
-use crate::domain::buffers::Buffer;
 use crate::protocol::ChecksumRequest;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -79,7 +78,7 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
     };
     let body = match headers.get("content-encoding").and_then(|v| v.to_str().ok()) {
         None | Some("identity") => body,
-        Some("gzip") => match gunzip(&body) {
+        Some("gzip") => match crate::domain::packing::gunzip(&body) {
             Ok(b) => {
                 st.gzip_bodies.fetch_add(1, Ordering::Relaxed);
                 Bytes::from_owner(b)
@@ -167,25 +166,6 @@ async fn handle_batch(st: &Arc<ReceiverState>, headers: &HeaderMap, body: Bytes)
     }
 }
 
-/// Inflates into a kept buffer sized from the gzip trailer: grown by doubling from empty, each
-/// body was mapped and faulted in several times over. The trailer is the sender's word (the
-/// size modulo 4 GiB), so it only sizes the first allocation, within what deflate can expand
-/// the body to.
-fn gunzip(body: &[u8]) -> std::io::Result<Buffer> {
-    use std::io::Read;
-    let mut out = Buffer::with_capacity(first_allocation(body));
-    flate2::read::GzDecoder::new(body).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-/// The gzip trailer's stated size, at most deflate's 1032-fold expansion of the body and 64 MiB.
-fn first_allocation(gz: &[u8]) -> usize {
-    let stated = gz.len().checked_sub(4).map_or(0, |at| {
-        u32::from_le_bytes(gz[at..].try_into().unwrap_or_default()) as usize
-    });
-    stated.min(gz.len().saturating_mul(1032)).min(64 << 20)
-}
-
 /// A 200 whose body fails mid-stream: the server aborts the connection, so the client never
 /// learns the outcome.
 fn dropped_connection() -> Response {
@@ -267,32 +247,4 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn gzip(raw: &[u8]) -> Vec<u8> {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(raw).unwrap();
-        gz.finish().unwrap()
-    }
-
-    #[test]
-    fn bodies_inflate_into_a_buffer_sized_from_the_trailer_within_reason() {
-        let raw = br#"{"seq":1,"op":"insert","row":{"id":1}}"#.repeat(5000);
-        let gz = gzip(&raw);
-        assert_eq!(first_allocation(&gz), raw.len());
-        assert_eq!(gunzip(&gz).unwrap().as_slice(), raw.as_slice());
-        // A trailer claiming 4 GiB for a few bytes sizes nothing beyond deflate's reach.
-        let mut lying = gzip(b"{}");
-        let n = lying.len();
-        lying[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(first_allocation(&lying) <= n * 1032);
-        assert!(gunzip(&lying).is_err(), "the trailer's size is checked after inflating");
-        assert_eq!(first_allocation(b"ab"), 0);
-        assert!(gunzip(b"not gzip").is_err());
-    }
 }
