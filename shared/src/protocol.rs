@@ -5,7 +5,6 @@ use crate::domain::buffers::Buffer;
 use crate::domain::diff::Op;
 use crate::domain::schema::TableSchema;
 use crate::ports::RunKind;
-use std::fmt::Write;
 
 /// Protocol name and major version, sent in every body.
 pub const PROTOCOL: &str = "signals-push/1";
@@ -66,7 +65,13 @@ impl BodyBuilder {
         let field = if op == Op::Delete { "key" } else { "row" };
         // Written in place: a formatted string per record cost the batch stage an allocation and
         // its regrowth for every change.
-        let _ = write!(self.body, "{{\"seq\":{seq},\"op\":\"{}\",\"{field}\":", op.as_str());
+        self.body.push_str("{\"seq\":");
+        self.body.push_str(itoa::Buffer::new().format(seq));
+        self.body.push_str(",\"op\":\"");
+        self.body.push_str(op.as_str());
+        self.body.push_str("\",\"");
+        self.body.push_str(field);
+        self.body.push_str("\":");
         self.body.push_str(payload);
         self.body.push('}');
     }

@@ -7,7 +7,7 @@
 
 use super::value::Value;
 use base64::Engine;
-use std::fmt::Write;
+use serde_json::ser::{CompactFormatter, Formatter};
 
 const MAX_SAFE_INT: i64 = (1 << 53) - 1;
 
@@ -29,9 +29,29 @@ fn write_f64(out: &mut String, f: f64) {
     } else if f.is_infinite() {
         out.push_str(if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
     } else {
-        // Shortest text that round-trips (ryu, via serde_json).
-        out.push_str(&serde_json::to_string(&f).expect("finite floats serialise"));
+        // Shortest text that round-trips: serde_json's own formatter, into a stack buffer
+        // rather than a string per value.
+        push_formatted(out, |w| CompactFormatter.write_f64(w, f));
     }
+}
+
+fn write_f32(out: &mut String, f: f32) {
+    if !f.is_finite() {
+        return write_f64(out, f as f64);
+    }
+    push_formatted(out, |w| CompactFormatter.write_f32(w, f));
+}
+
+/// Appends what `write` formats into a stack buffer (a float's shortest form fits in 32 bytes).
+fn push_formatted(out: &mut String, write: impl FnOnce(&mut std::io::Cursor<[u8; 32]>) -> std::io::Result<()>) {
+    let mut w = std::io::Cursor::new([0u8; 32]);
+    write(&mut w).expect("a float's text fits in 32 bytes");
+    let n = w.position() as usize;
+    out.push_str(std::str::from_utf8(&w.get_ref()[..n]).expect("formatters write ASCII"));
+}
+
+fn write_int(out: &mut String, i: i64) {
+    out.push_str(itoa::Buffer::new().format(i));
 }
 
 /// Writes one value as JSON.
@@ -39,22 +59,18 @@ pub fn write_value(out: &mut String, value: &Value) {
     match value {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(i) if (-MAX_SAFE_INT..=MAX_SAFE_INT).contains(i) => {
-            let _ = write!(out, "{i}");
-        }
+        Value::Int(i) if (-MAX_SAFE_INT..=MAX_SAFE_INT).contains(i) => write_int(out, *i),
         Value::Int(i) => {
-            let _ = write!(out, "\"{i}\"");
+            out.push('"');
+            write_int(out, *i);
+            out.push('"');
         }
         Value::Decimal(d) => {
-            let _ = write!(out, "\"{}\"", d.as_str());
+            out.push('"');
+            out.push_str(d.as_str());
+            out.push('"');
         }
-        Value::F32(f) => {
-            if f.is_finite() {
-                out.push_str(&serde_json::to_string(f).expect("finite floats serialise"));
-            } else {
-                write_f64(out, *f as f64);
-            }
-        }
+        Value::F32(f) => write_f32(out, *f),
         Value::F64(f) => write_f64(out, *f),
         Value::Text(s) | Value::Json(s) => write_str(out, s),
         Value::Bytes(b) => {
@@ -67,7 +83,13 @@ pub fn write_value(out: &mut String, value: &Value) {
         Value::Timestamp(ts) => super::json_time::write_timestamp(out, ts),
         Value::TimestampTz(ts) => super::json_time::write_timestamp_tz(out, ts),
         Value::Uuid(u) => {
-            let _ = write!(out, "\"{}\"", uuid::Uuid::from_bytes(*u).hyphenated());
+            out.push('"');
+            out.push_str(
+                uuid::Uuid::from_bytes(*u)
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            );
+            out.push('"');
         }
     }
 }
@@ -160,6 +182,32 @@ mod tests {
         assert_eq!(j(Value::Date(d)), "\"2024-02-29\"");
         assert_eq!(j(Value::Uuid([0xAB; 16])), "\"abababab-abab-abab-abab-abababababab\"");
         assert_eq!(j(Value::Json("{\"a\":1}".into())), "\"{\\\"a\\\":1}\"");
+    }
+
+    #[test]
+    fn numbers_are_written_exactly_as_serde_json_writes_them() {
+        for i in [0, 1, -1, 42, -9_007_199_254_740_991, 9_007_199_254_740_991, 1 << 40] {
+            assert_eq!(j(Value::Int(i)), serde_json::to_string(&i).unwrap());
+        }
+        for f in [
+            0.0,
+            -0.0,
+            0.1,
+            1.0 / 3.0,
+            -2.5e-308,
+            1e300,
+            123456789.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+        ] {
+            assert_eq!(j(Value::F64(f)), serde_json::to_string(&f).unwrap(), "{f:e}");
+        }
+        for f in [0.0f32, 0.1, 1.0 / 3.0, -1.5e-38, f32::MAX, 16_777_217.0] {
+            assert_eq!(j(Value::F32(f)), serde_json::to_string(&f).unwrap(), "{f:e}");
+        }
+        assert_eq!(j(Value::F32(f32::INFINITY)), "\"Infinity\"");
+        let u = uuid::Uuid::new_v4();
+        assert_eq!(j(Value::Uuid(*u.as_bytes())), format!("\"{}\"", u.hyphenated()));
     }
 
     #[test]

@@ -38,13 +38,24 @@ fn time(out: &mut String, t: &NaiveTime) -> bool {
     two(out, t.minute());
     out.push(':');
     two(out, t.second());
-    let _ = match ns {
-        0 => Ok(()),
-        _ if ns.is_multiple_of(1_000_000) => write!(out, ".{:03}", ns / 1_000_000),
-        _ if ns.is_multiple_of(1_000) => write!(out, ".{:06}", ns / 1_000),
-        _ => write!(out, ".{ns:09}"),
-    };
+    match ns {
+        0 => {}
+        _ if ns.is_multiple_of(1_000_000) => fraction(out, ns / 1_000_000, 3),
+        _ if ns.is_multiple_of(1_000) => fraction(out, ns / 1_000, 6),
+        _ => fraction(out, ns, 9),
+    }
     true
+}
+
+/// `.` and `n` in exactly `width` digits, zero-padded (`n` < 10^width).
+fn fraction(out: &mut String, mut n: u32, width: usize) {
+    let mut digits = [b'0'; 9];
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.push('.');
+    out.push_str(std::str::from_utf8(&digits[..width]).expect("ASCII digits"));
 }
 
 fn datetime(out: &mut String, ts: &NaiveDateTime) -> bool {

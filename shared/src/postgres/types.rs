@@ -57,16 +57,16 @@ fn bad(c: &Column, e: impl std::fmt::Display) -> SourceError {
 }
 
 /// Reads column `i` of a row selected with [`select_expr`].
+#[inline]
 pub fn read_value(row: &tokio_postgres::Row, i: usize, c: &Column) -> Result<Value, SourceError> {
     macro_rules! get {
         ($t:ty) => {
             row.try_get::<_, Option<$t>>(i).map_err(|e| bad(c, e))?
         };
     }
-    let wire = row.columns()[i].type_().clone();
     let v = match c.ty {
         ColumnType::Bool => get!(bool).map(Value::Bool),
-        ColumnType::Int => match wire {
+        ColumnType::Int => match *row.columns()[i].type_() {
             Type::INT2 => get!(i16).map(|v| Value::Int(v.into())),
             Type::INT4 => get!(i32).map(|v| Value::Int(v.into())),
             _ => get!(i64).map(Value::Int),

@@ -215,9 +215,15 @@ impl SnapshotSource for PgSource {
 mod pushdown;
 mod split;
 
-/// A row's values in schema column order.
+/// A row's values in schema column order. A plain loop: collecting through `Result` moved every
+/// value through several stack copies, and those copies stalled on store forwarding (a profile
+/// put a third of the reader's own time on them).
 fn row_values(row: &tokio_postgres::Row, columns: &[Column]) -> Result<Vec<Value>, SourceError> {
-    columns.iter().enumerate().map(|(i, c)| read_value(row, i, c)).collect()
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, c) in columns.iter().enumerate() {
+        values.push(read_value(row, i, c)?);
+    }
+    Ok(values)
 }
 
 impl PgSource {
