@@ -212,3 +212,18 @@ async fn change_tracking_on_postgresql_is_refused_by_name() {
     );
     assert_eq!(h.runs().await[0].display_state(), "blocked");
 }
+
+/// Every session our pools open (store and PostgreSQL sources share `pool`) runs without the
+/// JIT: a staging read planned against the whole partitioned table compiled for ~220 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_run_without_the_jit() {
+    let pool = signals_shared::postgres::pool::pool(&pg_url(), 2).expect("pool");
+    let (a, b) = (
+        pool.get().await.expect("a session"),
+        pool.get().await.expect("a second session"),
+    );
+    for client in [&a, &b] {
+        let jit: String = client.query_one("SHOW jit", &[]).await.expect("show jit").get(0);
+        assert_eq!(jit, "off");
+    }
+}

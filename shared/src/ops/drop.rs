@@ -94,9 +94,10 @@ async fn drop_job(store: &dyn Backend, job: &Job, id: i64, by: &str) -> Result<D
                 if let Some(schema) = &schema {
                     let mut rx = store.changes(run_id);
                     while let Some(batch) = rx.recv().await {
-                        for (_, payload) in batch? {
+                        for record in batch?.iter().flat_map(|records| records.iter()) {
+                            let (_, payload) = record.map_err(|e| DropError::Invalid(e.to_string()))?;
                             let obj: serde_json::Value =
-                                serde_json::from_str(&payload).map_err(|e| DropError::Invalid(e.to_string()))?;
+                                serde_json::from_str(payload).map_err(|e| DropError::Invalid(e.to_string()))?;
                             out.keys
                                 .push(super::repair::key_of_object(&obj, schema).map_err(DropError::Invalid)?);
                         }

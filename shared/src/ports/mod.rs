@@ -20,17 +20,19 @@ pub type Batches<T, E> = Receiver<Result<Vec<T>, E>>;
 /// across the upgrade), then its segments — each stream drained in turn, so the order, and
 /// with it the records' numbering, is the same on every read.
 pub fn change_records<E: Send + 'static>(
-    legacy: Batches<DeltaRow, E>,
-    segments: Batches<DeltaRow, E>,
-) -> Batches<(crate::domain::diff::Op, String), E> {
+    mut legacy: Batches<DeltaRow, E>,
+    mut segments: Batches<Records, E>,
+) -> Batches<Records, E> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
-        for mut source in [legacy, segments] {
-            while let Some(batch) = source.recv().await {
-                let batch = batch.map(|rows| rows.into_iter().map(|r| (r.op, r.payload)).collect());
-                if tx.send(batch).await.is_err() {
-                    return;
-                }
+        while let Some(batch) = legacy.recv().await {
+            if tx.send(batch.map(|rows| vec![Records::from_rows(rows)])).await.is_err() {
+                return;
+            }
+        }
+        while let Some(batch) = segments.recv().await {
+            if tx.send(batch).await.is_err() {
+                return;
             }
         }
     });

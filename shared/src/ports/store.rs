@@ -2,7 +2,7 @@
 //! ledger, dead letters — and the records they hold.
 
 use super::{KeyRange, SourceClock, StageTiming};
-use crate::domain::{config::DiffMode, diff::Op, encoding::RowHash, job::Job, schema::TableSchema};
+use crate::domain::{config::DiffMode, encoding::RowHash, job::Job, schema::TableSchema};
 use crate::errors::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -194,7 +194,7 @@ pub struct Chunk {
     pub done: bool,
 }
 
-pub use crate::domain::segment::DeltaRow;
+pub use crate::domain::segment::{DeltaRow, Records};
 
 /// How one run finds changes: the data source's mode, and for watermark runs whether this is a
 /// full diff and the cursor range.
@@ -386,9 +386,9 @@ pub trait StagingStore: Send + Sync {
     async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError>;
     /// Stores the cursor after a merged watermark run (`full`: it was a full diff).
     async fn set_cursor(&self, tenant: &str, source: &str, cursor: Option<&str>, full: bool) -> Result<(), StoreError>;
-    /// The run's change records in sequence order: (op, payload) — segment by segment in
-    /// chunk order, each in the order it was written, so every read numbers them the same.
-    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError>;
+    /// The run's change records in sequence order — segment by segment in chunk order, each
+    /// in the order it was written, so every read numbers them the same.
+    fn changes(&self, run_id: &str) -> Batches<Records, StoreError>;
 }
 
 /// Batches and the delivery ledger.

@@ -7,7 +7,7 @@ use crate::ctx::Ctx;
 use crate::domain::batching::{batch_id, BatchLimits, Cutter};
 use crate::domain::job::{Job, Task};
 use crate::domain::packing::Body;
-use crate::errors::StageError;
+use crate::errors::{StageError, StoreError};
 use crate::ports::{BatchRecord, Run, RunState};
 use crate::protocol::{BatchHeader, BodyBuilder, RECORD_OVERHEAD};
 use tracing::Instrument;
@@ -80,25 +80,31 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
             delivered: false,
         }
     };
-    while let Some((op, payload)) = changes.next().await? {
-        seq += 1;
-        if cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) {
-            if let Some(b) = body.take() {
-                last_len = b.bytes();
-                ready.push(close(b));
+    while let Some(records) = changes.next().await? {
+        for record in records.iter() {
+            let (op, payload) = record.map_err(|e| StoreError::Corrupt {
+                what: "delta segment",
+                detail: e.to_string(),
+            })?;
+            seq += 1;
+            if cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) {
+                if let Some(b) = body.take() {
+                    last_len = b.bytes();
+                    ready.push(close(b));
+                }
             }
-        }
-        body.get_or_insert_with(|| {
-            let mut b = BodyBuilder::new(&header);
-            // The closing fields (batch id, range) fit in the margin.
-            b.reserve(last_len + 256);
-            b
-        })
-        .push(seq, op, &payload);
-        if ready.len() >= SAVE_EVERY {
-            total += ready.len() as i64;
-            bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();
-            ctx.store.save_batches(std::mem::take(&mut ready)).await?;
+            body.get_or_insert_with(|| {
+                let mut b = BodyBuilder::new(&header);
+                // The closing fields (batch id, range) fit in the margin.
+                b.reserve(last_len + 256);
+                b
+            })
+            .push(seq, op, payload);
+            if ready.len() >= SAVE_EVERY {
+                total += ready.len() as i64;
+                bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();
+                ctx.store.save_batches(std::mem::take(&mut ready)).await?;
+            }
         }
     }
     if let Some(b) = body.take() {

@@ -7,9 +7,9 @@ use super::runs::upsert;
 use super::session::{self, bytes, flag, hash, opt_int, opt_text, p, placeholders, text, Params, MAX_LIST};
 use super::{now_ms, MssqlStore};
 use crate::domain::segment::{self, Part};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
+use crate::domain::{encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, Records, Run, StagingStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -171,8 +171,8 @@ impl StagingStore for MssqlStore {
         }
         let sid = self.sid(&mut x, &run.tenant, &run.source).await?;
         // Loaded before the transaction opens: it holds staging's locks only while applying.
-        self.load_delta(&mut x, staged_changes(segments(self, &run.id, Part::Keys)))
-            .await?;
+        let keys = segments(self, &run.id, |body| segment::decode(body, Part::Keys));
+        self.load_delta(&mut x, staged_changes(keys)).await?;
         x.begin().await?;
         let n = x
             .exec(
@@ -284,14 +284,19 @@ impl StagingStore for MssqlStore {
         Ok(())
     }
 
-    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
+    fn changes(&self, run_id: &str) -> Batches<Records, StoreError> {
         // This store began with segments: there are no per-row deltas from an older build.
-        change_records(ready(Vec::new()), segments(self, run_id, Part::Payloads))
+        let records = segments(self, run_id, |body| Records::decode(body).map(|r| vec![r]));
+        change_records(ready(Vec::new()), records)
     }
 }
 
-/// The run's delta segments, decoded one at a time, in chunk and segment order.
-fn segments(store: &MssqlStore, run_id: &str, part: Part) -> Batches<DeltaRow, StoreError> {
+/// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order.
+fn segments<T: Send + 'static>(
+    store: &MssqlStore,
+    run_id: &str,
+    decode: fn(&[u8]) -> Result<Vec<T>, segment::SegmentError>,
+) -> Batches<T, StoreError> {
     let sql = store.q("SELECT body FROM {s}.delta_segments WHERE run_id = @P1 ORDER BY chunk_no, seg_no");
     session::stream(
         &store.pool,
@@ -300,7 +305,7 @@ fn segments(store: &MssqlStore, run_id: &str, part: Part) -> Batches<DeltaRow, S
         vec![p(run_id.to_owned())],
         1,
         move |r| {
-            segment::decode(&bytes(r, 0)?, part).map_err(|e| StoreError::Corrupt {
+            decode(&bytes(r, 0)?).map_err(|e| StoreError::Corrupt {
                 what: "delta segment",
                 detail: e.to_string(),
             })

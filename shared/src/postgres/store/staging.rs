@@ -5,7 +5,9 @@ use super::{now_ms, PgStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{
+    change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Records, Run, StagingStore,
+};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -326,8 +328,22 @@ impl StagingStore for PgStore {
         Ok(())
     }
 
-    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
-        change_records(legacy_rows(self, run_id), segments(self, run_id, Part::Payloads))
+    fn changes(&self, run_id: &str) -> Batches<Records, StoreError> {
+        let sql = format!(
+            "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
+            self.s
+        );
+        let segments = self.stream_each("read delta segments", sql, vec![Box::new(run_id.to_owned())], |r| {
+            Records::decode(r.get(0)).map(|records| vec![records]).map_err(damaged)
+        });
+        change_records(legacy_rows(self, run_id), segments)
+    }
+}
+
+fn damaged(e: segment::SegmentError) -> StoreError {
+    StoreError::Corrupt {
+        what: "delta segment",
+        detail: e.to_string(),
     }
 }
 
@@ -341,12 +357,7 @@ fn segments(store: &PgStore, run_id: &str, part: Part) -> Batches<DeltaRow, Stor
         "read delta segments",
         sql,
         vec![Box::new(run_id.to_owned())],
-        move |r| {
-            segment::decode(r.get(0), part).map_err(|e| StoreError::Corrupt {
-                what: "delta segment",
-                detail: e.to_string(),
-            })
-        },
+        move |r| segment::decode(r.get(0), part).map_err(damaged),
     )
 }
 

@@ -4,7 +4,7 @@ use super::{now_ms, SqliteStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Run, StagingStore};
+use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Records, Run, StagingStore};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as Sql;
@@ -245,7 +245,7 @@ impl StagingStore for SqliteStore {
             .await
     }
 
-    fn changes(&self, run_id: &str) -> Batches<(Op, String), StoreError> {
+    fn changes(&self, run_id: &str) -> Batches<Records, StoreError> {
         let legacy = self.db.stream(
             "read changes",
             "SELECT op, payload, key FROM deltas WHERE run_id = ?1 ORDER BY key".to_owned(),
@@ -266,15 +266,22 @@ impl StagingStore for SqliteStore {
             "read delta segments",
             "SELECT body FROM delta_segments WHERE run_id = ?1 ORDER BY chunk_no, seg_no".to_owned(),
             vec![Sql::Text(run_id.to_owned())],
-            |r| decode_segment(&r.get::<_, Vec<u8>>(0)?, Part::Payloads),
+            |r| {
+                Records::decode(&r.get::<_, Vec<u8>>(0)?)
+                    .map(|records| vec![records])
+                    .map_err(blob_err)
+            },
         );
         change_records(legacy, segments)
     }
 }
 
+fn blob_err(e: segment::SegmentError) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+}
+
 fn decode_segment(body: &[u8], part: Part) -> rusqlite::Result<Vec<DeltaRow>> {
-    segment::decode(body, part)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e)))
+    segment::decode(body, part).map_err(blob_err)
 }
 
 /// Applies the run's delta segments to staging, one segment in memory at a time.
