@@ -288,7 +288,25 @@ async fn interval_work_is_claimed_before_an_onboarding_backlog(h: Harness) {
     assert_eq!(Job::decode(urgent[0].body.as_bytes()).unwrap().task, later.task);
 }
 
+/// Every push asks for the latest version alone; it must be the version `latest_config`
+/// reports, and a configuration applied twice unchanged is not a new one.
+async fn the_latest_config_version_is_the_last_applied(h: Harness) {
+    assert_eq!(h.store.latest_config_version().await.unwrap(), None);
+    let first = h.apply(&h.config("")).await;
+    let second = h.apply(&h.config(&items_source(100))).await;
+    assert!(second > first);
+    assert_eq!(
+        h.apply(&h.config(&items_source(100))).await,
+        second,
+        "unchanged: no new version"
+    );
+    let latest = h.store.latest_config().await.unwrap().map(|(v, _)| v);
+    assert_eq!(h.store.latest_config_version().await.unwrap(), Some(second));
+    assert_eq!(latest, Some(second));
+}
+
 signals_tests::on_every_store!(
+    the_latest_config_version_is_the_last_applied,
     interval_work_is_claimed_before_an_onboarding_backlog,
     the_queue_leases_counts_attempts_and_reclaims,
     one_active_run_per_data_source,

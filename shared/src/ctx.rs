@@ -72,9 +72,9 @@ impl Ctx {
 
     /// The latest config version, if any was applied.
     pub async fn latest_config(&self) -> Result<Option<(i64, Arc<Config>)>, StageError> {
-        match self.store.latest_config().await? {
+        match self.store.latest_config_version().await? {
             None => Ok(None),
-            Some((v, _)) => Ok(Some((v, self.config(v).await?))),
+            Some(v) => Ok(Some((v, self.config(v).await?))),
         }
     }
 

@@ -298,6 +298,8 @@ pub trait ConfigStore: Send + Sync {
     async fn apply_config(&self, toml: &str, origin: &str) -> Result<(i64, bool), StoreError>;
     /// The latest version and its TOML.
     async fn latest_config(&self) -> Result<Option<(i64, String)>, StoreError>;
+    /// The latest version alone: every push asks, and a configuration of many tenants is large.
+    async fn latest_config_version(&self) -> Result<Option<i64>, StoreError>;
     /// A given version's TOML.
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError>;
 }

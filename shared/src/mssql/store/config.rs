@@ -51,6 +51,18 @@ impl ConfigStore for MssqlStore {
         r.map(|r| Ok((int(&r, 0)?, text(&r, 1)?))).transpose()
     }
 
+    async fn latest_config_version(&self) -> Result<Option<i64>, StoreError> {
+        let mut x = self.session("latest config version").await?;
+        let r = x
+            .row(
+                &self.q("SELECT TOP (1) version FROM {s}.config_versions ORDER BY version DESC"),
+                vec![],
+            )
+            .await?;
+        x.done();
+        r.map(|r| int(&r, 0)).transpose()
+    }
+
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError> {
         let mut x = self.session("config version").await?;
         let r = x

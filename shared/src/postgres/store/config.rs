@@ -57,6 +57,17 @@ impl ConfigStore for PgStore {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    async fn latest_config_version(&self) -> Result<Option<i64>, StoreError> {
+        let sql = format!("SELECT max(version) FROM {}.config_versions", self.s);
+        let row = self
+            .client()
+            .await?
+            .query_one(&sql, &[])
+            .await
+            .map_err(pg_err("latest config version"))?;
+        Ok(row.get(0))
+    }
+
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError> {
         let sql = format!("SELECT toml FROM {}.config_versions WHERE version = $1", self.s);
         let row = self

@@ -46,6 +46,14 @@ impl ConfigStore for SqliteStore {
             .await
     }
 
+    async fn latest_config_version(&self) -> Result<Option<i64>, StoreError> {
+        self.db
+            .read("latest config version", |c| {
+                c.query_row("SELECT max(version) FROM config_versions", [], |r| r.get(0))
+            })
+            .await
+    }
+
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError> {
         self.db
             .read("config version", move |c| {
