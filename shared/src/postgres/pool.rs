@@ -8,7 +8,7 @@ use tokio_postgres::NoTls;
 /// Turns the JIT off for each new session. Our statements are short or stream rows in key
 /// order, and the planner's cost for a staging read of one data source is the whole partitioned
 /// table's (the source is known only when the statement runs): on a store holding twelve
-/// 1,000,000-row sources a tenant's 1,000-row staging read spent ~220 ms compiling
+/// 1,000,000-row sources a tenant's staging read of under 1,000 rows spent ~220 ms compiling
 /// (`pg_stat_statements`, docs/performance.md). Set in the session, not as a startup option, so
 /// a pooler that refuses startup parameters still connects; a server without the setting keeps
 /// its default.
