@@ -223,6 +223,67 @@ async fn an_unreachable_source_is_retried_then_dead_lettered_by_name(h: Harness)
     );
 }
 
+/// A stored segment damaged after its run merged (a payload that is no longer UTF-8): the batch
+/// stage stops with an error naming it, the run stays unsent, and no body goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_stops_the_batch_cut_by_name() {
+    use signals_shared::domain::job::Stage;
+    use signals_shared::hosts::runner::{self, RunnerOptions};
+    let h = Harness::new().await;
+    create_items(&h.src(), 2_000);
+    h.apply(&h.config(&items_source(1_000))).await;
+    h.store
+        .enqueue(
+            &[Job::new(Task::Onboard {
+                tenant: "t".into(),
+                reports: vec![],
+            })],
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    let opts = RunnerOptions {
+        until_idle: true,
+        poll: Duration::from_millis(20),
+        stages: vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge],
+        ..Default::default()
+    };
+    runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending())
+        .await
+        .unwrap();
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.state.as_str(), "merged");
+
+    // The last segment, stored unpacked, its last payload byte made invalid.
+    let db = rusqlite::Connection::open(&h.store_spec).unwrap();
+    let (chunk, seg, body): (i64, i64, Vec<u8>) = db
+        .query_row(
+            "SELECT chunk_no, seg_no, body FROM delta_segments WHERE run_id = ?1 ORDER BY chunk_no DESC, seg_no DESC LIMIT 1",
+            [&run.id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let mut plain = signals_shared::domain::packing::unpack(&body).unwrap().into_owned();
+    let last = plain.len() - 1;
+    plain[last] = 0xff;
+    db.execute(
+        "UPDATE delta_segments SET body = ?1 WHERE run_id = ?2 AND chunk_no = ?3 AND seg_no = ?4",
+        rusqlite::params![plain, run.id, chunk, seg],
+    )
+    .unwrap();
+
+    h.run_until_idle().await;
+    let d = only_dead_letter(&h).await;
+    assert_eq!(d.stage, "batch");
+    assert!(
+        d.error.contains("corrupt delta segment") && d.error.contains("utf-8"),
+        "{}",
+        d.error
+    );
+    assert_eq!(h.runs().await[0].state.as_str(), "merged", "the cut did not finish");
+    assert_eq!(h.stats().changes, 0, "no body went out");
+}
+
 signals_tests::on_every_store!(
     malformed_events_and_messages_are_refused_clearly,
     unknown_tenants_sources_and_key_columns_are_named,

@@ -98,6 +98,15 @@ pub enum StoreError {
     },
 }
 
+impl From<crate::domain::segment::SegmentError> for StoreError {
+    fn from(e: crate::domain::segment::SegmentError) -> StoreError {
+        StoreError::Corrupt {
+            what: "delta segment",
+            detail: e.to_string(),
+        }
+    }
+}
+
 /// A delivery failure without an HTTP response.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {

@@ -82,10 +82,7 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
     };
     while let Some(records) = changes.next().await? {
         for record in records.iter() {
-            let (op, payload) = record.map_err(|e| StoreError::Corrupt {
-                what: "delta segment",
-                detail: e.to_string(),
-            })?;
+            let (op, payload) = record.map_err(StoreError::from)?;
             seq += 1;
             if cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) {
                 if let Some(b) = body.take() {

@@ -304,11 +304,6 @@ fn segments<T: Send + 'static>(
         sql,
         vec![p(run_id.to_owned())],
         1,
-        move |r| {
-            decode(&bytes(r, 0)?).map_err(|e| StoreError::Corrupt {
-                what: "delta segment",
-                detail: e.to_string(),
-            })
-        },
+        move |r| Ok(decode(&bytes(r, 0)?)?),
     )
 }

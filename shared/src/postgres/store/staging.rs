@@ -329,26 +329,17 @@ impl StagingStore for PgStore {
     }
 
     fn changes(&self, run_id: &str) -> Batches<Records, StoreError> {
-        let sql = format!(
-            "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
-            self.s
-        );
-        let segments = self.stream_each("read delta segments", sql, vec![Box::new(run_id.to_owned())], |r| {
-            Records::decode(r.get(0)).map(|records| vec![records]).map_err(damaged)
-        });
-        change_records(legacy_rows(self, run_id), segments)
+        let records = segments(self, run_id, |body| Records::decode(body).map(|r| vec![r]));
+        change_records(legacy_rows(self, run_id), records)
     }
 }
 
-fn damaged(e: segment::SegmentError) -> StoreError {
-    StoreError::Corrupt {
-        what: "delta segment",
-        detail: e.to_string(),
-    }
-}
-
-/// The run's delta segments, decoded one at a time, in chunk and segment order.
-fn segments(store: &PgStore, run_id: &str, part: Part) -> Batches<DeltaRow, StoreError> {
+/// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order.
+fn segments<T: Send + 'static>(
+    store: &PgStore,
+    run_id: &str,
+    decode: fn(&[u8]) -> Result<Vec<T>, segment::SegmentError>,
+) -> Batches<T, StoreError> {
     let sql = format!(
         "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
         store.s
@@ -357,7 +348,7 @@ fn segments(store: &PgStore, run_id: &str, part: Part) -> Batches<DeltaRow, Stor
         "read delta segments",
         sql,
         vec![Box::new(run_id.to_owned())],
-        move |r| segment::decode(r.get(0), part).map_err(damaged),
+        move |r| Ok(decode(r.get(0))?),
     )
 }
 
@@ -397,7 +388,9 @@ fn delta(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let (store, run_id) = (store.clone(), run_id.to_owned());
     tokio::spawn(async move {
-        let sources: [OpenDelta; 2] = [legacy_rows, |s, run| segments(s, run, Part::Keys)];
+        let sources: [OpenDelta; 2] = [legacy_rows, |s, run| {
+            segments(s, run, |b| segment::decode(b, Part::Keys))
+        }];
         for open in sources {
             let mut source = open(&store, &run_id);
             while let Some(batch) = source.recv().await {
