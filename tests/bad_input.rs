@@ -228,29 +228,12 @@ async fn an_unreachable_source_is_retried_then_dead_lettered_by_name(h: Harness)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_segment_stops_the_batch_cut_by_name() {
     use signals_shared::domain::job::Stage;
-    use signals_shared::hosts::runner::{self, RunnerOptions};
     let h = Harness::new().await;
     create_items(&h.src(), 2_000);
     h.apply(&h.config(&items_source(1_000))).await;
-    h.store
-        .enqueue(
-            &[Job::new(Task::Onboard {
-                tenant: "t".into(),
-                reports: vec![],
-            })],
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
-    let opts = RunnerOptions {
-        until_idle: true,
-        poll: Duration::from_millis(20),
-        stages: vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge],
-        ..Default::default()
-    };
-    runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending())
-        .await
-        .unwrap();
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge])
+        .await;
     let run = h.runs().await.remove(0);
     assert_eq!(run.state.as_str(), "merged");
 

@@ -48,22 +48,13 @@ async fn newer_envelopes_are_left_for_newer_workers_and_older_ones_dead_lettered
 /// chunks by this build in segments: merge and batch take both, every change is sent once.
 async fn a_run_in_flight_across_the_segment_upgrade_loses_nothing(h: Harness) {
     use signals_shared::domain::job::{Job, Stage, Task};
-    use signals_shared::hosts::runner::{self, RunnerOptions};
     signals_tests::create_items(&h.src(), 3_000);
     h.apply(&h.config(&signals_tests::items_source(1_000))).await;
     h.onboard().await;
     signals_tests::mutate_items(&h.src(), 3_000);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     h.store.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await.unwrap();
-    let opts = RunnerOptions {
-        until_idle: true,
-        poll: Duration::from_millis(20),
-        stages: vec![Stage::Scheduler, Stage::Snapshot],
-        ..Default::default()
-    };
-    runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending())
-        .await
-        .unwrap();
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
     let run = h.runs().await.remove(0);
     assert_eq!(run.state.as_str(), "snapshotted");
     let legacy = to_legacy_rows(&h, &run.id).await;

@@ -82,16 +82,7 @@ async fn three_workers_sync_four_large_sources_through_kills() {
             .replace("batch_max_rows = 500", "batch_max_rows = 5000"),
     )
     .await;
-    h.store
-        .enqueue(
-            &[Job::new(Task::Onboard {
-                tenant: "t".into(),
-                reports: vec![],
-            })],
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    h.enqueue_onboard().await;
 
     let mut snap_victim = spawn_worker(&h, Some("after_chunk_delta:2"), &[]);
     let mut push_victim = spawn_worker(&h, Some("after_push_2xx:3"), &[]);

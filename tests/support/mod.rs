@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use signals_shared::backends::{self, Backend};
 use signals_shared::connectors::DefaultConnectors;
 use signals_shared::ctx::Ctx;
-use signals_shared::domain::job::{Job, Task};
+use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::domain::retry::RetryPolicy;
 use signals_shared::hosts::runner::{self, RunnerOptions};
 use signals_shared::ports::Run;
@@ -204,10 +204,17 @@ impl Harness {
 
     /// Runs until idle.
     pub async fn run_until_idle(&self) {
+        self.run_stages_until_idle(Vec::new()).await;
+    }
+
+    /// Runs only `stages` (every stage if empty) until nothing of theirs is left: a run can be
+    /// stopped at a stage boundary and its stored state inspected or changed.
+    pub async fn run_stages_until_idle(&self, stages: Vec<Stage>) {
         let opts = RunnerOptions {
             until_idle: true,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(20),
+            stages,
             ..Default::default()
         };
         tokio::time::timeout(
@@ -232,11 +239,17 @@ impl Harness {
 
     /// Onboards tenant `t` (every data source) and runs until idle.
     pub async fn onboard(&self) {
-        self.run_job(Job::new(Task::Onboard {
+        self.enqueue_onboard().await;
+        self.run_until_idle().await;
+    }
+
+    /// Queues tenant `t`'s onboarding without running anything.
+    pub async fn enqueue_onboard(&self) {
+        let job = Job::new(Task::Onboard {
             tenant: "t".into(),
             reports: vec![],
-        }))
-        .await;
+        });
+        self.store.enqueue(&[job], Duration::ZERO).await.expect("enqueue");
     }
 
     /// Waits out a 1-second interval, ticks, and runs until idle.
