@@ -1,6 +1,7 @@
 //! Rolling upgrades: a worker leaves a job envelope from a newer version untouched for a newer
 //! worker, and dead-letters one older than it supports, saying why; a run in flight across the
-//! change to delta segments finishes with nothing lost.
+//! change to delta segments finishes with nothing lost; the PostgreSQL store's layout changes
+//! leave what an earlier build's workers read and write by name working.
 
 use signals_tests::Harness;
 use std::time::Duration;
@@ -165,14 +166,15 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
             n
         }
     };
-    // Back to the layout before the re-key, staged rows and all.
+    // Back to the layout before the re-key (migration 10), staged rows and all; the migrations
+    // after it run again too.
     c.batch_execute(&format!(
         "CREATE TABLE {s}.staging_old (tenant TEXT NOT NULL, source TEXT NOT NULL, key BYTEA NOT NULL,
              hash BYTEA NOT NULL, PRIMARY KEY (tenant, source, key));
          INSERT INTO {s}.staging_old SELECT tenant, source, key, hash FROM {s}.staging;
          DROP VIEW {s}.staging; DROP FUNCTION {s}.staging_write(); DROP TABLE {s}.staging_keys, {s}.sources;
          ALTER TABLE {s}.staging_old RENAME TO staging;
-         UPDATE {s}.meta SET value = value - 1 WHERE key = 'schema_version';"
+         UPDATE {s}.meta SET value = 9 WHERE key = 'schema_version';"
     ))
     .await
     .unwrap();
@@ -236,6 +238,119 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
         .unwrap()
         .get(0);
     assert_eq!(last, 1);
+}
+
+/// On PostgreSQL an initial run writes its delta segments into a table of its own that inherits
+/// the shared one, dropped when the run is done (decision 0016): a worker of an earlier build
+/// still reads them through the shared table by name, segments such a worker wrote into the
+/// shared table are merged and sent too, and a table an earlier build left behind is pruned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_initial_runs_keep_their_segments_in_a_table_of_their_own() {
+    use signals_shared::domain::job::Stage;
+    use signals_shared::domain::segment;
+    use signals_tests::StoreKind;
+    let h = Harness::on(StoreKind::Postgres).await;
+    signals_tests::create_items(&h.src(), 3_000);
+    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.state.as_str(), "snapshotted");
+    let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let s = &h.store_schema;
+    let own = format!("{s}.\"delta_segments_{}\"", run.id);
+    let exists = |table: String| {
+        let c = &c;
+        async move {
+            let found: Option<String> = c
+                .query_one("SELECT to_regclass($1)::TEXT", &[&table])
+                .await
+                .unwrap()
+                .get(0);
+            found.is_some()
+        }
+    };
+    assert!(exists(own.clone()).await, "the run has its own table");
+    let shared_only: i64 = c
+        .query_one(&format!("SELECT COUNT(*) FROM ONLY {s}.delta_segments"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shared_only, 0, "nothing in the shared table itself");
+
+    // An earlier build reads a run's segments through the shared table by name.
+    let by_name = c
+        .query(
+            &format!("SELECT body FROM {s}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no"),
+            &[&run.id],
+        )
+        .await
+        .unwrap();
+    let rows: usize = by_name
+        .iter()
+        .map(|r| segment::decode(r.get(0), segment::Part::Keys).unwrap().len())
+        .sum();
+    assert_eq!(rows, 3_000, "every change visible through the shared table");
+
+    // Chunk 0 as an earlier build's worker would have written it: into the shared table.
+    let moved = c
+        .execute(
+            &format!(
+                "WITH gone AS (DELETE FROM {own} WHERE chunk_no = 0 RETURNING *) \
+                 INSERT INTO {s}.delta_segments SELECT * FROM gone"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(moved > 0);
+
+    h.run_until_idle().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.display_state(), "done");
+    assert_eq!(h.stats().changes, 3_000, "every change sent once");
+    assert_eq!(h.stats().applied_twice, 0);
+    h.assert_in_sync().await;
+    assert!(!exists(own).await, "dropped when the run is done");
+    let left: i64 = c
+        .query_one(&format!("SELECT COUNT(*) FROM {s}.delta_segments"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the shared table's rows of the run deleted too");
+
+    // Interval runs stay in the shared table: a table per run every few minutes would churn
+    // the catalog for a few changes.
+    signals_tests::mutate_items(&h.src(), 3_000);
+    h.interval().await;
+    assert_the_latest_run_sent_its_changes_once(&h).await;
+    let tables: i64 = c
+        .query_one(
+            &format!("SELECT COUNT(*) FROM pg_inherits WHERE inhparent = '{s}.delta_segments'::regclass"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+
+    // A table whose run an earlier build finished (deleting the rows, keeping the table).
+    let orphan = format!("{s}.\"delta_segments_0123abcd\"");
+    c.batch_execute(&format!("CREATE TABLE {orphan} () INHERITS ({s}.delta_segments)"))
+        .await
+        .unwrap();
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(3650);
+    let cut = signals_shared::ports::PruneCutoffs {
+        runs: long_ago,
+        ledger: long_ago,
+        bodies: long_ago,
+        dead_letters: long_ago,
+    };
+    h.store.prune(&cut).await.unwrap();
+    assert!(!exists(orphan).await, "pruned");
 }
 
 // The SQL Server store began with segments: it has no older layout to upgrade from.

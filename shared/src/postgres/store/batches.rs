@@ -1,6 +1,6 @@
 //! Batches and the delivery ledger in PostgreSQL.
 
-use super::{now_ms, PgStore};
+use super::{now_ms, scratch, PgStore};
 use crate::domain::packing::unpack_body;
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
@@ -29,25 +29,24 @@ async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt
     .map(drop)
 }
 
-/// Marks the run done and drops its scratch rows (deltas, batch bodies, chunks).
-async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, tokio_postgres::Error> {
+/// Marks the run done and drops its scratch: old-style deltas, segments, batch bodies, chunks.
+async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, StoreError> {
+    let err = pg_err("finish run");
     let n = tx
         .execute(
             &format!("UPDATE {s}.runs SET state = 'done', finished_at = $2, updated_at = $2 WHERE id = $1 AND state <> 'done'"),
             &[&run_id, &now_ms()],
         )
-        .await?;
-    tx.execute(&format!("DELETE FROM {s}.deltas WHERE run_id = $1"), &[&run_id])
-        .await?;
-    tx.execute(&format!("DELETE FROM {s}.delta_segments WHERE run_id = $1"), &[&run_id])
-        .await?;
-    tx.execute(
-        &format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
-        &[&run_id],
-    )
-    .await?;
-    tx.execute(&format!("DELETE FROM {s}.chunks WHERE run_id = $1"), &[&run_id])
-        .await?;
+        .await
+        .map_err(&err)?;
+    for sql in [
+        format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
+        format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
+        format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
+    ] {
+        tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
+    }
+    scratch::drop_segments(tx, s, run_id).await?;
     Ok(n == 1)
 }
 
@@ -101,7 +100,7 @@ impl BatchStore for PgStore {
             .await
             .map_err(&err)?;
         if n == 1 && total == 0 {
-            finish_run(&tx, &self.s, &run.id).await.map_err(&err)?;
+            finish_run(&tx, &self.s, &run.id).await?;
         }
         tx.commit().await.map_err(&err)?;
         self.count(1);
@@ -228,7 +227,7 @@ impl BatchStore for PgStore {
                 .map_err(&err)?
                 .get(0);
             if last {
-                finished = finish_run(&tx, s, &run.id).await.map_err(&err)?;
+                finished = finish_run(&tx, s, &run.id).await?;
             }
         }
         tx.commit().await.map_err(&err)?;

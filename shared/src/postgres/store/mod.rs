@@ -9,6 +9,7 @@ mod operator;
 mod queue;
 mod runs;
 mod schema;
+mod scratch;
 mod slots;
 mod staging;
 

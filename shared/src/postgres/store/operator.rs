@@ -1,6 +1,6 @@
 //! Pauses and the audit log in PostgreSQL.
 
-use super::{from_ms, now_ms, PgStore};
+use super::{from_ms, now_ms, scratch, PgStore};
 use crate::errors::StoreError;
 use crate::ports::{OperatorStore, PruneCutoffs, SourceClock};
 use crate::postgres::pool::pg_err;
@@ -88,6 +88,8 @@ impl OperatorStore for PgStore {
             ),
         ];
         let c = self.client().await?;
+        let orphans = scratch::orphans(&**c, s).await?;
+        scratch::drop_tables(&**c, s, &orphans).await?;
         let mut total = 0;
         for (sql, cutoff) in steps {
             loop {
@@ -113,7 +115,7 @@ impl OperatorStore for PgStore {
             format!("DELETE FROM {s}.staging_keys WHERE sid IN (SELECT sid FROM {s}.sources WHERE tenant = $1)"),
             format!("DELETE FROM {s}.staged_schemas WHERE tenant = $1"),
             format!("DELETE FROM {s}.deltas WHERE run_id IN {runs}"),
-            format!("DELETE FROM {s}.delta_segments WHERE run_id IN {runs}"),
+            format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id IN {runs}"),
             format!("DELETE FROM {s}.chunks WHERE run_id IN {runs}"),
             format!("DELETE FROM {s}.cursors WHERE tenant = $1"),
             format!("DELETE FROM {s}.verifications WHERE tenant = $1"),
@@ -130,6 +132,17 @@ impl OperatorStore for PgStore {
         }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
+        let own: Vec<String> = tx
+            .query(
+                &format!("SELECT id FROM {s}.runs WHERE tenant = $1 AND own_segments"),
+                &[&tenant],
+            )
+            .await
+            .map_err(&err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        scratch::drop_tables(&*tx, s, &own).await?;
         let mut n = 0;
         for q in sql {
             n += tx.execute(&q, &[&tenant]).await.map_err(&err)?;

@@ -1,6 +1,6 @@
 //! Runs and chunks in PostgreSQL.
 
-use super::{from_ms, now_ms, PgStore};
+use super::{from_ms, now_ms, scratch, PgStore};
 
 use crate::errors::StoreError;
 use crate::ports::{Chunk, KeyRange, Plan, Run, RunKind, RunState, RunStore, StageTiming};
@@ -162,6 +162,9 @@ impl RunStore for PgStore {
                 .await
                 .map_err(pg_err("plan run"))?;
         }
+        if run.kind == RunKind::Initial || force_all {
+            scratch::create(&*tx, s, &run.id).await?;
+        }
         tx.commit().await.map_err(pg_err("plan run"))?;
         self.count(1 + chunks.len() as u64);
         Ok(true)
@@ -238,12 +241,12 @@ impl RunStore for PgStore {
         .map_err(&err)?;
         for sql in [
             format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
-            format!("DELETE FROM {s}.delta_segments WHERE run_id = $1"),
             format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
             format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1"),
         ] {
             tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
         }
+        scratch::drop_segments(&*tx, s, run_id).await?;
         tx.commit().await.map_err(&err)?;
         self.count(1);
         Ok(())

@@ -1,6 +1,7 @@
 //! Staging and deltas in PostgreSQL: deltas arrive as packed segments (one row per few thousand
 //! changes), merge applies them a segment per statement in one transaction.
 
+use super::scratch::Segments;
 use super::{now_ms, PgStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
@@ -112,16 +113,16 @@ impl StagingStore for PgStore {
             .execute_raw(&sql, p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)))
             .await
             .map_err(pg_err("reset chunk"))?;
-        let m = c
-            .execute(
-                &format!(
-                    "DELETE FROM {}.delta_segments WHERE run_id = $1 AND chunk_no = $2",
-                    self.s
-                ),
-                &[&run_id, &(chunk.no as i32)],
-            )
-            .await
-            .map_err(pg_err("reset chunk"))?;
+        let mut m = 0;
+        for sql in Segments::of(&**c, &self.s, run_id)
+            .await?
+            .delete(&self.s, " AND chunk_no = $2")
+        {
+            m += c
+                .execute(&sql, &[&run_id, &(chunk.no as i32)])
+                .await
+                .map_err(pg_err("reset chunk"))?;
+        }
         self.count(n + m);
         Ok(())
     }
@@ -134,24 +135,23 @@ impl StagingStore for PgStore {
         rows: i64,
         body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
+        let c = self.client().await?;
         let sql = format!(
-            "INSERT INTO {}.delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
-            self.s
+            "INSERT INTO {} (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
+            Segments::of(&**c, &self.s, run_id).await?.insert_into(&self.s)
         );
-        self.client()
-            .await?
-            .execute(
-                &sql,
-                &[
-                    &run_id,
-                    &(chunk as i32),
-                    &(seg as i32),
-                    &(rows as i32),
-                    &body.as_slice(),
-                ],
-            )
-            .await
-            .map_err(pg_err("write delta"))?;
+        c.execute(
+            &sql,
+            &[
+                &run_id,
+                &(chunk as i32),
+                &(seg as i32),
+                &(rows as i32),
+                &body.as_slice(),
+            ],
+        )
+        .await
+        .map_err(pg_err("write delta"))?;
         self.count(1);
         Ok(())
     }
@@ -334,22 +334,40 @@ impl StagingStore for PgStore {
     }
 }
 
-/// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order.
+/// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order, from
+/// wherever the plan put them.
 fn segments<T: Send + 'static>(
     store: &PgStore,
     run_id: &str,
     decode: fn(&[u8]) -> Result<Vec<T>, segment::SegmentError>,
 ) -> Batches<T, StoreError> {
-    let sql = format!(
-        "SELECT body FROM {}.delta_segments WHERE run_id = $1 ORDER BY chunk_no, seg_no",
-        store.s
-    );
-    store.stream_each(
-        "read delta segments",
-        sql,
-        vec![Box::new(run_id.to_owned())],
-        move |r| Ok(decode(r.get(0))?),
-    )
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (store, run_id) = (store.clone(), run_id.to_owned());
+    tokio::spawn(async move {
+        let found = match store.client().await {
+            Ok(c) => Segments::of(&**c, &store.s, &run_id).await,
+            Err(e) => Err(e),
+        };
+        let sql = match found {
+            Ok(at) => format!(
+                "SELECT body FROM ({}) seg ORDER BY chunk_no, seg_no",
+                at.select(&store.s)
+            ),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut rows = store.stream_each("read delta segments", sql, vec![Box::new(run_id)], move |r| {
+            Ok(decode(r.get(0))?)
+        });
+        while let Some(batch) = rows.recv().await {
+            if tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Delta rows a build before segments wrote for a run still in flight at the upgrade.
