@@ -240,12 +240,13 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
     assert_eq!(last, 1);
 }
 
-/// On PostgreSQL an initial run writes its delta segments into a table of its own that inherits
-/// the shared one, dropped when the run is done (decision 0016): a worker of an earlier build
-/// still reads them through the shared table by name, segments such a worker wrote into the
-/// shared table are merged and sent too, and a table an earlier build left behind is pruned.
+/// On PostgreSQL an initial run writes its delta segments and batches into tables of its own that
+/// inherit the shared ones, dropped when the run is done (decision 0016): a worker of an earlier
+/// build still reads them through the shared tables by name, rows such a worker wrote into the
+/// shared tables are merged and sent too, the batches' record outlives the tables, and tables an
+/// earlier build left behind are pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_initial_runs_keep_their_segments_in_a_table_of_their_own() {
+async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
     use signals_shared::domain::job::Stage;
     use signals_shared::domain::segment;
     use signals_tests::StoreKind;
@@ -308,6 +309,34 @@ async fn postgres_initial_runs_keep_their_segments_in_a_table_of_their_own() {
         .unwrap();
     assert!(moved > 0);
 
+    // Batches likewise, one of them where an earlier build's cut would have put it.
+    h.run_stages_until_idle(vec![Stage::Merge, Stage::Batch]).await;
+    let own_batches = format!("{s}.\"batches_{}\"", run.id);
+    let count = |sql: String| {
+        let c = &c;
+        async move {
+            let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
+            n
+        }
+    };
+    let cut = count(format!("SELECT COUNT(*) FROM {own_batches} WHERE body IS NOT NULL")).await;
+    assert!(cut >= 2, "bodies in the run's own table: {cut}");
+    assert_eq!(count(format!("SELECT COUNT(*) FROM ONLY {s}.batches")).await, 0);
+    assert_eq!(
+        count(format!("SELECT COUNT(*) FROM {s}.batches WHERE body IS NOT NULL")).await,
+        cut,
+        "visible through the shared table"
+    );
+    c.execute(
+        &format!(
+            "WITH gone AS (DELETE FROM {own_batches} WHERE seq_first = 1 RETURNING *) \
+             INSERT INTO {s}.batches SELECT * FROM gone"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+
     h.run_until_idle().await;
     let run = h.runs().await.remove(0);
     assert_eq!(run.display_state(), "done");
@@ -315,12 +344,20 @@ async fn postgres_initial_runs_keep_their_segments_in_a_table_of_their_own() {
     assert_eq!(h.stats().applied_twice, 0);
     h.assert_in_sync().await;
     assert!(!exists(own).await, "dropped when the run is done");
-    let left: i64 = c
-        .query_one(&format!("SELECT COUNT(*) FROM {s}.delta_segments"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(left, 0, "the shared table's rows of the run deleted too");
+    assert!(!exists(own_batches).await);
+    assert_eq!(
+        count(format!("SELECT COUNT(*) FROM {s}.delta_segments")).await,
+        0,
+        "the shared table's segments of the run deleted too"
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM ONLY {s}.batches WHERE delivered_at IS NOT NULL AND body IS NULL"
+        ))
+        .await,
+        cut,
+        "the record of every batch kept, without its body"
+    );
 
     // Interval runs stay in the shared table: a table per run every few minutes would churn
     // the catalog for a few changes.
@@ -337,20 +374,35 @@ async fn postgres_initial_runs_keep_their_segments_in_a_table_of_their_own() {
         .get(0);
     assert_eq!(tables, 0);
 
-    // A table whose run an earlier build finished (deleting the rows, keeping the table).
+    // Tables whose run an earlier build finished (emptying them, keeping the tables).
     let orphan = format!("{s}.\"delta_segments_0123abcd\"");
-    c.batch_execute(&format!("CREATE TABLE {orphan} () INHERITS ({s}.delta_segments)"))
-        .await
-        .unwrap();
+    let orphan_batches = format!("{s}.\"batches_0123abcd\"");
+    c.batch_execute(&format!(
+        "CREATE TABLE {orphan} () INHERITS ({s}.delta_segments);
+         CREATE TABLE {orphan_batches} () INHERITS ({s}.batches);
+         INSERT INTO {orphan_batches} (id, run_id, seq_first, seq_last, rows, delivered_at)
+             VALUES ('0123abcd.1-9', '0123abcd', 1, 9, 9, 1)"
+    ))
+    .await
+    .unwrap();
     let long_ago = chrono::Utc::now() - chrono::Duration::days(3650);
-    let cut = signals_shared::ports::PruneCutoffs {
+    let cutoffs = signals_shared::ports::PruneCutoffs {
         runs: long_ago,
         ledger: long_ago,
         bodies: long_ago,
         dead_letters: long_ago,
     };
-    h.store.prune(&cut).await.unwrap();
+    h.store.prune(&cutoffs).await.unwrap();
     assert!(!exists(orphan).await, "pruned");
+    assert!(!exists(orphan_batches).await, "pruned");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM ONLY {s}.batches WHERE run_id = '0123abcd'"
+        ))
+        .await,
+        1,
+        "its batches' record kept"
+    );
 }
 
 // The SQL Server store began with segments: it has no older layout to upgrade from.

@@ -205,7 +205,9 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
             Duration::ZERO,
         )
         .await?;
-    crate::source::checkpoint(&client().await?).await?;
+    let c = client().await?;
+    crate::source::checkpoint(&c).await?;
+    let wal = crate::source::wal_lsn(&c).await?;
     let phase = Phase::start();
     let workers = two_workers("sigbench_onboard", 60, true)?;
     let mut samples = Vec::new();
@@ -220,7 +222,12 @@ pub async fn onboarding(ob: &Onboarding<'_>) -> anyhow::Result<Measured> {
         rss,
     );
     m.secs = secs;
-    Ok(m.with("second_tenant_interval_syncs", lag).with("progress", samples))
+    // Every byte of WAL the server wrote meanwhile (the second tenant's syncs included): the
+    // store's writes, deterministic where CPU seconds are noisy.
+    let wal = crate::source::wal_since(&c, &wal).await?;
+    Ok(m.with("second_tenant_interval_syncs", lag)
+        .with("server_wal_bytes", wal)
+        .with("progress", samples))
 }
 
 /// Onboards again, kills both workers (SIGKILL) once half the chunks are read, restarts them,

@@ -1,11 +1,13 @@
 //! Batches and the delivery ledger in PostgreSQL.
 
-use super::{now_ms, scratch, PgStore};
+use super::scratch::{self, Scratch, Table};
+use super::{now_ms, PgStore};
 use crate::domain::packing::unpack_body;
 use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt) -> Result<(), tokio_postgres::Error> {
@@ -29,7 +31,7 @@ async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt
     .map(drop)
 }
 
-/// Marks the run done and drops its scratch: old-style deltas, segments, batch bodies, chunks.
+/// Marks the run done and drops its scratch: old-style deltas, chunks, segments, batch bodies.
 async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, StoreError> {
     let err = pg_err("finish run");
     let n = tx
@@ -41,13 +43,55 @@ async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool,
         .map_err(&err)?;
     for sql in [
         format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
-        format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
         format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
     ] {
         tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
     }
-    scratch::drop_segments(tx, s, run_id).await?;
+    scratch::retire(tx, s, run_id).await?;
     Ok(n == 1)
+}
+
+/// Stores batches where the run keeps them. A batch already stored is left as it is — also one
+/// in the shared table when the run has its own, as an earlier build's cut during a rollout
+/// would have put it.
+async fn insert_batches(tx: &Transaction<'_>, s: &str, batches: &[BatchRecord]) -> Result<(), StoreError> {
+    let err = pg_err("save batches");
+    let mut runs: Vec<&str> = batches.iter().map(|b| b.run_id.as_str()).collect();
+    runs.dedup();
+    for run_id in runs {
+        let at = Scratch::of(tx, s, run_id).await?;
+        let ins = tx
+            .prepare(&format!(
+                "INSERT INTO {} (id, run_id, seq_first, seq_last, rows, body) \
+                 SELECT $1::TEXT, $2::TEXT, $3::BIGINT, $4::BIGINT, $5::BIGINT, $6::BYTEA \
+                 WHERE NOT EXISTS (SELECT 1 FROM ONLY {s}.batches WHERE id = $1::TEXT) ON CONFLICT (id) DO NOTHING",
+                at.insert_into(s, Table::Batches)
+            ))
+            .await
+            .map_err(&err)?;
+        for b in batches.iter().filter(|b| b.run_id == run_id) {
+            let body = b.body.stored();
+            let row: [&(dyn ToSql + Sync); 6] = [&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &body.as_ref()];
+            tx.execute(&ins, &row).await.map_err(&err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `stmt` on every table holding the run's batches; the rows it changed.
+async fn change_batches(
+    tx: &Transaction<'_>,
+    s: &str,
+    run_id: &str,
+    stmt: impl Fn(&str) -> String,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let err = pg_err("update batches");
+    let mut n = 0;
+    for sql in Scratch::of(tx, s, run_id).await?.each(s, Table::Batches, stmt) {
+        n += tx.execute(&sql, params).await.map_err(&err)?;
+    }
+    Ok(n)
 }
 
 #[async_trait]
@@ -56,29 +100,7 @@ impl BatchStore for PgStore {
         let err = pg_err("save batches");
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
-        let ins = tx
-            .prepare(&format!(
-                "INSERT INTO {}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (id) DO NOTHING",
-                self.s
-            ))
-            .await
-            .map_err(&err)?;
-        for b in &batches {
-            tx.execute(
-                &ins,
-                &[
-                    &b.id,
-                    &b.run_id,
-                    &b.seq_first,
-                    &b.seq_last,
-                    &b.rows,
-                    &b.body.stored().as_ref(),
-                ],
-            )
-            .await
-            .map_err(&err)?;
-        }
+        insert_batches(&tx, &self.s, &batches).await?;
         tx.commit().await.map_err(&err)?;
         self.count(batches.len() as u64);
         Ok(())
@@ -108,16 +130,18 @@ impl BatchStore for PgStore {
     }
 
     async fn pending_batches(&self, run_id: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let c = self.client().await?;
+        let at = Scratch::of(&**c, &self.s, run_id).await?;
         let sql = format!(
-            "SELECT id, seq_first, seq_last FROM {}.batches WHERE run_id = $1 AND delivered_at IS NULL ORDER BY seq_first",
-            self.s
+            "SELECT id, seq_first, seq_last FROM ({}) b ORDER BY seq_first",
+            at.select(
+                &self.s,
+                Table::Batches,
+                "id, seq_first, seq_last",
+                "run_id = $1 AND delivered_at IS NULL"
+            )
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&run_id])
-            .await
-            .map_err(pg_err("pending batches"))?;
+        let rows = c.query(&sql, &[&run_id]).await.map_err(pg_err("pending batches"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
@@ -126,28 +150,11 @@ impl BatchStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
         insert_attempt(&tx, s, &run.id, attempt).await.map_err(&err)?;
-        let first = tx
-            .execute(
-                &format!(
-                    "UPDATE {s}.batches SET delivered_at = $2, body = NULL WHERE id = $1 AND delivered_at IS NULL"
-                ),
-                &[&attempt.batch_id, &now_ms()],
-            )
-            .await
-            .map_err(&err)?
-            == 1;
+        let set =
+            |t: &str| format!("UPDATE {t} SET delivered_at = $2, body = NULL WHERE id = $1 AND delivered_at IS NULL");
+        let first = change_batches(&tx, s, &run.id, set, &[&attempt.batch_id, &now_ms()]).await? > 0;
         if first {
-            for b in &children {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body) VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (id) DO NOTHING"
-                    ),
-                    &[&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &b.body.stored().as_ref()],
-                )
-                .await
-                .map_err(&err)?;
-            }
+            insert_batches(&tx, s, &children).await?;
             tx.execute(
                 &format!(
                     "UPDATE {s}.runs SET batches_total = batches_total + $2, batches_delivered = batches_delivered + 1, \
@@ -164,29 +171,31 @@ impl BatchStore for PgStore {
     }
 
     async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
-        let sql = format!(
-            "SELECT id, run_id, seq_first, seq_last, rows, body, delivered_at IS NOT NULL FROM {}.batches \
-             WHERE id = $1 AND run_id = $2",
-            self.s
+        let c = self.client().await?;
+        let at = Scratch::of(&**c, &self.s, run_id).await?;
+        let sql = at.select(
+            &self.s,
+            Table::Batches,
+            "id, run_id, seq_first, seq_last, rows, body, delivered_at IS NOT NULL",
+            "id = $1 AND run_id = $2",
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&batch_id, &run_id])
+        let rows = c
+            .query(&sql, &[&batch_id, &run_id])
             .await
             .map_err(pg_err("load batch"))?;
-        row.map(|r| {
-            Ok(BatchRecord {
-                id: r.get(0),
-                run_id: r.get(1),
-                seq_first: r.get(2),
-                seq_last: r.get(3),
-                rows: r.get(4),
-                body: unpack_body(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default())?,
-                delivered: r.get(6),
+        rows.first()
+            .map(|r| {
+                Ok(BatchRecord {
+                    id: r.get(0),
+                    run_id: r.get(1),
+                    seq_first: r.get(2),
+                    seq_last: r.get(3),
+                    rows: r.get(4),
+                    body: unpack_body(r.get::<_, Option<Vec<u8>>>(5).unwrap_or_default())?,
+                    delivered: r.get(6),
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     async fn record_attempt(&self, run_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
@@ -204,14 +213,8 @@ impl BatchStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
         insert_attempt(&tx, s, &run.id, attempt).await.map_err(&err)?;
-        let first = tx
-            .execute(
-                &format!("UPDATE {s}.batches SET delivered_at = $2 WHERE id = $1 AND delivered_at IS NULL"),
-                &[&attempt.batch_id, &now_ms()],
-            )
-            .await
-            .map_err(&err)?
-            == 1;
+        let set = |t: &str| format!("UPDATE {t} SET delivered_at = $2 WHERE id = $1 AND delivered_at IS NULL");
+        let first = change_batches(&tx, s, &run.id, set, &[&attempt.batch_id, &now_ms()]).await? > 0;
         let mut finished = false;
         if first {
             // The row lock on the run serialises concurrent last deliveries: exactly one finishes it.

@@ -63,10 +63,10 @@ impl OperatorStore for PgStore {
         );
         let steps = [
             (format!("DELETE FROM {s}.deliveries WHERE id IN (SELECT id FROM {s}.deliveries WHERE run_id IN ({old_runs}) LIMIT 1000)"), cut.runs),
-            (format!("DELETE FROM {s}.batches WHERE id IN (SELECT id FROM {s}.batches WHERE run_id IN ({old_runs}) LIMIT 1000)"), cut.runs),
+            (format!("DELETE FROM ONLY {s}.batches WHERE id IN (SELECT id FROM ONLY {s}.batches WHERE run_id IN ({old_runs}) LIMIT 1000)"), cut.runs),
             (
                 format!(
-                    "DELETE FROM {s}.runs WHERE id IN ({old_runs} AND NOT EXISTS (SELECT 1 FROM {s}.batches b WHERE b.run_id = r.id) LIMIT 1000)"
+                    "DELETE FROM {s}.runs WHERE id IN ({old_runs} AND NOT EXISTS (SELECT 1 FROM ONLY {s}.batches b WHERE b.run_id = r.id) LIMIT 1000)"
                 ),
                 cut.runs,
             ),
@@ -79,7 +79,7 @@ impl OperatorStore for PgStore {
             ),
             (format!("DELETE FROM {s}.deliveries WHERE id IN (SELECT id FROM {s}.deliveries WHERE at < $1 LIMIT 1000)"), cut.ledger),
             (
-                format!("UPDATE {s}.batches SET body = NULL WHERE id IN (SELECT id FROM {s}.batches WHERE delivered_at < $1 AND body IS NOT NULL LIMIT 1000)"),
+                format!("UPDATE ONLY {s}.batches SET body = NULL WHERE id IN (SELECT id FROM ONLY {s}.batches WHERE delivered_at < $1 AND body IS NOT NULL LIMIT 1000)"),
                 cut.bodies,
             ),
             (
@@ -88,8 +88,7 @@ impl OperatorStore for PgStore {
             ),
         ];
         let c = self.client().await?;
-        let orphans = scratch::orphans(&**c, s).await?;
-        scratch::drop_tables(&**c, s, &orphans).await?;
+        scratch::drop_orphans(&**c, s).await?;
         let mut total = 0;
         for (sql, cutoff) in steps {
             loop {
@@ -122,19 +121,23 @@ impl OperatorStore for PgStore {
             format!("DELETE FROM {s}.pauses WHERE tenant = $1"),
         ];
         if keep_history {
-            sql.push(format!("UPDATE {s}.batches SET body = NULL WHERE run_id IN {runs}"));
+            sql.push(format!(
+                "UPDATE ONLY {s}.batches SET body = NULL WHERE run_id IN {runs}"
+            ));
         } else {
             sql.push(format!("DELETE FROM {s}.deliveries WHERE run_id IN {runs}"));
-            sql.push(format!("DELETE FROM {s}.batches WHERE run_id IN {runs}"));
+            sql.push(format!("DELETE FROM ONLY {s}.batches WHERE run_id IN {runs}"));
             sql.push(format!("DELETE FROM {s}.dead_letters WHERE tenant = $1"));
             sql.push(format!("DELETE FROM {s}.run_stages WHERE run_id IN {runs}"));
             sql.push(format!("DELETE FROM {s}.runs WHERE tenant = $1"));
         }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
+        // Own scratch tables first (their batch records move to the shared table), so that the
+        // statements below name only the shared tables and lock no other tenant's.
         let own: Vec<String> = tx
             .query(
-                &format!("SELECT id FROM {s}.runs WHERE tenant = $1 AND own_segments"),
+                &format!("SELECT id FROM {s}.runs WHERE tenant = $1 AND own_scratch"),
                 &[&tenant],
             )
             .await
@@ -142,7 +145,7 @@ impl OperatorStore for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        scratch::drop_tables(&*tx, s, &own).await?;
+        scratch::retire_own(&*tx, s, &own).await?;
         let mut n = 0;
         for q in sql {
             n += tx.execute(&q, &[&tenant]).await.map_err(&err)?;

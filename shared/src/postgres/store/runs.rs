@@ -242,11 +242,10 @@ impl RunStore for PgStore {
         for sql in [
             format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
             format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
-            format!("UPDATE {s}.batches SET body = NULL WHERE run_id = $1"),
         ] {
             tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
         }
-        scratch::drop_segments(&*tx, s, run_id).await?;
+        scratch::retire(&*tx, s, run_id).await?;
         tx.commit().await.map_err(&err)?;
         self.count(1);
         Ok(())

@@ -258,9 +258,10 @@ CREATE TRIGGER staging_write INSTEAD OF INSERT OR DELETE ON {s}.staging
     FOR EACH ROW EXECUTE FUNCTION {s}.staging_write();
 "#,
     r#"
--- A run that re-sends a whole table keeps its delta segments in a table of its own, inheriting
--- delta_segments and dropped when the run is done (decision 0016, store::scratch).
-ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS own_segments BOOLEAN NOT NULL DEFAULT FALSE;
+-- A run that re-sends a whole table keeps its delta segments and batches in tables of its own,
+-- inheriting delta_segments and batches and dropped when the run is done (decision 0016,
+-- store::scratch).
+ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS own_scratch BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
 ];
 

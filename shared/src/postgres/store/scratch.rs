@@ -1,149 +1,232 @@
-//! A whole-table run's delta segments in a table of its own (decision 0016). Deleting a run's
-//! segments row by row when it is done writes about as much WAL as writing them did — a full-page
-//! image of every page touched after a checkpoint, ~250 MB per 1,000,000-row initial sync — so a
-//! run that re-sends a whole table writes them into a table that is dropped instead.
+//! A whole-table run's scratch — delta segments and batch bodies — in tables of its own
+//! (decision 0016). Deleting a run's segments and clearing its bodies row by row when it is done
+//! wrote about as much WAL as writing them had — a full-page image of every page touched after a
+//! checkpoint, ~3 GB per 12-source onboarding — so a run that re-sends a whole table writes them
+//! into tables that are dropped instead.
 //!
-//! The table inherits `delta_segments`: a worker of an earlier build, still running during a
-//! rollout, reads, writes and deletes a run's segments through the shared table by name and
-//! sees these rows too, so it neither misses nor repeats a change. This build reads and deletes
-//! through the run's table and `ONLY` the shared one, never through the whole inheritance tree:
-//! that would lock every other run's table and queue behind a drop.
+//! Each table inherits the shared one (`delta_segments`, `batches`): a worker of an earlier
+//! build, still running during a rollout, reads, writes and deletes a run's rows through the
+//! shared table by name and sees these too, so it neither misses nor repeats a change. This build
+//! reads and changes a run's rows through its own table plus `ONLY` the shared one, never
+//! through the whole inheritance tree: that would lock every other run's tables and queue
+//! behind a drop.
 
 use crate::errors::StoreError;
 use crate::postgres::pool::pg_err;
 use tokio_postgres::GenericClient;
 
-/// Prefix of the tables' names; the run id follows.
-const PREFIX: &str = "delta_segments_";
-
 /// PostgreSQL's identifier limit, in bytes.
 const MAX_IDENT: usize = 63;
 
-/// The run's own segments table, quoted and schema-qualified, if its id can name one.
-pub(super) fn table(s: &str, run_id: &str) -> Option<String> {
-    let fits = PREFIX.len() + run_id.len() <= MAX_IDENT;
+/// One kind of scratch a run writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Table {
+    /// Delta segments.
+    Segments,
+    /// Batches with their bodies.
+    Batches,
+}
+
+impl Table {
+    const ALL: [Table; 2] = [Table::Segments, Table::Batches];
+
+    fn shared(self) -> &'static str {
+        match self {
+            Table::Segments => "delta_segments",
+            Table::Batches => "batches",
+        }
+    }
+
+    /// A run's own table of this kind is named by this prefix and the run id.
+    fn prefix(self) -> String {
+        format!("{}_", self.shared())
+    }
+
+    /// Key of a run's own table, as on the shared one.
+    fn key(self) -> &'static str {
+        match self {
+            Table::Segments => "run_id, chunk_no, seg_no",
+            Table::Batches => "id",
+        }
+    }
+}
+
+/// Whether a run id can name its own tables: plain characters (it is also written as a literal)
+/// within PostgreSQL's identifier limit with the longest prefix.
+fn nameable(run_id: &str) -> bool {
     let plain = run_id
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    (fits && plain && !run_id.is_empty()).then(|| format!("{s}.\"{PREFIX}{run_id}\""))
+    plain && !run_id.is_empty() && Table::Segments.prefix().len() + run_id.len() <= MAX_IDENT
 }
 
-/// Where a run's segments live, as the plan decided.
-pub(super) enum Segments {
-    /// Only the shared table.
+/// Where a run's scratch lives, as its plan decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Scratch {
+    /// Only the shared tables.
     Shared,
-    /// The run's own table (quoted), and the shared table for rows an earlier build wrote.
+    /// Tables of its own (named by this run id), and the shared ones for rows an earlier build
+    /// wrote for it.
     Own(String),
 }
 
-impl Segments {
-    /// Looks up the plan's decision.
-    pub(super) async fn of(c: &impl GenericClient, s: &str, run_id: &str) -> Result<Segments, StoreError> {
+impl Scratch {
+    /// Where the run's scratch is now: a finished run's own tables are gone (`retire`), and
+    /// the record of its batches is in the shared table.
+    pub(super) async fn of(c: &impl GenericClient, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
+        Scratch::look_up(c, s, run_id, "own_scratch AND state NOT IN ('done', 'abandoned')").await
+    }
+
+    /// What the plan decided, whatever the run's state.
+    async fn planned(c: &impl GenericClient, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
+        Scratch::look_up(c, s, run_id, "own_scratch").await
+    }
+
+    async fn look_up(c: &impl GenericClient, s: &str, run_id: &str, own: &str) -> Result<Scratch, StoreError> {
         let own = c
-            .query_opt(&format!("SELECT own_segments FROM {s}.runs WHERE id = $1"), &[&run_id])
+            .query_opt(&format!("SELECT {own} FROM {s}.runs WHERE id = $1"), &[&run_id])
             .await
-            .map_err(pg_err("find segments"))?
+            .map_err(pg_err("find run scratch"))?
             .is_some_and(|r| r.get(0));
-        Ok(match table(s, run_id) {
-            Some(t) if own => Segments::Own(t),
-            _ => Segments::Shared,
+        Ok(if own && nameable(run_id) {
+            Scratch::Own(run_id.to_owned())
+        } else {
+            Scratch::Shared
         })
     }
 
-    /// The table a new segment goes into.
-    pub(super) fn insert_into(&self, s: &str) -> String {
+    /// The run's own table of this kind, quoted and schema-qualified.
+    fn own(&self, s: &str, t: Table) -> Option<String> {
         match self {
-            Segments::Shared => format!("{s}.delta_segments"),
-            Segments::Own(t) => t.clone(),
+            Scratch::Shared => None,
+            Scratch::Own(id) => Some(format!("{s}.\"{}{id}\"", t.prefix())),
         }
     }
 
-    /// `(chunk_no, seg_no, body)` of the run's segments (`$1` is the run id), unordered.
-    pub(super) fn select(&self, s: &str) -> String {
-        let shared = format!("SELECT chunk_no, seg_no, body FROM ONLY {s}.delta_segments WHERE run_id = $1");
-        match self {
-            Segments::Shared => shared,
-            // `run_id = $1` lets the table's key give the order: the union is merged, not sorted.
-            Segments::Own(t) => format!("SELECT chunk_no, seg_no, body FROM {t} WHERE run_id = $1 UNION ALL {shared}"),
-        }
+    /// The table new rows of this kind go into.
+    pub(super) fn insert_into(&self, s: &str, t: Table) -> String {
+        self.own(s, t).unwrap_or_else(|| format!("{s}.{}", t.shared()))
     }
 
-    /// Statements deleting the rows of the run (`$1`) that match `cond` (which may use `$2`…).
-    pub(super) fn delete(&self, s: &str, cond: &str) -> Vec<String> {
-        let mut sql = vec![format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id = $1{cond}")];
-        if let Segments::Own(t) = self {
-            sql.push(format!("DELETE FROM {t} WHERE run_id = $1{cond}"));
-        }
+    /// One statement per table holding the run's rows of this kind: `stmt` gets the table to
+    /// name (the run's own, `ONLY` the shared one).
+    pub(super) fn each(&self, s: &str, t: Table, stmt: impl Fn(&str) -> String) -> Vec<String> {
+        let mut sql = vec![stmt(&format!("ONLY {s}.{}", t.shared()))];
+        sql.extend(self.own(s, t).map(|own| stmt(&own)));
         sql
+    }
+
+    /// `cols` of the run's rows of this kind matching `cond`, from every table holding them.
+    pub(super) fn select(&self, s: &str, t: Table, cols: &str, cond: &str) -> String {
+        self.each(s, t, |from| format!("SELECT {cols} FROM {from} WHERE {cond}"))
+            .join(" UNION ALL ")
     }
 }
 
-/// Creates the run's table, inside the plan's transaction; false when its id cannot name one.
+/// Creates the run's own tables inside the plan's transaction; false when its id cannot name them.
 pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Result<bool, StoreError> {
-    let Some(t) = table(s, run_id) else {
+    if !nameable(run_id) {
         return Ok(false);
-    };
-    let err = pg_err("create run segments");
-    // The CHECK lets an earlier build's statements on the shared table skip this one at plan
-    // time; the id is plain (see `table`), so it can be written as a literal.
-    c.batch_execute(&format!(
-        "CREATE TABLE {t} (CHECK (run_id = '{run_id}')) INHERITS ({s}.delta_segments); \
-         ALTER TABLE {t} ADD PRIMARY KEY (run_id, chunk_no, seg_no); \
-         ALTER TABLE {t} ALTER COLUMN body SET STORAGE EXTERNAL; \
-         UPDATE {s}.runs SET own_segments = TRUE WHERE id = '{run_id}'"
-    ))
-    .await
-    .map_err(err)?;
+    }
+    let at = Scratch::Own(run_id.to_owned());
+    let mut sql = String::new();
+    for t in Table::ALL {
+        // The CHECK lets an earlier build's statements on the shared table skip this one at plan
+        // time; the id is plain (`nameable`), so it can be written as a literal.
+        let own = at.insert_into(s, t);
+        sql.push_str(&format!(
+            "CREATE TABLE {own} (CHECK (run_id = '{run_id}')) INHERITS ({s}.{shared}); \
+             ALTER TABLE {own} ADD PRIMARY KEY ({key}); \
+             ALTER TABLE {own} ALTER COLUMN body SET STORAGE EXTERNAL; ",
+            shared = t.shared(),
+            key = t.key()
+        ));
+    }
+    sql.push_str(&format!("UPDATE {s}.runs SET own_scratch = TRUE WHERE id = '{run_id}'"));
+    c.batch_execute(&sql).await.map_err(pg_err("create run scratch"))?;
     Ok(true)
 }
 
-/// Removes a finished run's segments: its rows in the shared table, and its own table if it has
-/// one (dropped, not emptied: the point of having it).
-pub(super) async fn drop_segments(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
-    let err = pg_err("drop run segments");
-    c.execute(
-        &format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id = $1"),
-        &[&run_id],
-    )
-    .await
-    .map_err(&err)?;
-    if let Segments::Own(t) = Segments::of(c, s, run_id).await? {
-        c.batch_execute(&format!("DROP TABLE IF EXISTS {t}"))
-            .await
-            .map_err(&err)?;
+/// Drops a finished run's scratch: its segments and bodies in the shared tables are deleted and
+/// cleared, and its own tables, if any, dropped — not emptied: the point of having them — once
+/// its batches' delivery record (without bodies) has moved to the shared table, which keeps the
+/// run's history.
+pub(super) async fn retire(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
+    let err = pg_err("drop run scratch");
+    for sql in [
+        format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id = $1"),
+        format!("UPDATE ONLY {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
+    ] {
+        c.execute(&sql, &[&run_id]).await.map_err(&err)?;
+    }
+    let at = Scratch::planned(c, s, run_id).await?;
+    drop_own(c, s, &at).await
+}
+
+/// [`retire`]'s dropping of own tables for runs known to have them (a tenant forgotten).
+pub(super) async fn retire_own(c: &impl GenericClient, s: &str, run_ids: &[String]) -> Result<(), StoreError> {
+    for id in run_ids.iter().filter(|id| nameable(id)) {
+        drop_own(c, s, &Scratch::Own(id.clone())).await?;
     }
     Ok(())
 }
 
-/// Drops the segment tables of these runs (those that have one).
-pub(super) async fn drop_tables(c: &impl GenericClient, s: &str, run_ids: &[String]) -> Result<(), StoreError> {
-    let err = pg_err("drop run segments");
-    for t in run_ids.iter().filter_map(|id| table(s, id)) {
-        c.batch_execute(&format!("DROP TABLE IF EXISTS {t}"))
-            .await
-            .map_err(&err)?;
-    }
-    Ok(())
-}
-
-/// Runs whose segment tables outlived them: finished by an earlier build (which deletes the
-/// rows but knows nothing of the table), or pruned since.
-pub(super) async fn orphans(c: &impl GenericClient, s: &str) -> Result<Vec<String>, StoreError> {
-    // `s` is a validated, quoted identifier: it holds no single quote.
-    let rows = c
-        .query(
+/// Moves the batches' record out of the run's own tables and drops them; tables already gone
+/// (a shared run, a retry) are skipped.
+async fn drop_own(c: &impl GenericClient, s: &str, at: &Scratch) -> Result<(), StoreError> {
+    let err = pg_err("drop run scratch");
+    let (Some(segments), Some(batches)) = (at.own(s, Table::Segments), at.own(s, Table::Batches)) else {
+        return Ok(());
+    };
+    let exists: Option<String> = c
+        .query_one("SELECT to_regclass($1)::TEXT", &[&batches])
+        .await
+        .map_err(&err)?
+        .get(0);
+    if exists.is_some() {
+        c.execute(
             &format!(
-                "SELECT substr(k.relname, {start}) FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid \
-                 WHERE i.inhparent = '{s}.delta_segments'::regclass \
-                 AND NOT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = substr(k.relname, {start}) \
-                                 AND r.state NOT IN ('done', 'abandoned'))",
-                start = PREFIX.len() + 1
+                "INSERT INTO {s}.batches (id, run_id, seq_first, seq_last, rows, body, delivered_at) \
+                 SELECT id, run_id, seq_first, seq_last, rows, NULL, delivered_at FROM {batches} \
+                 ON CONFLICT (id) DO NOTHING"
             ),
             &[],
         )
         .await
-        .map_err(pg_err("find orphaned run segments"))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+        .map_err(&err)?;
+    }
+    c.batch_execute(&format!("DROP TABLE IF EXISTS {segments}, {batches}"))
+        .await
+        .map_err(&err)?;
+    Ok(())
+}
+
+/// Drops the scratch of runs whose own tables outlived them: finished by an earlier build (which
+/// empties the rows but knows nothing of the tables), or forgotten since. Returns how many runs.
+pub(super) async fn drop_orphans(c: &impl GenericClient, s: &str) -> Result<usize, StoreError> {
+    // `s` is a validated, quoted identifier: it holds no single quote.
+    let mut ids = Vec::new();
+    for t in Table::ALL {
+        let start = t.prefix().len() + 1;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT substr(k.relname, {start}) FROM pg_inherits i JOIN pg_class k ON k.oid = i.inhrelid \
+                     WHERE i.inhparent = '{s}.{shared}'::regclass \
+                     AND NOT EXISTS (SELECT 1 FROM {s}.runs r WHERE r.id = substr(k.relname, {start}) \
+                                     AND r.state NOT IN ('done', 'abandoned'))",
+                    shared = t.shared()
+                ),
+                &[],
+            )
+            .await
+            .map_err(pg_err("find orphaned run scratch"))?;
+        ids.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    ids.sort();
+    ids.dedup();
+    retire_own(c, s, &ids).await?;
+    Ok(ids.len())
 }
 
 #[cfg(test)]
@@ -151,30 +234,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_plain_ids_short_enough_name_a_table() {
-        let s = "\"signals\"";
+    fn only_plain_ids_short_enough_name_tables() {
+        assert!(nameable("4f1c0a"));
+        assert!(nameable(&"a".repeat(48)), "63 bytes with the longest prefix");
+        assert!(!nameable(&"a".repeat(49)), "past the identifier limit");
+        assert!(!nameable("x'; DROP TABLE runs; --"), "quotes never reach a literal");
+        assert!(!nameable(""));
+        let own = Scratch::Own("4f1c0a".into());
         assert_eq!(
-            table(s, "4f1c0a").as_deref(),
-            Some("\"signals\".\"delta_segments_4f1c0a\"")
+            own.insert_into("\"signals\"", Table::Segments),
+            "\"signals\".\"delta_segments_4f1c0a\""
         );
-        assert!(table(s, &"a".repeat(48)).is_some(), "63 bytes with the prefix");
-        assert!(table(s, &"a".repeat(49)).is_none(), "past the identifier limit");
-        assert!(
-            table(s, "x'; DROP TABLE runs; --").is_none(),
-            "quotes never reach a literal"
+        assert_eq!(
+            own.insert_into("\"signals\"", Table::Batches),
+            "\"signals\".\"batches_4f1c0a\""
         );
-        assert!(table(s, "").is_none());
+        assert_eq!(
+            Scratch::Shared.insert_into("\"signals\"", Table::Batches),
+            "\"signals\".batches"
+        );
     }
 
     #[test]
-    fn reads_and_deletes_never_cross_the_inheritance_tree() {
-        let own = Segments::Own("\"s\".\"delta_segments_r1\"".into());
-        assert!(own.select("\"s\"").contains("FROM ONLY \"s\".delta_segments"));
-        assert!(own
-            .delete("\"s\"", "")
-            .iter()
-            .all(|d| !d.contains("FROM \"s\".delta_segments ")));
-        assert_eq!(own.insert_into("\"s\""), "\"s\".\"delta_segments_r1\"");
-        assert_eq!(Segments::Shared.delete("\"s\"", " AND chunk_no = $2").len(), 1);
+    fn reads_and_changes_never_cross_the_inheritance_tree() {
+        let own = Scratch::Own("r1".into());
+        let select = own.select("\"s\"", Table::Segments, "body", "run_id = $1");
+        assert_eq!(
+            select,
+            "SELECT body FROM ONLY \"s\".delta_segments WHERE run_id = $1 UNION ALL \
+             SELECT body FROM \"s\".\"delta_segments_r1\" WHERE run_id = $1"
+        );
+        let updates = own.each("\"s\"", Table::Batches, |t| format!("UPDATE {t} SET x = 1"));
+        assert_eq!(
+            updates,
+            [
+                "UPDATE ONLY \"s\".batches SET x = 1",
+                "UPDATE \"s\".\"batches_r1\" SET x = 1"
+            ]
+        );
+        assert_eq!(Scratch::Shared.each("\"s\"", Table::Batches, |t| t.to_owned()).len(), 1);
     }
 }

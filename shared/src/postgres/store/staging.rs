@@ -1,7 +1,7 @@
 //! Staging and deltas in PostgreSQL: deltas arrive as packed segments (one row per few thousand
 //! changes), merge applies them a segment per statement in one transaction.
 
-use super::scratch::Segments;
+use super::scratch::{Scratch, Table};
 use super::{now_ms, PgStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
@@ -114,10 +114,10 @@ impl StagingStore for PgStore {
             .await
             .map_err(pg_err("reset chunk"))?;
         let mut m = 0;
-        for sql in Segments::of(&**c, &self.s, run_id)
-            .await?
-            .delete(&self.s, " AND chunk_no = $2")
-        {
+        let at = Scratch::of(&**c, &self.s, run_id).await?;
+        for sql in at.each(&self.s, Table::Segments, |t| {
+            format!("DELETE FROM {t} WHERE run_id = $1 AND chunk_no = $2")
+        }) {
             m += c
                 .execute(&sql, &[&run_id, &(chunk.no as i32)])
                 .await
@@ -138,7 +138,9 @@ impl StagingStore for PgStore {
         let c = self.client().await?;
         let sql = format!(
             "INSERT INTO {} (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
-            Segments::of(&**c, &self.s, run_id).await?.insert_into(&self.s)
+            Scratch::of(&**c, &self.s, run_id)
+                .await?
+                .insert_into(&self.s, Table::Segments)
         );
         c.execute(
             &sql,
@@ -345,13 +347,13 @@ fn segments<T: Send + 'static>(
     let (store, run_id) = (store.clone(), run_id.to_owned());
     tokio::spawn(async move {
         let found = match store.client().await {
-            Ok(c) => Segments::of(&**c, &store.s, &run_id).await,
+            Ok(c) => Scratch::of(&**c, &store.s, &run_id).await,
             Err(e) => Err(e),
         };
         let sql = match found {
             Ok(at) => format!(
                 "SELECT body FROM ({}) seg ORDER BY chunk_no, seg_no",
-                at.select(&store.s)
+                at.select(&store.s, Table::Segments, "chunk_no, seg_no, body", "run_id = $1")
             ),
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
