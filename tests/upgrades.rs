@@ -78,10 +78,7 @@ async fn assert_the_latest_run_sent_its_changes_once(h: &Harness) {
 async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
     use signals_shared::domain::segment;
     if h.store_spec.starts_with("postgres") {
-        let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let c = store_client(h).await;
         let s = &h.store_schema;
         let mut n = 0;
         for seg in c
@@ -138,6 +135,23 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
     }
 }
 
+/// A harness on a PostgreSQL store with 3,000 items configured in chunks of 1,000.
+async fn postgres_with_items() -> Harness {
+    let h = Harness::on(signals_tests::StoreKind::Postgres).await;
+    signals_tests::create_items(&h.src(), 3_000);
+    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    h
+}
+
+/// A connection of its own to the harness's PostgreSQL store, as another build's worker has.
+async fn store_client(h: &Harness) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
 /// Staging as the PostgreSQL store kept it before source ids (one table keyed by tenant and data
 /// source names), re-keyed when a store of this build opens it: nothing staged is lost — the next
 /// interval sync sends exactly the changes — and a worker of the older build still reads, copies
@@ -145,15 +159,9 @@ async fn to_legacy_rows(h: &Harness, run_id: &str) -> usize {
 /// worker) instead of writing beside the new table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
-    use signals_tests::StoreKind;
-    let h = Harness::on(StoreKind::Postgres).await;
-    signals_tests::create_items(&h.src(), 3_000);
-    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    let h = postgres_with_items().await;
     h.onboard().await;
-    let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let c = store_client(&h).await;
     let s = &h.store_schema;
     let count = |table: &'static str| {
         let c = &c;
@@ -249,18 +257,12 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
 async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
     use signals_shared::domain::job::Stage;
     use signals_shared::domain::segment;
-    use signals_tests::StoreKind;
-    let h = Harness::on(StoreKind::Postgres).await;
-    signals_tests::create_items(&h.src(), 3_000);
-    h.apply(&h.config(&signals_tests::items_source(1_000))).await;
+    let h = postgres_with_items().await;
     h.enqueue_onboard().await;
     h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
     let run = h.runs().await.remove(0);
     assert_eq!(run.state.as_str(), "snapshotted");
-    let (c, conn) = tokio_postgres::connect(&h.store_spec, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let c = store_client(&h).await;
     let s = &h.store_schema;
     let own = format!("{s}.\"delta_segments_{}\"", run.id);
     let exists = |table: String| {
@@ -274,13 +276,30 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
             found.is_some()
         }
     };
+    let count = |sql: String| {
+        let c = &c;
+        async move {
+            let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
+            n
+        }
+    };
+    // Moves rows of a run's own table into the shared one, as an earlier build's worker would
+    // have written them; returns how many.
+    let to_shared = |own: String, shared: &'static str, cond: &'static str| {
+        let c = &c;
+        async move {
+            let sql = format!(
+                "WITH gone AS (DELETE FROM {own} WHERE {cond} RETURNING *) INSERT INTO {s}.{shared} SELECT * FROM gone"
+            );
+            c.execute(&sql, &[]).await.unwrap()
+        }
+    };
     assert!(exists(own.clone()).await, "the run has its own table");
-    let shared_only: i64 = c
-        .query_one(&format!("SELECT COUNT(*) FROM ONLY {s}.delta_segments"), &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(shared_only, 0, "nothing in the shared table itself");
+    assert_eq!(
+        count(format!("SELECT COUNT(*) FROM ONLY {s}.delta_segments")).await,
+        0,
+        "nothing in the shared table itself"
+    );
 
     // An earlier build reads a run's segments through the shared table by name.
     let by_name = c
@@ -297,28 +316,11 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
     assert_eq!(rows, 3_000, "every change visible through the shared table");
 
     // Chunk 0 as an earlier build's worker would have written it: into the shared table.
-    let moved = c
-        .execute(
-            &format!(
-                "WITH gone AS (DELETE FROM {own} WHERE chunk_no = 0 RETURNING *) \
-                 INSERT INTO {s}.delta_segments SELECT * FROM gone"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(moved > 0);
+    assert!(to_shared(own.clone(), "delta_segments", "chunk_no = 0").await > 0);
 
     // Batches likewise, one of them where an earlier build's cut would have put it.
     h.run_stages_until_idle(vec![Stage::Merge, Stage::Batch]).await;
     let own_batches = format!("{s}.\"batches_{}\"", run.id);
-    let count = |sql: String| {
-        let c = &c;
-        async move {
-            let n: i64 = c.query_one(&sql, &[]).await.unwrap().get(0);
-            n
-        }
-    };
     let cut = count(format!("SELECT COUNT(*) FROM {own_batches} WHERE body IS NOT NULL")).await;
     assert!(cut >= 2, "bodies in the run's own table: {cut}");
     assert_eq!(count(format!("SELECT COUNT(*) FROM ONLY {s}.batches")).await, 0);
@@ -327,15 +329,7 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
         cut,
         "visible through the shared table"
     );
-    c.execute(
-        &format!(
-            "WITH gone AS (DELETE FROM {own_batches} WHERE seq_first = 1 RETURNING *) \
-             INSERT INTO {s}.batches SELECT * FROM gone"
-        ),
-        &[],
-    )
-    .await
-    .unwrap();
+    assert_eq!(to_shared(own_batches.clone(), "batches", "seq_first = 1").await, 1);
 
     h.run_until_idle().await;
     let run = h.runs().await.remove(0);
@@ -403,6 +397,70 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
         1,
         "its batches' record kept"
     );
+}
+
+/// An abandoned run's own tables go with it, and offboarding a tenant drops those of its runs in
+/// flight, keeping their batches' record when history is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
+    use signals_shared::domain::job::{Job, Stage, Task};
+    use signals_shared::ports::RunKind;
+    let h = postgres_with_items().await;
+    let c = store_client(&h).await;
+    let s = h.store_schema.clone();
+    let own_tables = || {
+        let (c, s) = (&c, &s);
+        async move {
+            let n: i64 = c
+                .query_one(
+                    &format!(
+                        "SELECT COUNT(*) FROM pg_inherits WHERE inhparent IN \
+                         ('{s}.delta_segments'::regclass, '{s}.batches'::regclass)"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(own_tables().await, 2);
+    h.store.abandon_run(&run.id, "given up in a test").await.unwrap();
+    assert_eq!(own_tables().await, 0, "dropped with the abandoned run");
+
+    // The data source is onboarded already: a new initial run is opened by hand.
+    let version = h.store.latest_config_version().await.unwrap().unwrap();
+    let run = h
+        .store
+        .open_run("t", "items", RunKind::Initial, version)
+        .await
+        .unwrap()
+        .unwrap();
+    let plan = Task::Plan {
+        tenant: "t".into(),
+        source: "items".into(),
+        run_id: run.id.clone(),
+    };
+    h.store.enqueue(&[Job::new(plan)], Duration::ZERO).await.unwrap();
+    h.run_stages_until_idle(vec![Stage::Snapshot, Stage::Merge, Stage::Batch])
+        .await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), own_tables().await), ("batched", 2));
+    h.store.purge_tenant("t", true).await.unwrap();
+    assert_eq!(own_tables().await, 0, "dropped with the tenant");
+    let kept: i64 = c
+        .query_one(
+            &format!("SELECT COUNT(*) FROM ONLY {s}.batches WHERE run_id = $1 AND body IS NULL"),
+            &[&run.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, run.batches_total, "the batches' record kept as history");
 }
 
 // The SQL Server store began with segments: it has no older layout to upgrade from.

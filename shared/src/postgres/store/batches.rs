@@ -31,22 +31,15 @@ async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt
     .map(drop)
 }
 
-/// Marks the run done and drops its scratch: old-style deltas, chunks, segments, batch bodies.
+/// Marks the run done and drops its scratch.
 async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, StoreError> {
-    let err = pg_err("finish run");
     let n = tx
         .execute(
             &format!("UPDATE {s}.runs SET state = 'done', finished_at = $2, updated_at = $2 WHERE id = $1 AND state <> 'done'"),
             &[&run_id, &now_ms()],
         )
         .await
-        .map_err(&err)?;
-    for sql in [
-        format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
-        format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
-    ] {
-        tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
-    }
+        .map_err(pg_err("finish run"))?;
     scratch::retire(tx, s, run_id).await?;
     Ok(n == 1)
 }

@@ -239,12 +239,6 @@ impl RunStore for PgStore {
         )
         .await
         .map_err(&err)?;
-        for sql in [
-            format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
-            format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
-        ] {
-            tx.execute(&sql, &[&run_id]).await.map_err(&err)?;
-        }
         scratch::retire(&*tx, s, run_id).await?;
         tx.commit().await.map_err(&err)?;
         self.count(1);

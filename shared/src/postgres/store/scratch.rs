@@ -147,13 +147,15 @@ pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Res
     Ok(true)
 }
 
-/// Drops a finished run's scratch: its segments and bodies in the shared tables are deleted and
-/// cleared, and its own tables, if any, dropped — not emptied: the point of having them — once
-/// its batches' delivery record (without bodies) has moved to the shared table, which keeps the
-/// run's history.
+/// Drops a finished (or abandoned) run's scratch: its chunks, old-style delta rows, and segments
+/// and bodies in the shared tables are deleted and cleared, and its own tables, if any, dropped —
+/// not emptied: the point of having them — once its batches' delivery record (without bodies)
+/// has moved to the shared table, which keeps the run's history.
 pub(super) async fn retire(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
     let err = pg_err("drop run scratch");
     for sql in [
+        format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
+        format!("DELETE FROM {s}.deltas WHERE run_id = $1"),
         format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id = $1"),
         format!("UPDATE ONLY {s}.batches SET body = NULL WHERE run_id = $1 AND body IS NOT NULL"),
     ] {
