@@ -4,6 +4,7 @@
 
 mod batches;
 mod config;
+mod delta;
 mod dlq;
 mod operator;
 mod queue;

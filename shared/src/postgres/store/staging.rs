@@ -1,14 +1,12 @@
 //! Staging and deltas in PostgreSQL: deltas arrive as packed segments (one row per few thousand
 //! changes), merge applies them a segment per statement in one transaction.
 
+use super::delta::{delta, legacy_rows, segments};
 use super::scratch::{Scratch, Table};
 use super::{now_ms, PgStore};
-use crate::domain::segment::{self, Part};
-use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
+use crate::domain::{encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{
-    change_records, staged_changes, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Records, Run, StagingStore,
-};
+use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, Records, Run, StagingStore};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -49,9 +47,6 @@ async fn sid(c: &impl tokio_postgres::GenericClient, s: &str, tenant: &str, sour
 }
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
-
-/// Opens one of a run's delta streams (old rows, or segments).
-type OpenDelta = fn(&PgStore, &str) -> Batches<DeltaRow, StoreError>;
 
 /// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
 fn range_sql(range: &KeyRange, params: &mut Params) -> String {
@@ -334,94 +329,6 @@ impl StagingStore for PgStore {
         let records = segments(self, run_id, |body| Records::decode(body).map(|r| vec![r]));
         change_records(legacy_rows(self, run_id), records)
     }
-}
-
-/// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order, from
-/// wherever the plan put them.
-fn segments<T: Send + 'static>(
-    store: &PgStore,
-    run_id: &str,
-    decode: fn(&[u8]) -> Result<Vec<T>, segment::SegmentError>,
-) -> Batches<T, StoreError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let (store, run_id) = (store.clone(), run_id.to_owned());
-    tokio::spawn(async move {
-        let found = match store.client().await {
-            Ok(c) => Scratch::of(&**c, &store.s, &run_id).await,
-            Err(e) => Err(e),
-        };
-        let sql = match found {
-            Ok(at) => format!(
-                "SELECT body FROM ({}) seg ORDER BY chunk_no, seg_no",
-                at.select(&store.s, Table::Segments, "chunk_no, seg_no, body", "run_id = $1")
-            ),
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        };
-        let mut rows = store.stream_each("read delta segments", sql, vec![Box::new(run_id)], move |r| {
-            Ok(decode(r.get(0))?)
-        });
-        while let Some(batch) = rows.recv().await {
-            if tx.send(batch).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Delta rows a build before segments wrote for a run still in flight at the upgrade.
-fn legacy_rows(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
-    let sql = format!(
-        "SELECT op, payload, key, hash FROM {}.deltas WHERE run_id = $1 ORDER BY key",
-        store.s
-    );
-    store.stream("read changes", sql, vec![Box::new(run_id.to_owned())], |r| {
-        let code: i16 = r.get(0);
-        let op = Op::from_code(code as i64).ok_or_else(|| StoreError::Corrupt {
-            what: "delta op",
-            detail: code.to_string(),
-        })?;
-        let hash: Option<Vec<u8>> = r.get(3);
-        let hash = hash
-            .map(|h| h.try_into())
-            .transpose()
-            .map_err(|_| StoreError::Corrupt {
-                what: "delta hash",
-                detail: "not 16 bytes".into(),
-            })?;
-        Ok(DeltaRow {
-            op,
-            payload: r.get(1),
-            key: r.get(2),
-            hash,
-        })
-    })
-}
-
-/// The run's whole delta: rows from a build before segments, then segments — the second stream
-/// opened only once the first is drained, since a merge's transaction already holds a
-/// connection of the pool.
-fn delta(store: &PgStore, run_id: &str) -> Batches<DeltaRow, StoreError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let (store, run_id) = (store.clone(), run_id.to_owned());
-    tokio::spawn(async move {
-        let sources: [OpenDelta; 2] = [legacy_rows, |s, run| {
-            segments(s, run, |b| segment::decode(b, Part::Keys))
-        }];
-        for open in sources {
-            let mut source = open(&store, &run_id);
-            while let Some(batch) = source.recv().await {
-                let failed = batch.is_err();
-                if tx.send(batch).await.is_err() || failed {
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 /// Applies the run's delta to staging inside the merge transaction, a segment's keys per
