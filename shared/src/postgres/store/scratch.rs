@@ -123,10 +123,11 @@ impl Scratch {
     }
 }
 
-/// Creates the run's own tables inside the plan's transaction; false when its id cannot name them.
-pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Result<bool, StoreError> {
+/// Creates the run's own tables inside the plan's transaction, when its id can name them (it
+/// keeps the shared tables otherwise).
+pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
     if !nameable(run_id) {
-        return Ok(false);
+        return Ok(());
     }
     let at = Scratch::Own(run_id.to_owned());
     let mut sql = String::new();
@@ -143,8 +144,7 @@ pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Res
         ));
     }
     sql.push_str(&format!("UPDATE {s}.runs SET own_scratch = TRUE WHERE id = '{run_id}'"));
-    c.batch_execute(&sql).await.map_err(pg_err("create run scratch"))?;
-    Ok(true)
+    c.batch_execute(&sql).await.map_err(pg_err("create run scratch"))
 }
 
 /// Drops a finished (or abandoned) run's scratch: its chunks, old-style delta rows, and segments
@@ -204,8 +204,8 @@ async fn drop_own(c: &impl GenericClient, s: &str, at: &Scratch) -> Result<(), S
 }
 
 /// Drops the scratch of runs whose own tables outlived them: finished by an earlier build (which
-/// empties the rows but knows nothing of the tables), or forgotten since. Returns how many runs.
-pub(super) async fn drop_orphans(c: &impl GenericClient, s: &str) -> Result<usize, StoreError> {
+/// empties the rows but knows nothing of the tables), or forgotten since.
+pub(super) async fn drop_orphans(c: &impl GenericClient, s: &str) -> Result<(), StoreError> {
     // `s` is a validated, quoted identifier: it holds no single quote.
     let mut ids = Vec::new();
     for t in Table::ALL {
@@ -227,8 +227,7 @@ pub(super) async fn drop_orphans(c: &impl GenericClient, s: &str) -> Result<usiz
     }
     ids.sort();
     ids.dedup();
-    retire_own(c, s, &ids).await?;
-    Ok(ids.len())
+    retire_own(c, s, &ids).await
 }
 
 #[cfg(test)]
