@@ -248,6 +248,64 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
     assert_eq!(last, 1);
 }
 
+/// PostgreSQL staging pages keep room for interval merges: a store of an earlier build (pages
+/// filled to the brim) gets the fill factor when this build opens it, and an interval sync's new
+/// hashes are then written on the page of the row they replace (heap-only updates, which add no
+/// primary-key entry and log no index page), where a full page would move every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_staging_pages_keep_room_for_interval_updates() {
+    let h = postgres_with_items().await;
+    let c = store_client(&h).await;
+    let s = &h.store_schema;
+    let partitions =
+        format!("SELECT inhrelid::REGCLASS::TEXT FROM pg_inherits WHERE inhparent = '{s}.staging_keys'::REGCLASS");
+    for r in c.query(&partitions, &[]).await.unwrap() {
+        let part: String = r.get(0);
+        c.batch_execute(&format!("ALTER TABLE {part} RESET (fillfactor)"))
+            .await
+            .unwrap();
+    }
+    c.batch_execute(&format!("UPDATE {s}.meta SET value = 11 WHERE key = 'schema_version'"))
+        .await
+        .unwrap();
+    signals_shared::backends::open(&h.store_spec, s).await.unwrap();
+    let options = format!(
+        "SELECT COUNT(*) FILTER (WHERE 'fillfactor=90' = ANY(reloptions)), COUNT(*) FROM pg_class \
+         WHERE oid::REGCLASS::TEXT IN ({partitions})"
+    );
+    let (with, all): (i64, i64) = c.query_one(&options, &[]).await.map(|r| (r.get(0), r.get(1))).unwrap();
+    assert_eq!((with, all), (16, 16), "every staging partition migrated");
+
+    h.onboard().await;
+    // Each staged key's hash and the heap page its row is on.
+    let staged = || async {
+        c.query(
+            &format!(
+                "SELECT key, hash, (ctid::TEXT::POINT)[0]::BIGINT FROM {s}.staging_keys \
+                 WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = 't' AND source = 'items')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get::<_, Vec<u8>>(0), (r.get::<_, Vec<u8>>(1), r.get::<_, i64>(2))))
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let before = staged().await;
+    signals_tests::mutate_items(&h.src(), 3_000);
+    h.interval().await;
+    assert_the_latest_run_sent_its_changes_once(&h).await;
+    let after = staged().await;
+    let updated: Vec<_> = before
+        .iter()
+        .filter_map(|(key, (hash, page))| after.get(key).filter(|(h, _)| h != hash).map(|(_, p)| (*page, *p)))
+        .collect();
+    assert_eq!(updated.len(), 27, "the items edited (id % 97 = 0, a name to edit)");
+    let moved = updated.iter().filter(|(was, now)| was != now).count();
+    assert_eq!(moved, 0, "updated rows stay on their pages: {updated:?}");
+}
+
 /// On PostgreSQL an initial run writes its delta segments and batches into tables of its own that
 /// inherit the shared ones, dropped when the run is done (decision 0016): a worker of an earlier
 /// build still reads them through the shared tables by name, rows such a worker wrote into the
@@ -295,6 +353,16 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
         }
     };
     assert!(exists(own.clone()).await, "the run has its own table");
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM pg_class WHERE oid IN ('{own}'::REGCLASS, \
+             (SELECT reltoastrelid FROM pg_class WHERE oid = '{own}'::REGCLASS)) \
+             AND 'autovacuum_enabled=false' = ANY(reloptions)"
+        ))
+        .await,
+        2,
+        "autovacuum leaves a table that is only filled, then dropped, alone (and its TOAST table)"
+    );
     assert_eq!(
         count(format!("SELECT COUNT(*) FROM ONLY {s}.delta_segments")).await,
         0,

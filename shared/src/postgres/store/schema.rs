@@ -263,13 +263,30 @@ CREATE TRIGGER staging_write INSTEAD OF INSERT OR DELETE ON {s}.staging
 -- store::scratch).
 ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS own_scratch BOOLEAN NOT NULL DEFAULT FALSE;
 "#,
+    r#"
+-- Staging pages keep a tenth free, so an interval merge's new hash for a key is written beside
+-- the old one (a heap-only update): no new primary-key entry, no page of the key written to WAL,
+-- no index growth between vacuums. Pages already full keep no room until vacuum frees some.
+DO $$
+DECLARE
+    part REGCLASS;
+BEGIN
+    FOR part IN SELECT inhrelid::REGCLASS FROM pg_inherits WHERE inhparent = '{s}.staging_keys'::REGCLASS LOOP
+        EXECUTE format('ALTER TABLE %s SET (fillfactor = {staging_fillfactor})', part);
+    END LOOP;
+END
+$$;
+"#,
 ];
+
+/// Percent of each staging page filled by inserts and loads; the rest is room for updates.
+const STAGING_FILLFACTOR: u32 = 90;
 
 /// Partitions of `staging_keys`: enough that a tenant's dozen data sources mostly load into
 /// partitions of their own, few enough that an unpruned statement stays cheap to plan.
 const STAGING_PARTITIONS: u32 = 16;
 
-/// A migration's text for one schema: `{s}` quoted, the staging partitions written out.
+/// A migration's text for one schema: `{s}` quoted, the staging partitions and fill factor written out.
 fn expand(sql: &str, s: &str) -> String {
     let partitions = (0..STAGING_PARTITIONS)
         .map(|i| {
@@ -280,7 +297,9 @@ fn expand(sql: &str, s: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    sql.replace("{staging_partitions}", &partitions).replace("{s}", s)
+    sql.replace("{staging_partitions}", &partitions)
+        .replace("{staging_fillfactor}", &STAGING_FILLFACTOR.to_string())
+        .replace("{s}", s)
 }
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.

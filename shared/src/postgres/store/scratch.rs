@@ -133,10 +133,13 @@ pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Res
     let mut sql = String::new();
     for t in Table::ALL {
         // The CHECK lets an earlier build's statements on the shared table skip this one at plan
-        // time; the id is plain (`nameable`), so it can be written as a literal.
+        // time; the id is plain (`nameable`), so it can be written as a literal. Autovacuum
+        // leaves the tables alone: they are only filled and then dropped, and its insert
+        // threshold would otherwise scan each of them again every time it grew by a fifth.
         let own = at.insert_into(s, t);
         sql.push_str(&format!(
-            "CREATE TABLE {own} (CHECK (run_id = '{run_id}')) INHERITS ({s}.{shared}); \
+            "CREATE TABLE {own} (CHECK (run_id = '{run_id}')) INHERITS ({s}.{shared}) \
+             WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false); \
              ALTER TABLE {own} ADD PRIMARY KEY ({key}); \
              ALTER TABLE {own} ALTER COLUMN body SET STORAGE EXTERNAL; ",
             shared = t.shared(),
