@@ -9,6 +9,7 @@
 //! idle; a raised malloc threshold, which would have reused them too, held 20–60 MB more per
 //! worker (decision 0014).
 
+use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
@@ -19,9 +20,10 @@ const MAX_KEPT: usize = 8 << 20;
 /// Idle bytes kept at most, over every buffer: four jobs' worth of segments and bodies.
 const KEPT_BYTES: usize = 16 << 20;
 
+/// Idle buffers, oldest first.
 #[derive(Default)]
 struct Kept {
-    buffers: Vec<Vec<u8>>,
+    buffers: VecDeque<Vec<u8>>,
     bytes: usize,
 }
 
@@ -31,24 +33,37 @@ impl Kept {
         let (i, _) = (self.buffers.iter().enumerate())
             .filter(|(_, b)| b.capacity() >= capacity)
             .min_by_key(|(_, b)| b.capacity())?;
-        let b = self.buffers.swap_remove(i);
+        let b = self.buffers.remove(i)?;
         self.bytes -= b.capacity();
         Some(b)
     }
 
-    /// Keeps `b` (emptied) if it is worth keeping and fits the bound.
-    fn give(&mut self, mut b: Vec<u8>) {
+    /// Keeps `b` (emptied) if it is worth keeping, letting the oldest idle buffers go to stay
+    /// within the bound: sizes the running jobs no longer ask for (a snapshot's segments while
+    /// the batch cut builds bodies) would otherwise hold the whole keep while every buffer the
+    /// new work needs is allocated fresh beside it, with no reuse.
+    /// Returns the buffers let go, for the caller to free once the keep is unlocked.
+    #[must_use]
+    fn give(&mut self, mut b: Vec<u8>) -> Vec<Vec<u8>> {
         let cap = b.capacity();
-        if (MIN_KEPT..=MAX_KEPT).contains(&cap) && self.bytes + cap <= KEPT_BYTES {
-            b.clear();
-            self.bytes += cap;
-            self.buffers.push(b);
+        if !(MIN_KEPT..=MAX_KEPT).contains(&cap) {
+            return vec![b];
         }
+        let mut gone = Vec::new();
+        while self.bytes + cap > KEPT_BYTES {
+            let Some(old) = self.buffers.pop_front() else { break };
+            self.bytes -= old.capacity();
+            gone.push(old);
+        }
+        b.clear();
+        self.bytes += cap;
+        self.buffers.push_back(b);
+        gone
     }
 }
 
 static KEPT: Mutex<Kept> = Mutex::new(Kept {
-    buffers: Vec::new(),
+    buffers: VecDeque::new(),
     bytes: 0,
 });
 
@@ -103,7 +118,8 @@ impl DerefMut for Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         if (MIN_KEPT..=MAX_KEPT).contains(&self.0.capacity()) {
-            kept().give(std::mem::take(&mut self.0));
+            let gone = kept().give(std::mem::take(&mut self.0));
+            drop(gone); // unmapped outside the lock
         }
     }
 }
@@ -118,8 +134,7 @@ mod tests {
         let (mut a, b) = (Vec::with_capacity(1 << 20), Vec::with_capacity(2 << 20));
         a.extend_from_slice(b"payload");
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        k.give(b);
-        k.give(a);
+        assert!(k.give(b).is_empty() && k.give(a).is_empty());
         let got = k.take(900 << 10).unwrap();
         assert_eq!((got.as_ptr(), got.len()), (pa, 0));
         let larger = k.take(1_500_000).unwrap();
@@ -130,14 +145,28 @@ mod tests {
     #[test]
     fn the_keep_stays_bounded() {
         let mut k = Kept::default();
-        k.give(Vec::with_capacity(1024)); // small: the heap serves these without a fault
-        k.give(Vec::with_capacity(MAX_KEPT + 1));
+        let _ = k.give(Vec::with_capacity(1024)); // small: the heap serves these without a fault
+        let _ = k.give(Vec::with_capacity(MAX_KEPT + 1));
         assert!(k.buffers.is_empty());
         for _ in 0..40 {
-            k.give(Vec::with_capacity(1 << 20));
+            let _ = k.give(Vec::with_capacity(1 << 20));
         }
         assert_eq!(k.bytes, KEPT_BYTES);
         assert_eq!(k.bytes, k.buffers.iter().map(Vec::capacity).sum::<usize>());
+    }
+
+    #[test]
+    fn a_full_keep_lets_its_oldest_buffers_go_for_the_newest() {
+        let mut k = Kept::default();
+        for _ in 0..16 {
+            assert!(k.give(Vec::with_capacity(1 << 20)).is_empty()); // a finished stage's size
+        }
+        let body = Vec::with_capacity(3 << 20); // what the stage now running asks for
+        let p = body.as_ptr();
+        assert_eq!(k.give(body).len(), 3, "the three oldest let go");
+        assert_eq!((k.buffers.len(), k.bytes), (14, KEPT_BYTES));
+        assert_eq!(k.take(2 << 20).map(|b| b.as_ptr()), Some(p));
+        assert_eq!(k.bytes, 13 << 20);
     }
 
     #[test]
