@@ -265,8 +265,8 @@ ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS own_scratch BOOLEAN NOT NULL DEFAU
 "#,
     r#"
 -- Staging pages keep a tenth free, so an interval merge's new hash for a key is written beside
--- the old one (a heap-only update): no new primary-key entry, no page of the key written to WAL,
--- no index growth between vacuums. Pages already full keep no room until vacuum frees some.
+-- the old one (a heap-only update): no new primary-key entry, so no index page logged and no
+-- index growth between vacuums (decision 0017). Full pages get room only as vacuum frees it.
 DO $$
 DECLARE
     part REGCLASS;
