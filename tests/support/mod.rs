@@ -19,9 +19,11 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 mod moto;
+mod postgres;
 mod process;
 mod sampling;
 pub use moto::Moto;
+pub use postgres::{postgres_with_items, store_client};
 pub use process::{free_port, http, http_get, terminate, wait_for_port, KillOnDrop};
 pub use sampling::{assert_chunked_from_a_sample, SAMPLED_ROWS};
 
@@ -471,4 +473,14 @@ pub fn cli_onboard(bin: &str, h: &Harness, toml: &str) {
     assert!(status.success(), "{out}");
     let (status, out) = run_cli(bin, h, &["onboard", "--tenant", "t"], &[]);
     assert!(status.success(), "{out}");
+}
+
+/// After an onboarding of 3,000 items and one interval run: the run is done, the receiver got
+/// every change exactly once, and it equals the source.
+pub async fn assert_the_latest_run_sent_its_changes_once(h: &Harness) {
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.display_state(), "done");
+    assert_eq!(h.stats().changes, 3_000 + run.changes(), "every change sent once");
+    assert_eq!(h.stats().applied_twice, 0);
+    h.assert_in_sync().await;
 }
