@@ -374,6 +374,13 @@ pub trait StagingStore: Send + Sync {
     async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
     async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
+    /// When the store lost a run's delta before its batches were cut — a server crash or
+    /// failover empties a table kept out of the WAL (decision 0018) — puts the run back to
+    /// reading every chunk, with staging as the plan found it; true if it did. A store that
+    /// logs every write loses nothing this way.
+    async fn rewind_lost_delta(&self, _run: &Run) -> Result<bool, StoreError> {
+        Ok(false)
+    }
     /// Makes staging forget what it knows of these keys (a hash no row has), so the next run
     /// re-sends each key's current state: an upsert if the source has it, a delete if not.
     async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError>;

@@ -19,6 +19,9 @@ const SAVE_EVERY: usize = 4;
 pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Merged => {
+            if ctx.store.rewind_lost_delta(run).await? {
+                return super::snapshot::chunk_jobs(ctx, job, run).await;
+            }
             let span = tracing::info_span!("batch.cut", otel.name = "batch.cut", changes = run.changes());
             cut(ctx, run).instrument(span).await?
         }
@@ -103,6 +106,15 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
                 ctx.store.save_batches(std::mem::take(&mut ready)).await?;
             }
         }
+    }
+    // A delta shorter than the chunks counted was lost under the read (decision 0018): nothing is
+    // marked cut, and the retry finds out what to read again.
+    if seq as i64 != run.changes() {
+        return Err(StoreError::Corrupt {
+            what: "run delta",
+            detail: format!("{seq} changes read, {} counted by the snapshot", run.changes()),
+        }
+        .into());
     }
     if let Some(b) = body.take() {
         ready.push(close(b));

@@ -12,6 +12,9 @@ use tracing::Instrument;
 pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Snapshotted => {
+            if ctx.store.rewind_lost_delta(run).await? {
+                return super::snapshot::chunk_jobs(ctx, job, run).await;
+            }
             let span = tracing::info_span!(
                 "store.merge",
                 otel.name = "store.merge",

@@ -163,7 +163,15 @@ impl RunStore for PgStore {
                 .map_err(pg_err("plan run"))?;
         }
         if run.kind == RunKind::Initial || force_all {
-            scratch::create(&*tx, s, &run.id).await?;
+            let nothing_staged: bool = tx
+                .query_one(
+                    &format!("SELECT NOT EXISTS (SELECT 1 {})", super::staging::staged(self)),
+                    &[&run.tenant, &run.source],
+                )
+                .await
+                .map_err(pg_err("plan run"))?
+                .get(0);
+            scratch::create(&*tx, s, &run.id, nothing_staged).await?;
         }
         tx.commit().await.map_err(pg_err("plan run"))?;
         self.count(1 + chunks.len() as u64);

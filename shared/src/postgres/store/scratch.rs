@@ -12,7 +12,9 @@
 //! behind a drop.
 
 use crate::errors::StoreError;
+use crate::ports::Run;
 use crate::postgres::pool::pg_err;
+use deadpool_postgres::Transaction;
 use tokio_postgres::GenericClient;
 
 /// PostgreSQL's identifier limit, in bytes.
@@ -124,8 +126,15 @@ impl Scratch {
 }
 
 /// Creates the run's own tables inside the plan's transaction, when its id can name them (it
-/// keeps the shared tables otherwise).
-pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
+/// keeps the shared tables otherwise). The segments of a run that finds nothing staged for its
+/// data source are not written to the WAL (decision 0018): should the server lose them, staging
+/// can be put back as the plan found it and the chunks read again (`rewind_lost_delta`).
+pub(super) async fn create(
+    c: &impl GenericClient,
+    s: &str,
+    run_id: &str,
+    nothing_staged: bool,
+) -> Result<(), StoreError> {
     if !nameable(run_id) {
         return Ok(());
     }
@@ -136,9 +145,15 @@ pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Res
         // time; the id is plain (`nameable`), so it can be written as a literal. Autovacuum
         // leaves the tables alone: they are only filled and then dropped, and its insert
         // threshold would otherwise scan each of them again every time it grew by a fifth.
+        // Bodies stay logged: once one is sent, it is the only record of what was.
         let own = at.insert_into(s, t);
+        let unlogged = if nothing_staged && t == Table::Segments {
+            "UNLOGGED "
+        } else {
+            ""
+        };
         sql.push_str(&format!(
-            "CREATE TABLE {own} (CHECK (run_id = '{run_id}')) INHERITS ({s}.{shared}) \
+            "CREATE {unlogged}TABLE {own} (CHECK (run_id = '{run_id}')) INHERITS ({s}.{shared}) \
              WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false); \
              ALTER TABLE {own} ADD PRIMARY KEY ({key}); \
              ALTER TABLE {own} ALTER COLUMN body SET STORAGE EXTERNAL; ",
@@ -148,6 +163,85 @@ pub(super) async fn create(c: &impl GenericClient, s: &str, run_id: &str) -> Res
     }
     sql.push_str(&format!("UPDATE {s}.runs SET own_scratch = TRUE WHERE id = '{run_id}'"));
     c.batch_execute(&sql).await.map_err(pg_err("create run scratch"))
+}
+
+/// [`crate::ports::StagingStore::rewind_lost_delta`]: a crash or failover leaves a table kept
+/// out of the WAL empty, so a run whose unlogged segments no longer hold the changes its chunks
+/// counted is put back to reading them. Its segments table is unlogged only if nothing was
+/// staged for its data source at plan time (`create`), so a merge already done is undone by
+/// emptying the source's staging; the bodies of a cut that stopped part way go too (none was
+/// sent: pushes start when the cut is done). The run's row is locked first, so a merge or cut
+/// committing at the same time is either seen whole or not at all.
+pub(super) async fn rewind_if_lost(tx: Transaction<'_>, s: &str, run: &Run) -> Result<bool, StoreError> {
+    let err = pg_err("rewind lost delta");
+    let Some(row) = tx
+        .query_opt(
+            &format!(
+                "SELECT state = 'merged', inserts + updates + deletes FROM {s}.runs \
+                 WHERE id = $1 AND state IN ('snapshotted', 'merged') FOR UPDATE"
+            ),
+            &[&run.id],
+        )
+        .await
+        .map_err(&err)?
+    else {
+        return Ok(false);
+    };
+    let (merged, counted): (bool, i64) = (row.get(0), row.get(1));
+    let at = Scratch::of(&*tx, s, &run.id).await?;
+    let Some(segments) = at.own(s, Table::Segments) else {
+        return Ok(false);
+    };
+    let unlogged: bool = tx
+        .query_one(
+            "SELECT COALESCE((SELECT relpersistence = 'u' FROM pg_class WHERE oid = to_regclass($1)), FALSE)",
+            &[&segments],
+        )
+        .await
+        .map_err(&err)?
+        .get(0);
+    if !unlogged {
+        return Ok(false);
+    }
+    let kept: i64 = tx
+        .query_one(
+            &format!(
+                "SELECT COALESCE(SUM(rows), 0)::BIGINT FROM ({}) seg",
+                at.select(s, Table::Segments, "rows", "run_id = $1")
+            ),
+            &[&run.id],
+        )
+        .await
+        .map_err(&err)?
+        .get(0);
+    if kept == counted {
+        return Ok(false);
+    }
+    tracing::warn!(tenant = %run.tenant, source = %run.source, run = %run.id, counted, kept,
+        "the store lost this run's delta (a server restart or failover): reading its chunks again");
+    let mut sql: Vec<String> = [Table::Segments, Table::Batches]
+        .into_iter()
+        .flat_map(|t| at.each(s, t, |from| format!("DELETE FROM {from} WHERE run_id = $1")))
+        .collect();
+    if merged {
+        sql.push(format!(
+            "DELETE FROM {s}.staging_keys WHERE sid = (SELECT sid FROM {s}.sources r, {s}.runs n \
+             WHERE n.id = $1 AND r.tenant = n.tenant AND r.source = n.source)"
+        ));
+    }
+    sql.push(format!("UPDATE {s}.chunks SET done = FALSE WHERE run_id = $1"));
+    sql.push(format!(
+        "UPDATE {s}.runs SET state = 'snapshotting', chunks_done = 0, rows_read = 0, inserts = 0, updates = 0, \
+         deletes = 0, bytes_read = 0, updated_at = {now}, \
+         last_error = 'the store lost the delta read so far ({kept} of {counted} changes; a server restart or \
+         failover): every chunk is read again' WHERE id = $1",
+        now = crate::ports::now_ms()
+    ));
+    for stmt in sql {
+        tx.execute(&stmt, &[&run.id]).await.map_err(&err)?;
+    }
+    tx.commit().await.map_err(&err)?;
+    Ok(true)
 }
 
 /// Drops a finished (or abandoned) run's scratch: its chunks, old-style delta rows, and segments

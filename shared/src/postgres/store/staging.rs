@@ -22,7 +22,7 @@ const STAGED: &str =
     "FROM {s}.staging_keys WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2)";
 
 /// [`STAGED`] for this store.
-fn staged(store: &PgStore) -> String {
+pub(super) fn staged(store: &PgStore) -> String {
     STAGED.replace("{s}", &store.s)
 }
 
@@ -249,6 +249,12 @@ impl StagingStore for PgStore {
             }
         }
         Ok(true)
+    }
+
+    async fn rewind_lost_delta(&self, run: &Run) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg_err("rewind lost delta"))?;
+        super::scratch::rewind_if_lost(tx, &self.s, run).await
     }
 
     async fn invalidate_staging(&self, tenant: &str, source: &str, keys: Vec<Vec<u8>>) -> Result<u64, StoreError> {
