@@ -228,7 +228,7 @@ async fn an_unreachable_source_is_retried_then_dead_lettered_by_name(h: Harness)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_segment_stops_the_batch_cut_by_name() {
     use signals_shared::domain::job::Stage;
-    let h = Harness::new().await;
+    let h = Harness::new().await.cutting_after_the_merge();
     create_items(&h.src(), 2_000);
     h.apply(&h.config(&items_source(1_000))).await;
     h.enqueue_onboard().await;

@@ -164,7 +164,7 @@ async fn postgres_segments_lost_after_the_merge_are_read_again_into_empty_stagin
 /// that would have rewound the run — marks nothing cut and sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_cut_that_reads_less_than_was_counted_is_not_done() {
-    let h = postgres_with_items().await;
+    let h = postgres_with_items().await.cutting_after_the_merge();
     let store = Store::of(&h).await;
     h.enqueue_onboard().await;
     h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge])
@@ -188,4 +188,37 @@ async fn postgres_a_cut_that_reads_less_than_was_counted_is_not_done() {
     let note = run.last_error.clone().unwrap_or_default();
     assert!(note.contains("2000 changes read, 3000 counted"), "{note}");
     assert_eq!(h.stats().changes, 0, "nothing sent");
+}
+
+/// A reader holding a run that was sent back to `snapshotting` (another job's rewind, while this
+/// one still had the run as it was) reads no delta at all, not the part being written again: a
+/// cut beside the merge cannot save batches from half of one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_no_delta_is_read_while_a_run_is_read_again() {
+    let h = postgres_with_items().await;
+    let store = Store::of(&h).await;
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    let run = h.runs().await.remove(0);
+    let changes = |h: &Harness| {
+        let mut rx = h.store.changes(&run.id);
+        async move {
+            let mut n = 0;
+            while let Some(batch) = rx.recv().await {
+                n += batch.unwrap().iter().map(|r| r.iter().count()).sum::<usize>();
+            }
+            n
+        }
+    };
+    assert_eq!(changes(&h).await, 3_000, "a snapshotted run's delta");
+    store
+        .c
+        .batch_execute(&format!(
+            "UPDATE {s}.runs SET state = 'snapshotting' WHERE id = '{id}'",
+            s = store.s,
+            id = run.id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(changes(&h).await, 0, "nothing while its chunks are read again");
 }

@@ -305,7 +305,39 @@ async fn the_latest_config_version_is_the_last_applied(h: Harness) {
     assert_eq!(latest, Some(second));
 }
 
+/// A merge job cuts its run's batches beside the merge (decision 0019): the run leaves it
+/// batched with a push job per batch queued and no batch job between, and the batches are those
+/// the batch stage would cut (seq ranges of at most `batch_max_rows`, in order).
+async fn a_merge_job_cuts_the_batches_beside_the_merge(h: Harness) {
+    create_items(&h.src(), 2_200);
+    h.apply(&h.config(&items_source(1_000))).await;
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    assert_eq!(h.runs().await[0].state.as_str(), "snapshotted");
+    h.run_stages_until_idle(vec![Stage::Merge]).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.batches_total), ("batched", 5));
+    assert_eq!(h.store.depth(&[Stage::Batch]).await.unwrap().0, 0, "no batch job");
+    assert_eq!(h.store.depth(&[Stage::Push]).await.unwrap().0, 5);
+    let ranges: Vec<(i64, i64)> = h
+        .store
+        .pending_batches(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, first, last)| (first, last))
+        .collect();
+    assert_eq!(
+        ranges,
+        [(1, 500), (501, 1_000), (1_001, 1_500), (1_501, 2_000), (2_001, 2_200)]
+    );
+    h.run_until_idle().await;
+    h.assert_in_sync().await;
+    assert_eq!(h.stats().changes, 2_200);
+}
+
 signals_tests::on_every_store!(
+    a_merge_job_cuts_the_batches_beside_the_merge,
     the_latest_config_version_is_the_last_applied,
     interval_work_is_claimed_before_an_onboarding_backlog,
     the_queue_leases_counts_attempts_and_reclaims,

@@ -146,7 +146,11 @@ async fn a_run_is_one_trace_across_stages_and_hosts() {
 
     let count = |name: &str| tree.iter().filter(|s| s.name == name).count();
     assert_eq!(count("snapshot"), 4, "plan and three chunk jobs");
-    assert_eq!((count("merge"), count("batch")), (1, 1));
+    assert_eq!(
+        (count("merge"), count("batch")),
+        (1, 0),
+        "the merge job cuts the batches beside the merge (decision 0019)"
+    );
     assert_eq!(count("push") as i64, run.batches_total);
     assert_eq!(count("source.read"), 3, "one read per chunk");
     assert!(count("store.bulk_write") >= 3, "at least one bulk write per chunk");

@@ -257,8 +257,16 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     ] {
         let mut o = WorkerOpts::new("sigbench_stages");
         o.stages = stages;
+        o.cut_beside_merge = false;
         report.add(timed(&o, name, rows, bytes).await?);
     }
+    // The merge as production runs it: the cut beside it, in the same job (decision 0019).
+    fresh_store("sigbench_beside", &config(&receiver.url, &pg_ref, &big("")), &["bench"]).await?;
+    let mut o = WorkerOpts::new("sigbench_beside");
+    o.stages = vec![Stage::Scheduler, Stage::Snapshot];
+    Worker::spawn(&o)?.wait()?;
+    o.stages = vec![Stage::Merge];
+    report.add(timed(&o, "stage merge with the cut beside it (one job, as run)", rows, bytes).await?);
 
     // Whole initial syncs, one per diff mode (the snapshot one also against a receiver that
     // acknowledges after parsing, to take its SQLite writes out), then 1% changes and one

@@ -29,6 +29,9 @@ pub struct WorkerOpts {
     pub tick_secs: u64,
     /// Only these stages (all when empty).
     pub stages: Vec<Stage>,
+    /// A merge job cuts the batches beside the merge (production's default); off for the
+    /// stage-by-stage figures, where the batch stage cuts after the merge.
+    pub cut_beside_merge: bool,
 }
 
 impl WorkerOpts {
@@ -41,6 +44,7 @@ impl WorkerOpts {
             until_idle: true,
             tick_secs: 0,
             stages: Vec::new(),
+            cut_beside_merge: true,
         }
     }
 }
@@ -69,7 +73,9 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         ..RunnerOptions::default()
     };
     let store = backends::open(&pg_url(), &schema).await?;
-    let ctx = Arc::new(Ctx::new(store.clone(), Arc::new(DefaultConnectors::default())));
+    let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
+    ctx.cut_beside_merge = arg(6)? == "1";
+    let ctx = Arc::new(ctx);
     runner::run(ctx, store.clone(), opts, std::future::pending()).await?;
     let metrics = signals_shared::metrics::render(&[]);
     let total = |name: &str| -> f64 {
@@ -120,6 +126,7 @@ impl Worker {
                 if o.until_idle { "1" } else { "0" },
                 &o.tick_secs.to_string(),
                 &stages.join(","),
+                if o.cut_beside_merge { "1" } else { "0" },
             ])
             .stdout(Stdio::piped())
             .spawn()?;

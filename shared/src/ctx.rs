@@ -35,6 +35,9 @@ pub struct Ctx {
     pub connectors: Arc<dyn Connectors>,
     /// Retry policy for non-push stages (tests shorten it).
     pub retry: RetryPolicy,
+    /// Whether a merge job cuts the run's batches beside the merge (decision 0019); off, the
+    /// batch stage cuts them after it, as the benchmark's stage-by-stage figures need.
+    pub cut_beside_merge: bool,
     configs: Mutex<HashMap<i64, Arc<Config>>>,
 }
 
@@ -45,6 +48,7 @@ impl Ctx {
             store,
             connectors,
             retry: DEFAULT_RETRY,
+            cut_beside_merge: true,
             configs: Mutex::new(HashMap::new()),
         }
     }

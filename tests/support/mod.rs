@@ -173,6 +173,16 @@ impl Harness {
         }
     }
 
+    /// The same environment with the batch stage cutting after the merge, as before decision
+    /// 0019 and as a merge job whose cut failed leaves it (`Ctx::cut_beside_merge` off).
+    pub fn cutting_after_the_merge(mut self) -> Harness {
+        let mut ctx = Ctx::new(self.store.clone(), Arc::new(DefaultConnectors::default()));
+        ctx.retry = FAST_RETRY;
+        ctx.cut_beside_merge = false;
+        self.ctx = Arc::new(ctx);
+        self
+    }
+
     /// A connection to the source database.
     pub fn src(&self) -> Connection {
         Connection::open(&self.source).expect("source")

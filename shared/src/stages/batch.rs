@@ -15,19 +15,26 @@ use tracing::Instrument;
 /// Batches saved per store call (bodies are large; keep memory to a few batches).
 const SAVE_EVERY: usize = 4;
 
-/// Cuts batches once, then emits a push job for every batch not yet delivered.
+/// Cuts batches once, then emits a push job for every batch not yet delivered. A run reaches
+/// this stage merged only when its merge job did not cut it too (a cut that failed, a crash
+/// between the two, or `Ctx::cut_beside_merge` off).
 pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Merged => {
             if ctx.store.rewind_lost_delta(run).await? {
                 return super::snapshot::chunk_jobs(ctx, job, run).await;
             }
-            let span = tracing::info_span!("batch.cut", otel.name = "batch.cut", changes = run.changes());
-            cut(ctx, run).instrument(span).await?
+            let cut = cut(ctx, run).await?;
+            ctx.store.finish_batching(run, cut.batches, cut.bytes).await?;
         }
         RunState::Batched => {}
         _ => return Ok(Vec::new()),
     }
+    pushes(ctx, job, run).await
+}
+
+/// A push job for every batch of the run not yet delivered.
+pub(super) async fn pushes(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     Ok(ctx
         .store
         .pending_batches(&run.id)
@@ -44,7 +51,24 @@ pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
         .collect())
 }
 
-async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
+/// What a cut saved: the figures `finish_batching` records.
+pub(super) struct Cut {
+    /// Batches.
+    pub(super) batches: i64,
+    /// Their bodies' bytes as stored.
+    pub(super) bytes: i64,
+}
+
+/// Numbers the run's delta and saves its batches. It leaves the run's state alone: the batches
+/// become the run's once its delta is in staging too (`finish_batching`), so the cut can run
+/// beside the merge, and a cut repeated after a crash saves the same batches again (ids and
+/// bodies follow from the delta alone; a batch already stored is kept).
+pub(super) async fn cut(ctx: &Ctx, run: &Run) -> Result<Cut, StageError> {
+    let span = tracing::info_span!("batch.cut", otel.name = "batch.cut", changes = run.changes());
+    cut_delta(ctx, run).instrument(span).await
+}
+
+async fn cut_delta(ctx: &Ctx, run: &Run) -> Result<Cut, StageError> {
     let config = ctx.config(run.config_version).await?;
     let (_, dest) = ctx.destination(&config, &run.tenant, run.config_version)?;
     let ds = config.source(&run.tenant, &run.source, run.config_version)?;
@@ -122,6 +146,5 @@ async fn cut(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
     total += ready.len() as i64;
     bytes += ready.iter().map(|b| b.body.len() as i64).sum::<i64>();
     ctx.store.save_batches(ready).await?;
-    ctx.store.finish_batching(run, total, bytes).await?;
-    Ok(())
+    Ok(Cut { batches: total, bytes })
 }

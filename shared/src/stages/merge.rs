@@ -1,36 +1,80 @@
-//! Merge: commits a run's delta to staging in one transaction (compare-and-set on the run state).
+//! Merge: commits a run's delta to staging in one transaction (compare-and-set on the run state),
+//! and cuts the run's batches beside it (decision 0019).
 
-use super::run_task;
+use super::{batch, run_task};
 use crate::ctx::Ctx;
 use crate::domain::config::DiffMode;
 use crate::domain::job::{Job, Task};
-use crate::errors::StageError;
+use crate::errors::{StageError, StoreError};
 use crate::ports::{Run, RunState};
 use tracing::Instrument;
 
-/// Commits the delta, then asks for batching.
+/// Commits the delta while the batches are cut from it, then asks for their pushes; a run whose
+/// cut did not finish here goes on to the batch stage.
 pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Snapshotted => {
             if ctx.store.rewind_lost_delta(run).await? {
                 return super::snapshot::chunk_jobs(ctx, job, run).await;
             }
-            let span = tracing::info_span!(
-                "store.merge",
-                otel.name = "store.merge",
-                inserts = run.inserts,
-                updates = run.updates,
-                deletes = run.deletes
-            );
-            ctx.store.merge(run).instrument(span).await?;
+            let (merged, cut) = merge_and_cut(ctx, run).await;
+            let merged = merged?;
             crate::crash::point("after_merge_commit");
+            if merged {
+                if let Some(cut) = cut.transpose()? {
+                    move_cursor(ctx, run).await?;
+                    ctx.store.finish_batching(run, cut.batches, cut.bytes).await?;
+                    return batch::pushes(ctx, job, run).await;
+                }
+            }
         }
         RunState::Merged => {} // merged before a crash; the batch job may be missing
         _ => return Ok(Vec::new()),
     }
-    // A watermark or change-tracking run moves its data source's cursor (the watermark, or the
-    // change-tracking version) once its changes are in staging; doing it
-    // again after a crash is harmless (the same value).
+    move_cursor(ctx, run).await?;
+    Ok(vec![job.next(run_task(run, |tenant, source, run_id| Task::Batch {
+        tenant,
+        source,
+        run_id,
+    }))])
+}
+
+/// The merge's outcome (whether this job moved the run to `merged`) and, with
+/// `Ctx::cut_beside_merge`, the cut's. The two only read the delta, so they run at once: the
+/// merge is mostly the store's work and the cut mostly ours (gzip), and one after the other they
+/// left a core idle for as long as the shorter took. The merge runs in a task of its own so the
+/// cut's compression cannot hold it up; both are awaited whatever either returns, so nothing of
+/// the job is left running behind its result.
+async fn merge_and_cut(ctx: &Ctx, run: &Run) -> (Result<bool, StageError>, Option<Result<batch::Cut, StageError>>) {
+    let span = tracing::info_span!(
+        "store.merge",
+        otel.name = "store.merge",
+        inserts = run.inserts,
+        updates = run.updates,
+        deletes = run.deletes
+    );
+    let (store, merging) = (ctx.store.clone(), run.clone());
+    let merge = tokio::spawn(async move { store.merge(&merging).await }.instrument(span));
+    let cut = if ctx.cut_beside_merge {
+        Some(batch::cut(ctx, run).await)
+    } else {
+        None
+    };
+    let merged = match merge.await {
+        Ok(merged) => merged.map_err(StageError::from),
+        Err(e) => Err(StoreError::Db {
+            context: "merge",
+            detail: format!("the merge task ended without a result: {e}"),
+        }
+        .into()),
+    };
+    (merged, cut)
+}
+
+/// A watermark or change-tracking run moves its data source's cursor (the watermark, or the
+/// change-tracking version) once its changes are in staging; doing it again after a crash is
+/// harmless (the same value).
+async fn move_cursor(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
     if let Some(mode) = run
         .mode
         .as_ref()
@@ -40,9 +84,5 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
             .set_cursor(&run.tenant, &run.source, mode.next.as_deref(), mode.full)
             .await?;
     }
-    Ok(vec![job.next(run_task(run, |tenant, source, run_id| Task::Batch {
-        tenant,
-        source,
-        run_id,
-    }))])
+    Ok(())
 }

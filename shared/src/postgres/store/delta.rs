@@ -13,7 +13,10 @@ use crate::ports::{Batches, DeltaRow};
 type OpenDelta = fn(&PgStore, &str) -> Batches<DeltaRow, StoreError>;
 
 /// The run's delta segments, decoded one at a time (`decode`), in chunk and segment order, from
-/// wherever the plan put them.
+/// wherever the plan put them. Only the delta of a run whose chunks are all read: the statement
+/// checks the run's state in the snapshot it reads the segments in, so a reader holding a stale
+/// run (one that a rewind has sent back to `snapshotting`, decision 0018) reads nothing rather
+/// than a delta being written again, and cannot cut batches from half of it.
 pub(super) fn segments<T: Send + 'static>(
     store: &PgStore,
     run_id: &str,
@@ -29,7 +32,16 @@ pub(super) fn segments<T: Send + 'static>(
         let sql = match found {
             Ok(at) => format!(
                 "SELECT body FROM ({}) seg ORDER BY chunk_no, seg_no",
-                at.select(&store.s, Table::Segments, "chunk_no, seg_no, body", "run_id = $1")
+                at.select(
+                    &store.s,
+                    Table::Segments,
+                    "chunk_no, seg_no, body",
+                    &format!(
+                        "run_id = $1 AND EXISTS (SELECT 1 FROM {}.runs r WHERE r.id = $1 \
+                         AND r.state IN ('snapshotted', 'merged', 'batched'))",
+                        store.s
+                    )
+                )
             ),
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
