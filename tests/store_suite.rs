@@ -336,8 +336,40 @@ async fn a_merge_job_cuts_the_batches_beside_the_merge(h: Harness) {
     assert_eq!(h.stats().changes, 2_200);
 }
 
+/// While another merge job of the host is cutting, a merge job merges alone and asks for the
+/// batch stage, which cuts the same batches.
+async fn a_merge_job_merges_alone_while_another_cuts(h: Harness) {
+    create_items(&h.src(), 2_200);
+    h.apply(&h.config(&items_source(1_000))).await;
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    let busy = h.ctx.cut_beside().expect("nothing else is cutting");
+    h.run_stages_until_idle(vec![Stage::Merge]).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.batches_total), ("merged", 0));
+    assert_eq!(h.store.depth(&[Stage::Batch]).await.unwrap().0, 1, "a batch job");
+    drop(busy);
+    h.run_stages_until_idle(vec![Stage::Batch]).await;
+    let ranges: Vec<(i64, i64)> = h
+        .store
+        .pending_batches(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, first, last)| (first, last))
+        .collect();
+    assert_eq!(
+        ranges,
+        [(1, 500), (501, 1_000), (1_001, 1_500), (1_501, 2_000), (2_001, 2_200)]
+    );
+    h.run_until_idle().await;
+    h.assert_in_sync().await;
+    assert_eq!(h.stats().changes, 2_200);
+}
+
 signals_tests::on_every_store!(
     a_merge_job_cuts_the_batches_beside_the_merge,
+    a_merge_job_merges_alone_while_another_cuts,
     the_latest_config_version_is_the_last_applied,
     interval_work_is_claimed_before_an_onboarding_backlog,
     the_queue_leases_counts_attempts_and_reclaims,

@@ -38,6 +38,10 @@ pub struct Ctx {
     /// Whether a merge job cuts the run's batches beside the merge (decision 0019); off, the
     /// batch stage cuts them after it, as the benchmark's stage-by-stage figures need.
     pub cut_beside_merge: bool,
+    /// One cut beside a merge at a time: it is for the core a single large run leaves idle.
+    /// When several runs merge at once the cores are busy anyway, and each such job holds two
+    /// more store connections and a few bodies (decision 0019).
+    cuts_beside: tokio::sync::Semaphore,
     configs: Mutex<HashMap<i64, Arc<Config>>>,
 }
 
@@ -49,6 +53,7 @@ impl Ctx {
             connectors,
             retry: DEFAULT_RETRY,
             cut_beside_merge: true,
+            cuts_beside: tokio::sync::Semaphore::new(1),
             configs: Mutex::new(HashMap::new()),
         }
     }
@@ -72,6 +77,14 @@ impl Ctx {
             .unwrap_or_else(|p| p.into_inner())
             .insert(version, config.clone());
         Ok(config)
+    }
+
+    /// Leave for a merge job to cut beside its merge, held until the cut ends; `None` when
+    /// turned off or another merge job of this host is cutting.
+    pub fn cut_beside(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.cut_beside_merge
+            .then(|| self.cuts_beside.try_acquire().ok())
+            .flatten()
     }
 
     /// The latest config version, if any was applied.

@@ -16,8 +16,8 @@ use tracing::Instrument;
 const SAVE_EVERY: usize = 4;
 
 /// Cuts batches once, then emits a push job for every batch not yet delivered. A run reaches
-/// this stage merged only when its merge job did not cut it too (a cut that failed, a crash
-/// between the two, or `Ctx::cut_beside_merge` off).
+/// this stage merged when its merge job did not cut it too: another merge job of the host was
+/// cutting, the cut failed, a crash came between the two, or `Ctx::cut_beside_merge` is off.
 pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Merged => {

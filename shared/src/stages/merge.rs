@@ -39,12 +39,12 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
     }))])
 }
 
-/// The merge's outcome (whether this job moved the run to `merged`) and, with
-/// `Ctx::cut_beside_merge`, the cut's. The two only read the delta, so they run at once: the
-/// merge is mostly the store's work and the cut mostly ours (gzip), and one after the other they
-/// left a core idle for as long as the shorter took. The merge runs in a task of its own so the
-/// cut's compression cannot hold it up; both are awaited whatever either returns, so nothing of
-/// the job is left running behind its result.
+/// The merge's outcome (whether this job moved the run to `merged`) and, when the host lets
+/// this job cut beside it (`Ctx::cut_beside`), the cut's. The two only read the delta, so they
+/// run at once: the merge is mostly the store's work and the cut mostly ours (gzip), and one
+/// after the other they left a core idle for as long as the shorter took. The merge runs in a
+/// task of its own so the cut's compression cannot hold it up; both are awaited whatever either
+/// returns, so nothing of the job is left running behind its result.
 async fn merge_and_cut(ctx: &Ctx, run: &Run) -> (Result<bool, StageError>, Option<Result<batch::Cut, StageError>>) {
     let span = tracing::info_span!(
         "store.merge",
@@ -55,10 +55,9 @@ async fn merge_and_cut(ctx: &Ctx, run: &Run) -> (Result<bool, StageError>, Optio
     );
     let (store, merging) = (ctx.store.clone(), run.clone());
     let merge = tokio::spawn(async move { store.merge(&merging).await }.instrument(span));
-    let cut = if ctx.cut_beside_merge {
-        Some(batch::cut(ctx, run).await)
-    } else {
-        None
+    let cut = match ctx.cut_beside() {
+        Some(_leave) => Some(batch::cut(ctx, run).await),
+        None => None,
     };
     let merged = match merge.await {
         Ok(merged) => merged.map_err(StageError::from),
