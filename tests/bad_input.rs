@@ -1,6 +1,6 @@
 //! Bad input gets a clear error naming the cause, and nothing already staged is lost.
 
-use signals_shared::domain::job::{Job, Task};
+use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::hosts::replay::{replay, ReplayError};
 use signals_shared::ports::{DeadLetter, RunKind};
 use signals_tests::{create_items, items_source, Harness};
@@ -223,19 +223,16 @@ async fn an_unreachable_source_is_retried_then_dead_lettered_by_name(h: Harness)
     );
 }
 
-/// A stored segment damaged after its run merged (a payload that is no longer UTF-8): the batch
-/// stage stops with an error naming it, the run stays unsent, and no body goes out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_segment_stops_the_batch_cut_by_name() {
-    use signals_shared::domain::job::Stage;
-    let h = Harness::new().await.cutting_after_the_merge();
+/// A stored segment damaged (a payload that is no longer UTF-8) after its run merged, or before
+/// the merge job that cuts beside the merge: the cut stops with an error naming it, the run stays
+/// merged and unsent, and no body goes out. Either way the batch stage is where it is given up:
+/// a merge job whose cut failed is retried, finds the run merged and asks for the batch stage.
+async fn a_damaged_segment_stops_the_cut_by_name(h: Harness, stages_first: Vec<Stage>) {
     create_items(&h.src(), 2_000);
     h.apply(&h.config(&items_source(1_000))).await;
     h.enqueue_onboard().await;
-    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge])
-        .await;
+    h.run_stages_until_idle(stages_first).await;
     let run = h.runs().await.remove(0);
-    assert_eq!(run.state.as_str(), "merged");
 
     // The last segment, stored unpacked, its last payload byte made invalid.
     let db = rusqlite::Connection::open(&h.store_spec).unwrap();
@@ -265,6 +262,18 @@ async fn a_damaged_segment_stops_the_batch_cut_by_name() {
     );
     assert_eq!(h.runs().await[0].state.as_str(), "merged", "the cut did not finish");
     assert_eq!(h.stats().changes, 0, "no body went out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_stops_the_batch_cut_by_name() {
+    let h = Harness::new().await.cutting_after_the_merge();
+    a_damaged_segment_stops_the_cut_by_name(h, vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_segment_stops_the_cut_beside_the_merge_by_name() {
+    let h = Harness::new().await;
+    a_damaged_segment_stops_the_cut_by_name(h, vec![Stage::Scheduler, Stage::Snapshot]).await;
 }
 
 signals_tests::on_every_store!(
