@@ -54,6 +54,17 @@ impl Store {
     }
 }
 
+/// An onboarding of 3,000 items stopped once every chunk is read: the harness, the store beside
+/// it, and the run.
+async fn snapshotted() -> (Harness, Store, Run) {
+    let h = postgres_with_items().await;
+    let store = Store::of(&h).await;
+    h.enqueue_onboard().await;
+    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
+    let run = h.runs().await.remove(0);
+    (h, store, run)
+}
+
 /// The run finished, having read the source a second time, and the destination got every row once.
 async fn assert_sent_once_after_reading_again(h: &Harness, store: &Store) {
     h.run_until_idle().await;
@@ -81,11 +92,7 @@ async fn assert_sent_once_after_reading_again(h: &Harness, store: &Store) {
 /// Lost after every chunk was read, before the merge: the chunks are read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_segments_lost_before_the_merge_are_read_again() {
-    let h = postgres_with_items().await;
-    let store = Store::of(&h).await;
-    h.enqueue_onboard().await;
-    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
-    let run = h.runs().await.remove(0);
+    let (h, store, run) = snapshotted().await;
     assert_eq!(run.state.as_str(), "snapshotted");
     assert_eq!(
         store.persistence("delta_segments", &run).await,
@@ -195,11 +202,7 @@ async fn postgres_a_cut_that_reads_less_than_was_counted_is_not_done() {
 /// cut beside the merge cannot save batches from half of one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_no_delta_is_read_while_a_run_is_read_again() {
-    let h = postgres_with_items().await;
-    let store = Store::of(&h).await;
-    h.enqueue_onboard().await;
-    h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
-    let run = h.runs().await.remove(0);
+    let (h, store, run) = snapshotted().await;
     let changes = |h: &Harness| {
         let mut rx = h.store.changes(&run.id);
         async move {
