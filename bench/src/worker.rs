@@ -72,7 +72,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         stages,
         ..RunnerOptions::default()
     };
-    let store = backends::open(&pg_url(), &schema).await?;
+    let store = backends::open_for(&pg_url(), &schema, backends::store_connections(opts.concurrency)).await?;
     let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
     ctx.cut_beside_merge = arg(6)? == "1";
     let ctx = Arc::new(ctx);

@@ -10,11 +10,45 @@ use std::sync::Arc;
 /// Default PostgreSQL schema of the store.
 pub const DEFAULT_PG_SCHEMA: &str = "signals";
 
+/// Store connections of a process that runs no jobs of its own (the CLI's commands), and the
+/// least a job host gets.
+pub const DEFAULT_STORE_CONNECTIONS: usize = 16;
+
+/// How long a job waits for one of the store's connections before it fails (and is retried). A
+/// host sizes its pool for the jobs it runs at once ([`store_connections`]), so a wait this long
+/// means something holds connections it should not: an error that says so beats a host waiting
+/// on itself for ever (jobs holding one connection each while waiting for a second).
+pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a store error says when every connection stayed in use for `wait`.
+pub fn pool_exhausted(wait: std::time::Duration, connections: usize) -> String {
+    format!(
+        "no connection came free within {}s: all {connections} of this host's connections stayed in use \
+         (another job holds them, or the host runs more jobs at once than its pool serves)",
+        wait.as_secs_f64()
+    )
+}
+
+/// Store connections for a host running `concurrency` jobs at once. A job holds at most two at
+/// a time (a read stream beside a write, or a merge's transaction beside its delta's read); the
+/// one merge job per host that also cuts its batches (`Ctx::cut_beside`) two more; and the
+/// runner's claims, acknowledgements and lease renewals need their own, or finished jobs could
+/// not be acknowledged while the others wait.
+pub fn store_connections(concurrency: usize) -> usize {
+    (2 * concurrency + 2 + 2).max(DEFAULT_STORE_CONNECTIONS)
+}
+
 /// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, ADO.NET SQL Server
 /// strings (`Server=…;…`), `env:NAME`, `file:PATH` or `aws-sm:ARN[#field]` holding one of those,
 /// or else a SQLite file path. `pg_schema` names the PostgreSQL or SQL Server schema (created and
 /// migrated on first use).
 pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, StoreError> {
+    open_for(spec, pg_schema, DEFAULT_STORE_CONNECTIONS).await
+}
+
+/// [`open`] for a host that runs jobs: a server store's pool holds `connections`
+/// ([`store_connections`] of its concurrency).
+pub async fn open_for(spec: &str, pg_schema: &str, connections: usize) -> Result<Arc<dyn Backend>, StoreError> {
     let resolved;
     let target = if spec.starts_with("env:") || spec.starts_with("file:") || spec.starts_with("aws-sm:") {
         let r = SecretRef::try_from(spec.to_owned()).map_err(|detail| StoreError::Db {
@@ -32,7 +66,7 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
     if is_postgres(target) {
         #[cfg(feature = "postgres")]
         return Ok(Arc::new(
-            crate::postgres::store::PgStore::connect(target, pg_schema).await?,
+            crate::postgres::store::PgStore::connect(target, pg_schema, connections).await?,
         ));
         #[cfg(not(feature = "postgres"))]
         return Err(StoreError::Db {
@@ -43,10 +77,10 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
     #[cfg(feature = "mssql")]
     if crate::mssql::is_mssql(target) {
         return Ok(Arc::new(
-            crate::mssql::store::MssqlStore::connect(target, pg_schema).await?,
+            crate::mssql::store::MssqlStore::connect(target, pg_schema, connections).await?,
         ));
     }
-    let _ = pg_schema;
+    let _ = (pg_schema, connections);
     #[cfg(feature = "sqlite")]
     return Ok(Arc::new(crate::sqlite::store::SqliteStore::open(
         std::path::Path::new(target),

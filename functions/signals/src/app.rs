@@ -34,13 +34,22 @@ pub struct StoreSpec {
 
 /// Opens (creating and migrating) the store.
 pub async fn open_store(store: &StoreSpec) -> anyhow::Result<Arc<dyn Backend>> {
+    open_store_with(store, backends::DEFAULT_STORE_CONNECTIONS).await
+}
+
+/// Opens the store for a host running `concurrency` jobs at once: its pool serves them all.
+pub async fn open_job_store(store: &StoreSpec, concurrency: usize) -> anyhow::Result<Arc<dyn Backend>> {
+    open_store_with(store, backends::store_connections(concurrency)).await
+}
+
+async fn open_store_with(store: &StoreSpec, connections: usize) -> anyhow::Result<Arc<dyn Backend>> {
     // Never echo the spec itself: it may be a URL with a password.
     let shown = if backends::is_postgres(&store.spec) {
         "the PostgreSQL store"
     } else {
         store.spec.as_str()
     };
-    backends::open(&store.spec, &store.schema)
+    backends::open_for(&store.spec, &store.schema, connections)
         .await
         .with_context(|| format!("cannot open {shown}"))
 }

@@ -69,7 +69,12 @@ pub fn main(stage: Stage) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     rt.block_on(async move {
-        let store = match crate::backends::open(&args.store, &args.schema).await {
+        let connections = match (args.command.as_deref(), concurrency(&args.rest)) {
+            (Some("worker"), Ok(n)) => crate::backends::store_connections(n),
+            (Some("worker"), Err(e)) => return fail(&e),
+            _ => crate::backends::DEFAULT_STORE_CONNECTIONS,
+        };
+        let store = match crate::backends::open_for(&args.store, &args.schema, connections).await {
             Ok(s) => s,
             Err(e) => return fail(&e.to_string()),
         };
@@ -136,7 +141,7 @@ async fn worker(
     let defaults = RunnerOptions::default();
     let opts = RunnerOptions {
         stages: vec![stage],
-        concurrency: flag(rest, "--concurrency")?.unwrap_or(defaults.concurrency),
+        concurrency: concurrency(rest)?,
         lease: flag(rest, "--lease-secs")?.map_or(defaults.lease, Duration::from_secs),
         grace: flag(rest, "--grace-secs")?.map_or(defaults.grace, Duration::from_secs),
         ..defaults
@@ -146,6 +151,17 @@ async fn worker(
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// The worker's `--concurrency` (the runner's default without it).
+#[cfg(feature = "http-server")]
+fn concurrency(rest: &[String]) -> Result<usize, String> {
+    Ok(flag(rest, "--concurrency")?.unwrap_or(super::runner::RunnerOptions::default().concurrency))
+}
+
+#[cfg(not(feature = "http-server"))]
+fn concurrency(_: &[String]) -> Result<usize, String> {
+    Ok(super::runner::RunnerOptions::default().concurrency)
 }
 
 #[cfg(not(feature = "http-server"))]

@@ -130,6 +130,9 @@ struct Shared {
     spec: ConnSpec,
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
+    max: usize,
+    /// How long `get` waits for a connection to come free; `None` queues for as long as it takes.
+    wait: Option<std::time::Duration>,
 }
 
 /// A bounded set of connections to one server and database.
@@ -139,11 +142,19 @@ pub struct Pool(Arc<Shared>);
 impl Pool {
     /// A pool of at most `max` connections (`Max Pool Size` in the string wins).
     pub fn new(spec: ConnSpec, max: usize) -> Pool {
+        Pool::waiting(spec, max, None)
+    }
+
+    /// Like [`Pool::new`], where a caller that finds every connection in use for `wait` gets an
+    /// error instead (the store's pool: `backends::STORE_WAIT` says why).
+    pub fn waiting(spec: ConnSpec, max: usize, wait: Option<std::time::Duration>) -> Pool {
         let max = spec.max_pool_size.unwrap_or(max).max(1);
         Pool(Arc::new(Shared {
             spec,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(max)),
+            max,
+            wait,
         }))
     }
 
@@ -154,7 +165,19 @@ impl Pool {
 
     /// An idle connection or a new one, waiting while `max` are in use.
     pub async fn get(&self) -> Result<Pooled, ConnectError> {
-        let permit = self.0.permits.clone().acquire_owned().await.map_err(|_| ConnectError {
+        let acquire = self.0.permits.clone().acquire_owned();
+        let acquired = match self.0.wait {
+            None => acquire.await,
+            Some(wait) => tokio::time::timeout(wait, acquire).await.map_err(|_| ConnectError {
+                class: Class::Timeout,
+                detail: format!(
+                    "{}: {}",
+                    self.0.spec.describe(),
+                    crate::backends::pool_exhausted(wait, self.0.max)
+                ),
+            })?,
+        };
+        let permit = acquired.map_err(|_| ConnectError {
             class: Class::Other,
             detail: "connection pool closed".into(),
         })?;
@@ -204,5 +227,32 @@ impl Pooled {
         if let Some(c) = self.conn.take() {
             self.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_caller_that_finds_every_connection_in_use_is_told_so_in_time() {
+        let spec = ConnSpec::parse("Server=127.0.0.1,1;Database=erp;User Id=sa;Password=s3cret-value").unwrap();
+        let pool = Pool::waiting(spec, 1, Some(std::time::Duration::from_millis(100)));
+        // The one connection's permit, held as a job holding it would.
+        let _held = pool.0.permits.clone().acquire_owned().await.unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), pool.get())
+            .await
+            .expect("the wait is bounded")
+            .err()
+            .expect("no connection");
+        assert_eq!(e.class, Class::Timeout);
+        assert!(
+            e.detail.contains("127.0.0.1")
+                && e.detail
+                    .contains("no connection came free within 0.1s: all 1 of this host's connections"),
+            "{}",
+            e.detail
+        );
+        assert!(!e.detail.contains("s3cret-value"), "{}", e.detail);
     }
 }

@@ -2,8 +2,45 @@
 //! (it holds a password).
 
 use crate::errors::StoreError;
-use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
 use tokio_postgres::NoTls;
+
+/// How long a new connection may take, the TCP connect and the server's answer to the startup
+/// together: a host that drops packets, or a listener that never answers, would otherwise hold
+/// a job until the kernel gives up on the socket (minutes), with nothing said.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(30);
+
+/// A pool's size and how long its users wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections at most.
+    pub connections: usize,
+    /// How long a caller waits for a free connection; `None` waits as long as it takes (a
+    /// source's readers: each job holds one at a time, so waiting is only queueing).
+    pub wait: Option<Duration>,
+    /// How long a new connection may take.
+    pub connect: Duration,
+}
+
+impl Limits {
+    /// A source's pool: waiting callers queue; a connection that cannot be made fails in time.
+    pub fn queueing(connections: usize) -> Limits {
+        Limits {
+            connections,
+            wait: None,
+            connect: CONNECT_WITHIN,
+        }
+    }
+
+    /// The store's pool: a wait beyond [`crate::backends::STORE_WAIT`] is an error.
+    pub fn store(connections: usize) -> Limits {
+        Limits {
+            wait: Some(crate::backends::STORE_WAIT),
+            ..Limits::queueing(connections)
+        }
+    }
+}
 
 /// Turns the JIT off for each new session. Our statements are short or stream rows in key
 /// order, and the planner's cost for a staging read of one data source is the whole partitioned
@@ -23,8 +60,13 @@ fn jit_off() -> Hook {
     })
 }
 
-/// Builds a pool for a connection URL or key=value string.
+/// Builds a pool for a connection URL or key=value string whose callers queue for a connection.
 pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
+    pool_with(url, Limits::queueing(max_size))
+}
+
+/// Builds a pool for a connection URL or key=value string within `limits`.
+pub fn pool_with(url: &str, limits: Limits) -> Result<Pool, String> {
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| format!("invalid PostgreSQL connection string: {e}"))?;
@@ -36,10 +78,33 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool, String> {
         },
     );
     Pool::builder(manager)
-        .max_size(max_size)
+        .max_size(limits.connections.max(1))
         .post_create(jit_off())
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: limits.wait,
+            create: Some(limits.connect),
+            recycle: None,
+        })
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// What went wrong getting a connection from `pool`, in words that say what to do: deadpool's
+/// own ("Timeout occurred while waiting for a slot") name neither the wait nor the pool.
+pub fn pool_failure(pool: &Pool, e: PoolError) -> String {
+    let (t, size) = (pool.timeouts(), pool.status().max_size);
+    match e {
+        PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => {
+            crate::backends::pool_exhausted(t.wait.unwrap_or_default(), size)
+        }
+        PoolError::Timeout(deadpool_postgres::TimeoutType::Create) => format!(
+            "the database did not complete a connection within {}s (unreachable, or not answering)",
+            t.create.unwrap_or_default().as_secs_f64()
+        ),
+        PoolError::Backend(e) => e.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// Maps a driver error to a store error with context (the driver never includes the password).
@@ -50,10 +115,10 @@ pub fn pg_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreE
     }
 }
 
-/// Maps a pool error.
-pub fn pool_err(context: &'static str) -> impl Fn(deadpool_postgres::PoolError) -> StoreError {
+/// Maps a pool error of `pool`.
+pub fn pool_err<'a>(context: &'static str, pool: &'a Pool) -> impl Fn(PoolError) -> StoreError + 'a {
     move |e| StoreError::Db {
         context,
-        detail: e.to_string(),
+        detail: pool_failure(pool, e),
     }
 }

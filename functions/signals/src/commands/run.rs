@@ -1,6 +1,6 @@
 //! `signals run`: single-process mode — the timer and every stage on the SQLite table queue.
 
-use crate::app::{context, open_queue, open_store, StoreSpec};
+use crate::app::{context, open_job_store, open_queue, StoreSpec};
 use clap::Args;
 use signals_shared::ctx::DEFAULT_RETRY;
 use signals_shared::domain::job::{Job, Stage, Task};
@@ -84,7 +84,7 @@ pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.config {
         super::config::apply(store_path, file).await?;
     }
-    let store = open_store(store_path).await?;
+    let store = open_job_store(store_path, args.concurrency.max(1)).await?;
     let queue = open_queue(store_path, &store).await?;
     let ctx = context(store.clone(), jsonl_sink(&args.sink)?, args.retry.policy());
     if args.tick {
@@ -143,7 +143,7 @@ pub fn parse_stages(names: &[String]) -> anyhow::Result<Vec<Stage>> {
 
 /// Runs a worker until SIGTERM, then drains within the grace period.
 pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<()> {
-    let store = open_store(store_path).await?;
+    let store = open_job_store(store_path, args.concurrency.max(1)).await?;
     let queue = open_queue(store_path, &store).await?;
     let ctx = context(store.clone(), None, args.retry.policy());
     let opts = RunnerOptions {

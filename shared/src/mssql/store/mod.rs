@@ -43,8 +43,9 @@ pub struct MssqlStore {
 }
 
 impl MssqlStore {
-    /// Connects (lazily, through a pool) and migrates `schema`.
-    pub async fn connect(conn_str: &str, schema: &str) -> Result<MssqlStore, StoreError> {
+    /// Connects (lazily, through a pool of `connections` unless the string's `Max Pool Size`
+    /// says otherwise) and migrates `schema`.
+    pub async fn connect(conn_str: &str, schema: &str, connections: usize) -> Result<MssqlStore, StoreError> {
         let open = |detail: String| StoreError::Db {
             context: "open",
             detail,
@@ -57,7 +58,7 @@ impl MssqlStore {
                 "`Max Pool Size` must be at least 2 for a store (16 when it is not set)".into(),
             ));
         }
-        let pool = Pool::new(spec, 16);
+        let pool = Pool::waiting(spec, connections, Some(crate::backends::STORE_WAIT));
         let s = super::ident::quote(schema);
         schema::migrate(&pool, schema, &s).await?;
         Ok(MssqlStore {

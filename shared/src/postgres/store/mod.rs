@@ -14,7 +14,7 @@ mod scratch;
 mod slots;
 mod staging;
 
-use super::pool::{pg_err, pool, pool_err};
+use super::pool::{pg_err, pool_err, pool_with, Limits};
 use crate::domain::ident;
 use crate::errors::StoreError;
 use crate::ports::{from_ms, now_ms};
@@ -38,13 +38,13 @@ pub struct PgStore {
 const STREAM_BATCH: usize = 2_000;
 
 impl PgStore {
-    /// Connects (lazily, through a pool) and migrates `schema`.
-    pub async fn connect(url: &str, schema: &str) -> Result<PgStore, StoreError> {
+    /// Connects (lazily, through a pool of `connections`) and migrates `schema`.
+    pub async fn connect(url: &str, schema: &str, connections: usize) -> Result<PgStore, StoreError> {
         ident::validate(schema, "store schema").map_err(|e| StoreError::Db {
             context: "open",
             detail: e.to_string(),
         })?;
-        let pool = pool(url, 16).map_err(|detail| StoreError::Db {
+        let pool = pool_with(url, Limits::store(connections)).map_err(|detail| StoreError::Db {
             context: "open",
             detail,
         })?;
@@ -57,7 +57,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<Object, StoreError> {
-        self.pool.get().await.map_err(pool_err("connect"))
+        self.pool.get().await.map_err(pool_err("connect", &self.pool))
     }
 
     fn count(&self, n: u64) {
@@ -111,7 +111,7 @@ impl PgStore {
         let pool = self.pool.clone();
         tokio::spawn(async move {
             let run = async {
-                let client = pool.get().await.map_err(pool_err(context))?;
+                let client = pool.get().await.map_err(pool_err(context, &pool))?;
                 let rows = client
                     .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
                     .await

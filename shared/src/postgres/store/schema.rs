@@ -308,10 +308,10 @@ pub async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
         context: "migrate",
         detail: e.to_string(),
     };
-    let mut client = pool.get().await.map_err(|e| StoreError::Db {
-        context: "connect",
-        detail: e.to_string(),
-    })?;
+    let mut client = pool
+        .get()
+        .await
+        .map_err(crate::postgres::pool::pool_err("connect", pool))?;
     let s = crate::domain::ident::quote(schema);
     let tx = client.transaction().await.map_err(err)?;
     tx.execute(
