@@ -433,3 +433,45 @@ async fn a_worker_stopped_mid_job_releases_its_work_within_the_grace_period() {
     );
     terminate(second);
 }
+
+/// Pushes mostly wait on the destination, so a worker runs them in slots of their own beside its
+/// `--concurrency` (which bounds the jobs that read, hash and merge rows): with two slots — one of
+/// them kept for interval work — and two push-only slots, a destination answering each batch
+/// after 300 ms sees three requests at once, never more; without the push-only slots, one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_run_in_slots_of_their_own_beside_the_workers_concurrency() {
+    use signals_shared::hosts::runner::{self, RunnerOptions};
+    use signals_shared::receiver::faults::{FaultRates, RateFaults};
+    for (push_only_slots, expected) in [(Some(2), 3), (Some(0), 1)] {
+        let rates = FaultRates {
+            slow: 1.0,
+            slow_ms: 300,
+            ..FaultRates::default()
+        };
+        let h = Harness::with_faults(StoreKind::Sqlite, RateFaults::new(rates, 7)).await;
+        create_items(&h.src(), 6_000); // 12 batches of 500
+        h.apply(&h.config(&items_source(3_000))).await;
+        h.enqueue_onboard().await;
+        let opts = RunnerOptions {
+            concurrency: 2,
+            push_only_slots,
+            until_idle: true,
+            poll: Duration::from_millis(20),
+            ..RunnerOptions::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending()),
+        )
+        .await
+        .expect("the run finished within 60 s")
+        .expect("runner");
+        assert_eq!(h.runs().await[0].display_state(), "done");
+        h.assert_in_sync().await;
+        assert_eq!(
+            h.receiver.most_in_flight(),
+            expected,
+            "requests at once with {push_only_slots:?} push-only slots"
+        );
+    }
+}

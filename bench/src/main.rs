@@ -23,6 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use worker::{Receiver, Worker, WorkerOpts};
 
+/// How long the distant receiver takes to answer a batch: a round trip to a platform in another
+/// region plus its own work, modest for an API on the public internet.
+const DISTANT_MS: u64 = 20;
+
 /// One data source of a benchmark tenant.
 pub struct Source {
     tenant: String,
@@ -139,9 +143,11 @@ async fn run() -> anyhow::Result<()> {
     match a.first().map(String::as_str) {
         Some("worker") => worker::child(&a[1..]).await,
         Some("receiver") => {
+            let after = a.iter().position(|x| x == "--answer-after-ms");
             worker::receiver_child(
                 a.get(1).context("receiver needs a db path")?,
                 a.iter().any(|x| x == "--ack-after-parse"),
+                after.and_then(|i| a.get(i + 1)).map_or(Ok(0), |v| v.parse())?,
             )
             .await
         }
@@ -209,8 +215,9 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             .await?;
         source::settle(&c, "big").await?;
     }
-    let receiver = Receiver::spawn(&dir.join("receiver.db"), false)?;
-    let ack_only = Receiver::spawn(&dir.join("receiver-ack.db"), true)?;
+    let receiver = Receiver::spawn(&dir.join("receiver.db"), false, 0)?;
+    let ack_only = Receiver::spawn(&dir.join("receiver-ack.db"), true, 0)?;
+    let distant = Receiver::spawn(&dir.join("receiver-distant.db"), true, DISTANT_MS)?;
     let mut report = Report::default();
     let rows = a.rows;
 
@@ -308,6 +315,19 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     )
     .await?;
     report.add(m);
+    // A destination a round trip away, with and without the push-only slots (production's
+    // pushes wait on the network; this machine's loopback hides it).
+    for (slots, name) in [
+        (None, "pushes in slots of their own"),
+        (Some(0), "pushes sharing the general slots"),
+    ] {
+        let schema = "sigbench_distant";
+        fresh_store(schema, &config(&distant.url, &pg_ref, &big("")), &["bench"]).await?;
+        let mut o = WorkerOpts::new(schema);
+        o.push_only_slots = slots;
+        let phase = format!("initial sync, parse-only receiver answering after {DISTANT_MS} ms, {name}");
+        report.add(timed(&o, &phase, rows, bytes).await?);
+    }
     // Its interval sync too, after the others: the receiver's own writes out of the figure.
     stores.push(("snapshot, parse-only receiver", "sigbench_ackonly".into(), ack_store));
 
@@ -369,7 +389,7 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         report.add(onboard::resumed(&ob, a.resume_lease_secs).await?);
     }
 
-    drop((receiver, ack_only));
+    drop((receiver, ack_only, distant));
     let _ = std::fs::remove_dir_all(&dir);
     print!("{}", report.render());
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");

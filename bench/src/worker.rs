@@ -32,6 +32,8 @@ pub struct WorkerOpts {
     /// A merge job cuts the batches beside the merge (production's default); off for the
     /// stage-by-stage figures, where the batch stage cuts after the merge.
     pub cut_beside_merge: bool,
+    /// Push-only slots beside `concurrency` (`None`: production's default, as many).
+    pub push_only_slots: Option<usize>,
 }
 
 impl WorkerOpts {
@@ -45,6 +47,7 @@ impl WorkerOpts {
             tick_secs: 0,
             stages: Vec::new(),
             cut_beside_merge: true,
+            push_only_slots: None,
         }
     }
 }
@@ -70,6 +73,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         until_idle: arg(3)? == "1",
         tick_every: (tick > 0).then(|| Duration::from_secs(tick)),
         stages,
+        push_only_slots: arg(7)?.parse().ok(),
         ..RunnerOptions::default()
     };
     let store = backends::open_for(&pg_url(), &schema, backends::store_connections(opts.concurrency)).await?;
@@ -127,6 +131,7 @@ impl Worker {
                 &o.tick_secs.to_string(),
                 &stages.join(","),
                 if o.cut_beside_merge { "1" } else { "0" },
+                &o.push_only_slots.map_or("default".into(), |n| n.to_string()),
             ])
             .stdout(Stdio::piped())
             .spawn()?;
@@ -166,12 +171,22 @@ impl Worker {
 }
 
 /// The child side of a receiver: prints its URL and serves until killed.
-pub async fn receiver_child(db: &str, ack_after_parse: bool) -> anyhow::Result<()> {
+pub async fn receiver_child(db: &str, ack_after_parse: bool, answer_after_ms: u64) -> anyhow::Result<()> {
+    use signals_shared::receiver::faults::{FaultRates, RateFaults};
     use signals_shared::receiver::{db::ReceiverDb, server};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("http://{}", listener.local_addr()?);
     let mut state = server::ReceiverState::new(ReceiverDb::open(std::path::Path::new(db))?, None);
     state.ack_after_parse = ack_after_parse;
+    if answer_after_ms > 0 {
+        // Every request waits, as one to a destination a round trip away would.
+        let rates = FaultRates {
+            slow: 1.0,
+            slow_ms: answer_after_ms,
+            ..FaultRates::default()
+        };
+        state.rates = Some(RateFaults::new(rates, 1));
+    }
     server::serve(listener, Arc::new(state), std::future::pending()).await?;
     Ok(())
 }
@@ -184,13 +199,15 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts one on a SQLite file (`ack_after_parse`: acknowledge before applying).
-    pub fn spawn(db: &std::path::Path, ack_after_parse: bool) -> anyhow::Result<Receiver> {
+    /// Starts one on a SQLite file (`ack_after_parse`: acknowledge before applying), answering
+    /// each batch no sooner than `answer_after_ms`.
+    pub fn spawn(db: &std::path::Path, ack_after_parse: bool, answer_after_ms: u64) -> anyhow::Result<Receiver> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(["receiver", &db.display().to_string()]);
         if ack_after_parse {
             cmd.arg("--ack-after-parse");
         }
+        cmd.args(["--answer-after-ms", &answer_after_ms.to_string()]);
         let mut child = cmd.stdout(Stdio::piped()).spawn()?;
         watch_receiver(child.id());
         let mut line = String::new();

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 /// How the runner behaves.
 #[derive(Debug, Clone)]
 pub struct RunnerOptions {
-    /// Jobs handled at once.
+    /// Jobs handled at once, besides as many push jobs again ([`RunnerOptions::push_slots`]).
     pub concurrency: usize,
     /// Lease (visibility timeout) of a claimed message; renewed every third of it while running.
     pub lease: Duration,
@@ -29,6 +29,9 @@ pub struct RunnerOptions {
     /// On shutdown, how long in-flight jobs may run on; the rest are abandoned and their
     /// messages return to the queue when their leases expire.
     pub grace: Duration,
+    /// Slots for push jobs only, on top of `concurrency` (`None`: as many as `concurrency`);
+    /// see [`RunnerOptions::push_slots`].
+    pub push_only_slots: Option<usize>,
 }
 
 impl Default for RunnerOptions {
@@ -41,6 +44,22 @@ impl Default for RunnerOptions {
             until_idle: false,
             stages: Vec::new(),
             grace: Duration::from_secs(30),
+            push_only_slots: None,
+        }
+    }
+}
+
+impl RunnerOptions {
+    /// Slots for push jobs only, on top of `concurrency`. A push mostly waits — on the
+    /// destination's answer, a round trip away in production — and holds one batch body, so the
+    /// jobs that read, hash and merge rows are what `concurrency` must bound; with pushes sharing
+    /// those slots, a run's pushes went out three at a time however many the destination takes
+    /// (`max_concurrency`, 8 by default, still caps the requests in flight per destination).
+    pub fn push_slots(&self) -> usize {
+        if self.stages.is_empty() || self.stages.contains(&Stage::Push) {
+            self.push_only_slots.unwrap_or(self.concurrency)
+        } else {
+            0
         }
     }
 }
@@ -122,7 +141,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunnerStats, StoreError> {
     tokio::pin!(shutdown);
-    let mut inflight = JoinSet::new();
+    // Jobs in the general slots, and push jobs in the push-only ones.
+    let (mut inflight, mut pushing) = (JoinSet::new(), JoinSet::new());
     let mut stats = RunnerStats::default();
     let mut next_tick = Instant::now();
     loop {
@@ -145,34 +165,47 @@ pub async fn run(
         if free > general && claimed.len() == general {
             claimed.extend(queue.claim_urgent(free - general, opts.lease, &opts.stages).await?);
         }
-        let got = claimed.len();
+        let push_free = opts.push_slots().saturating_sub(pushing.len());
+        let pushes = if push_free > 0 {
+            queue.claim(push_free, opts.lease, &[Stage::Push]).await?
+        } else {
+            Vec::new()
+        };
+        let got = claimed.len() + pushes.len();
+        stats.handled += got as u64;
         for c in claimed {
-            stats.handled += 1;
             inflight.spawn(process(ctx.clone(), queue.clone(), c, opts.lease));
+        }
+        for c in pushes {
+            pushing.spawn(process(ctx.clone(), queue.clone(), c, opts.lease));
         }
         if got > 0 {
             continue;
         }
-        if opts.until_idle && inflight.is_empty() && queue.depth(&opts.stages).await?.0 == 0 {
+        if opts.until_idle && inflight.is_empty() && pushing.is_empty() && queue.depth(&opts.stages).await?.0 == 0 {
             break;
         }
         tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            Some(_) = pushing.join_next(), if !pushing.is_empty() => {}
             _ = tokio::time::sleep(opts.poll) => {}
         }
     }
-    if !inflight.is_empty() {
+    let running = inflight.len() + pushing.len();
+    if running > 0 {
         tracing::info!(
-            jobs = inflight.len(),
+            jobs = running,
             grace_secs = opts.grace.as_secs(),
             "draining in-flight jobs"
         );
     }
     let drain = async {
-        while let Some(r) = inflight.join_next().await {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "a job task failed");
+        for set in [&mut inflight, &mut pushing] {
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "a job task failed");
+                }
             }
         }
     };

@@ -32,6 +32,8 @@ pub struct ReceiverState {
     /// sender's side apart from this receiver's own SQLite writes).
     pub ack_after_parse: bool,
     requests: AtomicU64,
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 impl ReceiverState {
@@ -46,7 +48,32 @@ impl ReceiverState {
             gzip_bodies: AtomicU64::new(0),
             ack_after_parse: false,
             requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// The most batch requests it was answering at once: what a sender's concurrency looks like
+    /// from the destination.
+    pub fn most_in_flight(&self) -> u64 {
+        self.most_in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request in flight while it lives.
+struct InFlight<'a>(&'a ReceiverState);
+
+impl<'a> InFlight<'a> {
+    fn enter(st: &'a ReceiverState) -> InFlight<'a> {
+        let now = st.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        st.most_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -57,7 +84,9 @@ fn json_error(status: StatusCode, msg: &str) -> Response {
 async fn batches(State(st): State<Arc<ReceiverState>>, headers: HeaderMap, body: Bytes) -> Response {
     let n = st.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let request_id = format!("rcv-{n}");
+    let counted = InFlight::enter(&st);
     let mut resp = handle_batch(&st, &headers, body).await;
+    drop(counted);
     resp.headers_mut()
         .insert("x-request-id", request_id.parse().expect("ascii header"));
     resp
