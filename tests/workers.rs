@@ -440,7 +440,7 @@ async fn a_worker_stopped_mid_job_releases_its_work_within_the_grace_period() {
 /// after 300 ms sees three requests at once, never more; without the push-only slots, one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_run_in_slots_of_their_own_beside_the_workers_concurrency() {
-    use signals_shared::hosts::runner::{self, RunnerOptions};
+    use signals_shared::hosts::runner::RunnerOptions;
     use signals_shared::receiver::faults::{FaultRates, RateFaults};
     for (push_only_slots, expected) in [(Some(2), 3), (Some(0), 1)] {
         let rates = FaultRates {
@@ -452,20 +452,12 @@ async fn pushes_run_in_slots_of_their_own_beside_the_workers_concurrency() {
         create_items(&h.src(), 6_000); // 12 batches of 500
         h.apply(&h.config(&items_source(3_000))).await;
         h.enqueue_onboard().await;
-        let opts = RunnerOptions {
+        h.run_until_idle_with(RunnerOptions {
             concurrency: 2,
             push_only_slots,
-            until_idle: true,
-            poll: Duration::from_millis(20),
             ..RunnerOptions::default()
-        };
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            runner::run(h.ctx.clone(), h.store.clone(), opts, std::future::pending()),
-        )
-        .await
-        .expect("the run finished within 60 s")
-        .expect("runner");
+        })
+        .await;
         assert_eq!(h.runs().await[0].display_state(), "done");
         h.assert_in_sync().await;
         assert_eq!(

@@ -31,12 +31,12 @@ pub fn pool_exhausted(wait: std::time::Duration, connections: usize) -> String {
 
 /// Store connections for a host running `concurrency` jobs at once. A job holds at most two at
 /// a time (a read stream beside a write, or a merge's transaction beside its delta's read); the
-/// push jobs in the runner's push-only slots (as many again) one each; the one merge job per
+/// push jobs in the runner's push-only slots (half as many again) one each; the one merge job per
 /// host that also cuts its batches (`Ctx::cut_beside`) two more; and the runner's claims,
 /// acknowledgements and lease renewals need their own, or finished jobs could not be
 /// acknowledged while the others wait.
 pub fn store_connections(concurrency: usize) -> usize {
-    (2 * concurrency + concurrency + 2 + 2).max(DEFAULT_STORE_CONNECTIONS)
+    (2 * concurrency + concurrency.div_ceil(2) + 2 + 2).max(DEFAULT_STORE_CONNECTIONS)
 }
 
 /// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, ADO.NET SQL Server

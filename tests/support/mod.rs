@@ -222,12 +222,20 @@ impl Harness {
     /// Runs only `stages` (every stage if empty) until nothing of theirs is left: a run can be
     /// stopped at a stage boundary and its stored state inspected or changed.
     pub async fn run_stages_until_idle(&self, stages: Vec<Stage>) {
+        self.run_until_idle_with(RunnerOptions {
+            stages,
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Runs with `opts` (its slots, its stages) until nothing is left, polling quickly.
+    pub async fn run_until_idle_with(&self, opts: RunnerOptions) {
         let opts = RunnerOptions {
             until_idle: true,
             lease: Duration::from_secs(30),
             poll: Duration::from_millis(20),
-            stages,
-            ..Default::default()
+            ..opts
         };
         tokio::time::timeout(
             Duration::from_secs(120),
