@@ -76,14 +76,15 @@ fn progress(runs: &[Run], sources: usize, rows: u64, elapsed: f64) -> (f64, Stri
     } else {
         (read_frac + sent_frac) / 2.0
     };
+    // Nothing done yet gives no pace to go by.
     let eta = if frac > 0.0 {
-        elapsed / frac * (1.0 - frac)
+        format!("{:.0} s", elapsed / frac * (1.0 - frac))
     } else {
-        f64::NAN
+        "not yet known".into()
     };
     let line = format!(
         "  {elapsed:5.1} s  {done}/{sources} sources done, {chunks}/{chunks_total} chunks, {read} rows read \
-         ({:.0} rows/s), {delivered}/{batches} batches delivered, {:.0}% — ETA {eta:.0} s",
+         ({:.0} rows/s), {delivered}/{batches} batches delivered, {:.0}% — ETA {eta}",
         read as f64 / elapsed.max(0.001),
         frac * 100.0
     );
