@@ -4,7 +4,8 @@
 - the SAM template with cfn-lint;
 - the Dockerfile with hadolint;
 - the Helm chart: `helm lint --strict`, then rendered for every queue kind (and with the
-  ServiceMonitor switch on); core kinds checked by kubernetes-validate --strict against the
+  ServiceMonitor switch on and `pushSlots` set, which must reach the push worker's arguments);
+  core kinds checked by kubernetes-validate --strict against the
   Kubernetes schema, KEDA objects against the KEDA CRD models (cloudcoil-models-keda, unknown
   fields refused), and the whole render through checkov's Kubernetes policies.
 
@@ -80,7 +81,8 @@ def check_chart():
     chart = helm.Chart.load(str(CHART))
     variants = [{"queue": {"kind": k}} for k in QUEUE_KINDS]
     variants.append({"queue": {"kind": "azure-queue", "azure": {"workloadIdentity": False, "existingSecret": "signals-azure"}},
-                     "metrics": {"serviceMonitor": True, "podAnnotations": False}})
+                     "metrics": {"serviceMonitor": True, "podAnnotations": False},
+                     "stages": {"push": {"pushSlots": 8}}})
     with tempfile.TemporaryDirectory() as out:
         for i, values in enumerate(variants):
             name = f"{values['queue']['kind']}-{i}"
@@ -102,6 +104,12 @@ def check_chart():
                         kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
                     except Exception as e:  # ValidationError and friends carry the path
                         fail(where, str(e))
+            slots = values.get("stages", {}).get("push", {}).get("pushSlots")
+            push = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-push")]
+            args = push[0]["spec"]["template"]["spec"]["containers"][0]["args"] if push else []
+            got = args[args.index("--push-slots") + 1] if "--push-slots" in args else None
+            if got != (None if slots is None else str(slots)):
+                fail(f"render {name}", f"the push worker's args {args}: --push-slots {got}, values ask {slots}")
             (Path(out) / f"{name}.yaml").write_text(yaml.safe_dump_all(docs))
             print(f"ok: render {name}: {len(docs)} objects valid")
         r = subprocess.run(["checkov", "-d", out, "--framework", "kubernetes", "--quiet", "--compact",

@@ -437,33 +437,50 @@ async fn a_worker_stopped_mid_job_releases_its_work_within_the_grace_period() {
 /// Pushes mostly wait on the destination, so a worker runs them in slots of their own beside its
 /// `--concurrency` (which bounds the jobs that read, hash and merge rows): with two slots — one of
 /// them kept for interval work — and two push-only slots, a destination answering each batch
-/// after 300 ms sees three requests at once, never more; without the push-only slots, one.
+/// after 300 ms sees three requests at once, never more; without the push-only slots, one; and
+/// `signals run --push-slots 3` with the same two slots, four.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_run_in_slots_of_their_own_beside_the_workers_concurrency() {
     use signals_shared::hosts::runner::RunnerOptions;
-    use signals_shared::receiver::faults::{FaultRates, RateFaults};
     for (push_only_slots, expected) in [(Some(2), 3), (Some(0), 1)] {
-        let rates = FaultRates {
-            slow: 1.0,
-            slow_ms: 300,
-            ..FaultRates::default()
-        };
-        let h = Harness::with_faults(StoreKind::Sqlite, RateFaults::new(rates, 7)).await;
-        create_items(&h.src(), 6_000); // 12 batches of 500
-        h.apply(&h.config(&items_source(3_000))).await;
-        h.enqueue_onboard().await;
+        let h = twelve_batches_for_a_slow_destination().await;
         h.run_until_idle_with(RunnerOptions {
             concurrency: 2,
             push_only_slots,
             ..RunnerOptions::default()
         })
         .await;
-        assert_eq!(h.runs().await[0].display_state(), "done");
-        h.assert_in_sync().await;
+        assert_all_sent(&h).await;
         assert_eq!(
             h.receiver.most_in_flight(),
             expected,
             "requests at once with {push_only_slots:?} push-only slots"
         );
     }
+    let h = twelve_batches_for_a_slow_destination().await;
+    let args = ["run", "--until-idle", "--concurrency", "2", "--push-slots", "3"];
+    let (status, out) = run_cli(BIN, &h, &args, &[]);
+    assert!(status.success(), "{out}");
+    assert_all_sent(&h).await;
+    assert_eq!(h.receiver.most_in_flight(), 4, "requests at once with --push-slots 3");
+}
+
+/// Twelve batches of 500 queued for onboarding, to a destination that answers each after 300 ms.
+async fn twelve_batches_for_a_slow_destination() -> Harness {
+    use signals_shared::receiver::faults::{FaultRates, RateFaults};
+    let rates = FaultRates {
+        slow: 1.0,
+        slow_ms: 300,
+        ..FaultRates::default()
+    };
+    let h = Harness::with_faults(StoreKind::Sqlite, RateFaults::new(rates, 7)).await;
+    create_items(&h.src(), 6_000);
+    h.apply(&h.config(&items_source(3_000))).await;
+    h.enqueue_onboard().await;
+    h
+}
+
+async fn assert_all_sent(h: &Harness) {
+    assert_eq!(h.runs().await[0].display_state(), "done");
+    h.assert_in_sync().await;
 }

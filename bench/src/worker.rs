@@ -32,7 +32,7 @@ pub struct WorkerOpts {
     /// A merge job cuts the batches beside the merge (production's default); off for the
     /// stage-by-stage figures, where the batch stage cuts after the merge.
     pub cut_beside_merge: bool,
-    /// Push-only slots beside `concurrency` (`None`: production's default, as many).
+    /// Push-only slots beside `concurrency` (`None`: production's default, half as many).
     pub push_only_slots: Option<usize>,
 }
 
@@ -76,7 +76,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
         push_only_slots: arg(7)?.parse().ok(),
         ..RunnerOptions::default()
     };
-    let store = backends::open_for(&pg_url(), &schema, backends::store_connections(opts.concurrency)).await?;
+    let store = backends::open_for(&pg_url(), &schema, opts.store_connections()).await?;
     let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
     ctx.cut_beside_merge = arg(6)? == "1";
     let ctx = Arc::new(ctx);

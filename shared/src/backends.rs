@@ -15,9 +15,10 @@ pub const DEFAULT_PG_SCHEMA: &str = "signals";
 pub const DEFAULT_STORE_CONNECTIONS: usize = 16;
 
 /// How long a job waits for one of the store's connections before it fails (and is retried). A
-/// host sizes its pool for the jobs it runs at once ([`store_connections`]), so a wait this long
-/// means something holds connections it should not: an error that says so beats a host waiting
-/// on itself for ever (jobs holding one connection each while waiting for a second).
+/// host sizes its pool for the jobs it runs at once (`RunnerOptions::store_connections`), so a
+/// wait this long means something holds connections it should not: an error that says so beats
+/// a host waiting on itself for ever (jobs holding one connection each while waiting for a
+/// second).
 pub const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a store error says when every connection stayed in use for `wait`.
@@ -29,16 +30,6 @@ pub fn pool_exhausted(wait: std::time::Duration, connections: usize) -> String {
     )
 }
 
-/// Store connections for a host running `concurrency` jobs at once. A job holds at most two at
-/// a time (a read stream beside a write, or a merge's transaction beside its delta's read); the
-/// push jobs in the runner's push-only slots (half as many again) one each; the one merge job per
-/// host that also cuts its batches (`Ctx::cut_beside`) two more; and the runner's claims,
-/// acknowledgements and lease renewals need their own, or finished jobs could not be
-/// acknowledged while the others wait.
-pub fn store_connections(concurrency: usize) -> usize {
-    (2 * concurrency + concurrency.div_ceil(2) + 2 + 2).max(DEFAULT_STORE_CONNECTIONS)
-}
-
 /// Opens `spec`: `postgres://…` / `postgresql://…` / `host=… ` strings, ADO.NET SQL Server
 /// strings (`Server=…;…`), `env:NAME`, `file:PATH` or `aws-sm:ARN[#field]` holding one of those,
 /// or else a SQLite file path. `pg_schema` names the PostgreSQL or SQL Server schema (created and
@@ -48,7 +39,7 @@ pub async fn open(spec: &str, pg_schema: &str) -> Result<Arc<dyn Backend>, Store
 }
 
 /// [`open`] for a host that runs jobs: a server store's pool holds `connections`
-/// ([`store_connections`] of its concurrency).
+/// (`RunnerOptions::store_connections`).
 pub async fn open_for(spec: &str, pg_schema: &str, connections: usize) -> Result<Arc<dyn Backend>, StoreError> {
     let resolved;
     let target = if spec.starts_with("env:") || spec.starts_with("file:") || spec.starts_with("aws-sm:") {

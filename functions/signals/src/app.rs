@@ -37,9 +37,12 @@ pub async fn open_store(store: &StoreSpec) -> anyhow::Result<Arc<dyn Backend>> {
     open_store_with(store, backends::DEFAULT_STORE_CONNECTIONS).await
 }
 
-/// Opens the store for a host running `concurrency` jobs at once: its pool serves them all.
-pub async fn open_job_store(store: &StoreSpec, concurrency: usize) -> anyhow::Result<Arc<dyn Backend>> {
-    open_store_with(store, backends::store_connections(concurrency)).await
+/// Opens the store for a host running jobs with `opts`: its pool serves them all.
+pub async fn open_job_store(
+    store: &StoreSpec,
+    opts: &signals_shared::hosts::runner::RunnerOptions,
+) -> anyhow::Result<Arc<dyn Backend>> {
+    open_store_with(store, opts.store_connections()).await
 }
 
 async fn open_store_with(store: &StoreSpec, connections: usize) -> anyhow::Result<Arc<dyn Backend>> {

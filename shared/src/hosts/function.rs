@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 const USAGE: &str = "usage: signals-STAGE [--store SPEC] [--store-schema NAME] [--queue QUEUE] COMMAND
   replay EVENT_FILE                      run one cloud event file through this stage's handler
-  worker [--listen ADDR] [--concurrency N] [--lease-secs S] [--grace-secs S]
+  worker [--listen ADDR] [--concurrency N] [--push-slots N] [--lease-secs S] [--grace-secs S]
                                          poll this stage's queue until SIGTERM
   (SPEC: SQLite path, postgres:// URL, ADO.NET SQL Server string, or env:NAME / file:PATH / aws-sm:ARN holding one; default
    $SIGNALS_STORE. QUEUE: table (the store's) or sqs://PREFIX; default $SIGNALS_QUEUE or table.
@@ -69,8 +69,8 @@ pub fn main(stage: Stage) -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     rt.block_on(async move {
-        let connections = match (args.command.as_deref(), concurrency(&args.rest)) {
-            (Some("worker"), Ok(n)) => crate::backends::store_connections(n),
+        let connections = match (args.command.as_deref(), worker_options(stage, &args.rest)) {
+            (Some("worker"), Ok(opts)) => opts.store_connections(),
             (Some("worker"), Err(e)) => return fail(&e),
             _ => crate::backends::DEFAULT_STORE_CONNECTIONS,
         };
@@ -135,17 +135,8 @@ async fn worker(
     stage: Stage,
     rest: &[String],
 ) -> Result<(), String> {
-    use super::runner::RunnerOptions;
     use std::net::SocketAddr;
-    use std::time::Duration;
-    let defaults = RunnerOptions::default();
-    let opts = RunnerOptions {
-        stages: vec![stage],
-        concurrency: concurrency(rest)?,
-        lease: flag(rest, "--lease-secs")?.map_or(defaults.lease, Duration::from_secs),
-        grace: flag(rest, "--grace-secs")?.map_or(defaults.grace, Duration::from_secs),
-        ..defaults
-    };
+    let opts = worker_options(stage, rest)?;
     let listen: Option<SocketAddr> = flag(rest, "--listen")?;
     super::worker::run(ctx, queue, opts, listen, terminate())
         .await
@@ -153,15 +144,27 @@ async fn worker(
         .map_err(|e| e.to_string())
 }
 
-/// The worker's `--concurrency` (the runner's default without it).
+/// The `worker` command's runner options from its flags (the runner's defaults without them).
 #[cfg(feature = "http-server")]
-fn concurrency(rest: &[String]) -> Result<usize, String> {
-    Ok(flag(rest, "--concurrency")?.unwrap_or(super::runner::RunnerOptions::default().concurrency))
+fn worker_options(stage: Stage, rest: &[String]) -> Result<super::runner::RunnerOptions, String> {
+    use std::time::Duration;
+    let defaults = super::runner::RunnerOptions::default();
+    Ok(super::runner::RunnerOptions {
+        stages: vec![stage],
+        concurrency: flag(rest, "--concurrency")?.unwrap_or(defaults.concurrency),
+        push_only_slots: flag(rest, "--push-slots")?,
+        lease: flag(rest, "--lease-secs")?.map_or(defaults.lease, Duration::from_secs),
+        grace: flag(rest, "--grace-secs")?.map_or(defaults.grace, Duration::from_secs),
+        ..defaults
+    })
 }
 
 #[cfg(not(feature = "http-server"))]
-fn concurrency(_: &[String]) -> Result<usize, String> {
-    Ok(super::runner::RunnerOptions::default().concurrency)
+fn worker_options(stage: Stage, _: &[String]) -> Result<super::runner::RunnerOptions, String> {
+    Ok(super::runner::RunnerOptions {
+        stages: vec![stage],
+        ..Default::default()
+    })
 }
 
 #[cfg(not(feature = "http-server"))]

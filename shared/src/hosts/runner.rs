@@ -55,8 +55,8 @@ impl RunnerOptions {
     /// jobs that read, hash and merge rows are what `concurrency` must bound; with pushes sharing
     /// those slots, a run's pushes went out three at a time however many the destination takes
     /// (`max_concurrency`, 8 by default, still caps the requests in flight per destination).
-    /// Half of `concurrency` by default, not all of it: against a destination 20 ms away both
-    /// took 14% off an initial sync in the benchmark, but when the cores are already busy (an
+    /// Half of `concurrency` by default, not all of it: against a destination 20 ms away either
+    /// took 8–14% off an initial sync in the benchmark, but when the cores are already busy (an
     /// onboarding on loopback) as many again cost ~5% more CPU and ~12 MB more per worker, half
     /// as many no more than the noise (decision 0021).
     pub fn push_slots(&self) -> usize {
@@ -65,6 +65,15 @@ impl RunnerOptions {
         } else {
             0
         }
+    }
+
+    /// Store connections the host's pool needs (decision 0020). A job holds at most two at a time
+    /// (a read stream beside a write, or a merge's transaction beside its delta's read), a push
+    /// job in a push-only slot one, the one merge job per host that also cuts its batches
+    /// (`Ctx::cut_beside`) two more, and the runner's claims, acknowledgements and lease
+    /// renewals need their own, or finished jobs could not be acknowledged while the others wait.
+    pub fn store_connections(&self) -> usize {
+        (2 * self.concurrency + self.push_slots() + 2 + 2).max(crate::backends::DEFAULT_STORE_CONNECTIONS)
     }
 }
 

@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Jobs handled at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Push jobs handled at once beside them (default: half of --concurrency, rounded up); more
+    /// for a destination far away, whose answers pushes wait on.
+    #[arg(long)]
+    pub push_slots: Option<usize>,
     /// Lease of a claimed job, renewed while it runs; a crashed process's jobs return after it.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
@@ -84,19 +88,20 @@ pub async fn run(store_path: &StoreSpec, args: RunArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.config {
         super::config::apply(store_path, file).await?;
     }
-    let store = open_job_store(store_path, args.concurrency.max(1)).await?;
-    let queue = open_queue(store_path, &store).await?;
-    let ctx = context(store.clone(), jsonl_sink(&args.sink)?, args.retry.policy());
-    if args.tick {
-        queue.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
-    }
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
+        push_only_slots: args.push_slots,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         tick_every: (!args.until_idle).then(|| Duration::from_secs(args.tick_secs.max(1))),
         until_idle: args.until_idle,
         ..RunnerOptions::default()
     };
+    let store = open_job_store(store_path, &opts).await?;
+    let queue = open_queue(store_path, &store).await?;
+    let ctx = context(store.clone(), jsonl_sink(&args.sink)?, args.retry.policy());
+    if args.tick {
+        queue.enqueue(&[Job::new(Task::Tick)], Duration::ZERO).await?;
+    }
     tracing::info!(concurrency = opts.concurrency, "single-process runner starting");
     let stats = runner::run(ctx, queue, opts, shutdown_signal()).await?;
     tracing::info!(handled = stats.handled, "runner stopped");
@@ -112,6 +117,10 @@ pub struct WorkerArgs {
     /// Jobs handled at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
+    /// Push jobs handled at once beside them (default: half of --concurrency, rounded up); more
+    /// for a destination far away, whose answers pushes wait on.
+    #[arg(long)]
+    pub push_slots: Option<usize>,
     /// Lease of a claimed job, renewed while it runs.
     #[arg(long, default_value_t = 60)]
     pub lease_secs: u64,
@@ -143,17 +152,18 @@ pub fn parse_stages(names: &[String]) -> anyhow::Result<Vec<Stage>> {
 
 /// Runs a worker until SIGTERM, then drains within the grace period.
 pub async fn worker(store_path: &StoreSpec, args: WorkerArgs) -> anyhow::Result<()> {
-    let store = open_job_store(store_path, args.concurrency.max(1)).await?;
-    let queue = open_queue(store_path, &store).await?;
-    let ctx = context(store.clone(), None, args.retry.policy());
     let opts = RunnerOptions {
         concurrency: args.concurrency.max(1),
+        push_only_slots: args.push_slots,
         lease: Duration::from_secs(args.lease_secs.max(1)),
         tick_every: args.tick_secs.map(|s| Duration::from_secs(s.max(1))),
         stages: parse_stages(&args.stages)?,
         grace: Duration::from_secs(args.grace_secs),
         ..RunnerOptions::default()
     };
+    let store = open_job_store(store_path, &opts).await?;
+    let queue = open_queue(store_path, &store).await?;
+    let ctx = context(store.clone(), None, args.retry.policy());
     tracing::info!(stages = ?opts.stages, concurrency = opts.concurrency, "worker starting");
     let stats = signals_shared::hosts::worker::run(ctx, queue, opts, args.listen, shutdown_signal()).await?;
     tracing::info!(handled = stats.handled, "worker stopped");
