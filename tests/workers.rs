@@ -382,14 +382,8 @@ async fn a_worker_serves_probes_and_metrics_that_match_the_run_history() {
 /// its lease and exits 0 in time; a second worker completes the run, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_mid_job_releases_its_work_within_the_grace_period() {
-    use signals_shared::receiver::faults::{FaultRates, RateFaults};
     // Every push takes 3 s at the destination: a 1 s grace period cannot see them through.
-    let rates = FaultRates {
-        slow: 1.0,
-        slow_ms: 3_000,
-        ..FaultRates::default()
-    };
-    let h = Harness::with_faults(StoreKind::Postgres, RateFaults::new(rates, 7)).await;
+    let h = Harness::answering_after(StoreKind::Postgres, 3_000).await;
     create_items(&h.src(), 2_000);
     cli_onboard(BIN, &h, &h.config(&items_source(1_000)));
     let mut first = spawn_worker(&h, None, &["--grace-secs", "1"]);
@@ -467,13 +461,7 @@ async fn pushes_run_in_slots_of_their_own_beside_the_workers_concurrency() {
 
 /// Twelve batches of 500 queued for onboarding, to a destination that answers each after 300 ms.
 async fn twelve_batches_for_a_slow_destination() -> Harness {
-    use signals_shared::receiver::faults::{FaultRates, RateFaults};
-    let rates = FaultRates {
-        slow: 1.0,
-        slow_ms: 300,
-        ..FaultRates::default()
-    };
-    let h = Harness::with_faults(StoreKind::Sqlite, RateFaults::new(rates, 7)).await;
+    let h = Harness::answering_after(StoreKind::Sqlite, 300).await;
     create_items(&h.src(), 6_000);
     h.apply(&h.config(&items_source(3_000))).await;
     h.enqueue_onboard().await;

@@ -122,6 +122,17 @@ impl Harness {
         Harness::build_with(kind, None, Some(rates), None).await
     }
 
+    /// Like [`Harness::on`], with a receiver that answers every batch only after `ms`: a slow
+    /// or distant destination.
+    pub async fn answering_after(kind: StoreKind, ms: u64) -> Harness {
+        let rates = signals_shared::receiver::faults::FaultRates {
+            slow: 1.0,
+            slow_ms: ms,
+            ..Default::default()
+        };
+        Harness::with_faults(kind, RateFaults::new(rates, 7)).await
+    }
+
     /// A fresh environment whose receiver answers 413 to bodies over `max_body_bytes`.
     pub async fn with_max_body(kind: StoreKind, max_body_bytes: usize) -> Harness {
         Harness::build_with(kind, None, None, Some(max_body_bytes)).await
