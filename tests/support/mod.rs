@@ -23,7 +23,7 @@ mod postgres;
 mod process;
 mod sampling;
 pub use moto::Moto;
-pub use postgres::{postgres_with_items, store_client};
+pub use postgres::{postgres_with_items, store_client, PgSource};
 pub use process::{free_port, http, http_get, terminate, wait_for_port, KillOnDrop};
 pub use sampling::{assert_chunked_from_a_sample, SAMPLED_ROWS};
 
@@ -442,57 +442,6 @@ macro_rules! on_every_store {
             )*
         }
     };
-}
-
-/// A PostgreSQL schema for source tables, and a client to fill it.
-pub struct PgSource {
-    /// Client on the test server.
-    pub client: tokio_postgres::Client,
-    /// Unique schema name.
-    pub schema: String,
-    /// `file:` secret reference holding the connection URL.
-    pub url_ref: String,
-}
-
-impl PgSource {
-    /// Creates a fresh schema on the test server.
-    pub async fn new(h: &Harness) -> PgSource {
-        let (client, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL must be running on 127.0.0.1:5432 (user postgres, trust auth)");
-        tokio::spawn(conn);
-        let schema = unique_schema("sigsrc");
-        client
-            .batch_execute(&format!("CREATE SCHEMA {schema}"))
-            .await
-            .expect("create schema");
-        let path = h.dir.path().join(format!("{schema}.url"));
-        std::fs::write(&path, pg_url()).expect("write url file");
-        PgSource {
-            client,
-            schema,
-            url_ref: format!("file:{}", path.display()),
-        }
-    }
-
-    /// Runs SQL with `{s}` replaced by the schema.
-    pub async fn exec(&self, sql: &str) {
-        self.client
-            .batch_execute(&sql.replace("{s}", &self.schema))
-            .await
-            .unwrap_or_else(|e| panic!("{e}: {sql}"));
-    }
-
-    /// A config with connection `db` on this PostgreSQL schema, and `sources` (with `{s}` replaced).
-    pub fn config(&self, h: &Harness, sources: &str) -> String {
-        format!(
-            "[destinations.platform]\nurl = \"{}\"\nbatch_max_rows = 500\nmax_attempts = 3\nbackoff_base_ms = 10\nbackoff_cap_ms = 50\n\n\
-             [tenants.t]\ndestination = \"platform\"\n\n[tenants.t.connections.db]\nurl = \"{}\"\n\n{}",
-            h.url,
-            self.url_ref,
-            sources.replace("{s}", &self.schema)
-        )
-    }
 }
 
 /// Applies `toml` and onboards tenant `t` through the CLI binary `bin` (nothing runs yet).
