@@ -175,10 +175,17 @@ pub async fn run(
         } else {
             Vec::new()
         };
+        // Fewer than asked: nothing else is visible now, pushes included, so an idle worker
+        // polls once, not once per kind of slot.
+        let drained = general > 0 && claimed.len() < general;
         if free > general && claimed.len() == general {
             claimed.extend(queue.claim_urgent(free - general, opts.lease, &opts.stages).await?);
         }
-        let push_free = opts.push_slots().saturating_sub(pushing.len());
+        let push_free = if drained {
+            0
+        } else {
+            opts.push_slots().saturating_sub(pushing.len())
+        };
         let pushes = if push_free > 0 {
             queue.claim(push_free, opts.lease, &[Stage::Push]).await?
         } else {
