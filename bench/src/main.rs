@@ -79,6 +79,17 @@ pub fn config(url: &str, pg_ref: &str, sources: &[Source]) -> String {
     toml
 }
 
+/// Fails the benchmark unless the latest run of tenant `bench` is done with `rows` inserts: a
+/// phase that stopped short would otherwise report a time for work it did not do.
+async fn initial_sync_done(store: &Arc<dyn Backend>, name: &str, rows: u64) -> anyhow::Result<()> {
+    let run = store.runs(Some("bench"), 1).await?.remove(0);
+    anyhow::ensure!(
+        run.display_state() == "done" && run.inserts == rows as i64,
+        "{name}: initial sync incomplete: {run:?}"
+    );
+    Ok(())
+}
+
 /// A new store schema with the configuration applied and the tenants' onboarding queued.
 pub async fn fresh_store(name: &str, toml: &str, onboard: &[&str]) -> anyhow::Result<(Arc<dyn Backend>, Arc<Ctx>)> {
     client()
@@ -293,11 +304,7 @@ async fn bench(a: Args) -> anyhow::Result<()> {
             bytes,
         )
         .await?;
-        let run = store.runs(Some("bench"), 1).await?.remove(0);
-        anyhow::ensure!(
-            run.display_state() == "done" && run.inserts == rows as i64,
-            "{name}: initial sync incomplete: {run:?}"
-        );
+        initial_sync_done(&store, name, rows).await?;
         report.add(m);
         stores.push((name, schema, store));
     }
@@ -314,6 +321,7 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         bytes,
     )
     .await?;
+    initial_sync_done(&ack_store, "parse-only receiver", rows).await?;
     report.add(m);
     // A destination a round trip away, with and without the push-only slots (production's
     // pushes wait on the network; this machine's loopback hides it).
@@ -322,11 +330,13 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         (Some(0), "pushes sharing the general slots"),
     ] {
         let schema = "sigbench_distant";
-        fresh_store(schema, &config(&distant.url, &pg_ref, &big("")), &["bench"]).await?;
+        let (store, _) = fresh_store(schema, &config(&distant.url, &pg_ref, &big("")), &["bench"]).await?;
         let mut o = WorkerOpts::new(schema);
         o.push_only_slots = slots;
         let phase = format!("initial sync, parse-only receiver answering after {DISTANT_MS} ms, {name}");
-        report.add(timed(&o, &phase, rows, bytes).await?);
+        let m = timed(&o, &phase, rows, bytes).await?;
+        initial_sync_done(&store, name, rows).await?;
+        report.add(m);
     }
     // Its interval sync too, after the others: the receiver's own writes out of the figure.
     stores.push(("snapshot, parse-only receiver", "sigbench_ackonly".into(), ack_store));
