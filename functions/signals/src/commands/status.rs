@@ -100,7 +100,7 @@ pub async fn status(spec: &StoreSpec, tenant: Option<&str>, json: bool, limit: u
             r.batches_delivered,
             r.batches_total,
             secs.map_or_else(|| progress(r), |s| format!("{s:.1}")),
-            busy_by_stage(stages_of(r)),
+            busy_by_stage(stages_of(r), r.batches_total > 0),
             r.last_error
                 .as_deref()
                 .unwrap_or("")
@@ -126,15 +126,20 @@ pub async fn status(spec: &StoreSpec, tenant: Option<&str>, json: bool, limit: u
     Ok(())
 }
 
-/// Job time per stage (seconds, summed over the stage's jobs), snapshot/merge/batch/push.
-fn busy_by_stage<'a>(timings: impl Iterator<Item = &'a signals_shared::ports::StageTiming> + Clone) -> String {
+/// Job time per stage (seconds, summed over the stage's jobs), snapshot/merge/batch/push. A run
+/// whose merge job cut its batches beside the merge (decision 0019) has no batch job: its cut is
+/// in the merge's figure, and the batch column says so rather than `-`, which reads as "not yet".
+fn busy_by_stage<'a>(
+    timings: impl Iterator<Item = &'a signals_shared::ports::StageTiming> + Clone,
+    batched: bool,
+) -> String {
+    let merged = timings.clone().any(|t| t.stage == "merge");
     ["snapshot", "merge", "batch", "push"]
         .iter()
-        .map(|stage| {
-            timings
-                .clone()
-                .find(|t| t.stage == *stage)
-                .map_or("-".to_owned(), |t| format!("{:.1}", t.busy_ms as f64 / 1000.0))
+        .map(|stage| match timings.clone().find(|t| t.stage == *stage) {
+            Some(t) => format!("{:.1}", t.busy_ms as f64 / 1000.0),
+            None if *stage == "batch" && batched && merged => "in merge".to_owned(),
+            None => "-".to_owned(),
         })
         .collect::<Vec<_>>()
         .join("/")
@@ -156,4 +161,38 @@ pub fn progress(r: &signals_shared::ports::Run) -> String {
         );
     }
     format!("pushing {}/{}", r.batches_delivered, r.batches_total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::busy_by_stage;
+    use signals_shared::ports::StageTiming;
+
+    fn timing(stage: &str, busy_ms: i64) -> StageTiming {
+        let at = chrono::Utc::now();
+        StageTiming {
+            run_id: "r".into(),
+            stage: stage.into(),
+            jobs: 1,
+            failures: 0,
+            busy_ms,
+            first_started_at: at,
+            last_finished_at: at,
+        }
+    }
+
+    #[test]
+    fn a_cut_beside_the_merge_is_shown_in_the_merge_not_missing() {
+        let beside = [timing("snapshot", 2_000), timing("merge", 2_500), timing("push", 1_600)];
+        assert_eq!(busy_by_stage(beside.iter(), true), "2.0/2.5/in merge/1.6");
+        let apart = [
+            timing("snapshot", 2_000),
+            timing("merge", 1_300),
+            timing("batch", 1_600),
+        ];
+        assert_eq!(busy_by_stage(apart.iter(), true), "2.0/1.3/1.6/-");
+        // Merged, not cut yet: nothing to show for the batch stage.
+        assert_eq!(busy_by_stage(apart[..2].iter(), false), "2.0/1.3/-/-");
+        assert_eq!(busy_by_stage(apart[..1].iter(), false), "2.0/-/-/-");
+    }
 }
