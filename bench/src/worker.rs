@@ -114,6 +114,20 @@ pub struct WorkerReport {
     pub batches_pushed: u64,
 }
 
+/// The profiler to start a phase's worker under, if any: `SIGNALS_BENCH_PROFILER` (a command
+/// that takes the program and its arguments, such as `heaptrack`) for the store schemas listed
+/// in `SIGNALS_BENCH_PROFILE` (comma-separated, e.g. `sigbench_snapshot,sigbench_memory`). A
+/// profile of one phase's own process answers what a whole-machine `perf record` cannot: what
+/// that worker's heap held at its peak.
+fn profiler_for(schema: &str) -> Option<String> {
+    let listed = std::env::var("SIGNALS_BENCH_PROFILE").ok()?;
+    listed
+        .split(',')
+        .any(|s| s.trim() == schema)
+        .then(|| std::env::var("SIGNALS_BENCH_PROFILER").ok())
+        .flatten()
+}
+
 /// A worker child process.
 pub struct Worker(Child);
 
@@ -121,7 +135,16 @@ impl Worker {
     /// Starts one.
     pub fn spawn(o: &WorkerOpts) -> anyhow::Result<Worker> {
         let stages: Vec<&str> = o.stages.iter().map(|s| s.as_str()).collect();
-        let child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let mut cmd = match profiler_for(&o.schema) {
+            Some(profiler) => {
+                let mut c = Command::new(profiler);
+                c.arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let child = cmd
             .args([
                 "worker",
                 &o.schema,
@@ -143,10 +166,19 @@ impl Worker {
         peak_rss(&self.0.id().to_string())
     }
 
-    /// Waits for an `until_idle` worker and reads its report.
+    /// Waits for an `until_idle` worker and reads its report: the first line of its output that
+    /// is a JSON object (a profiler around it prints lines of its own).
     pub fn wait(mut self) -> anyhow::Result<WorkerReport> {
+        let out = std::io::BufReader::new(self.0.stdout.take().context("worker stdout")?);
         let mut line = String::new();
-        std::io::BufReader::new(self.0.stdout.take().context("worker stdout")?).read_line(&mut line)?;
+        // Read to the end: a profiler that prints after the worker exits must not find the pipe
+        // closed.
+        for l in out.lines() {
+            let l = l?;
+            if line.is_empty() && l.starts_with('{') {
+                line = l;
+            }
+        }
         let status = self.0.wait()?;
         anyhow::ensure!(status.success(), "a worker failed: {status}");
         let v: serde_json::Value = serde_json::from_str(line.trim()).context("worker report")?;
