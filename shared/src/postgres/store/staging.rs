@@ -89,7 +89,8 @@ impl StagingStore for PgStore {
         let cond = range_sql(range, &mut p);
         let sql = format!("SELECT key, hash {}{cond} ORDER BY key", staged(self));
         self.stream("read staging", sql, p, |r| {
-            let hash: Vec<u8> = r.get(1);
+            // Borrowed from the row, not copied into a vector of its own first.
+            let hash: &[u8] = r.get(1);
             let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
                 what: "staging hash",
                 detail: "not 16 bytes".into(),

@@ -39,6 +39,8 @@ pub(super) async fn diff_chunk(
     // One buffer for every changed row's JSON, instead of a string per row.
     let mut json = String::with_capacity(512);
     let mut s_head: Option<Keyed> = None;
+    // The last row's key buffer serves the next row's key.
+    let mut spare_key = Vec::with_capacity(16);
     let mut g_head = staging.next().await?;
     let mut s_done = false;
     loop {
@@ -47,7 +49,8 @@ pub(super) async fn diff_chunk(
                 None => s_done = true,
                 Some(values) => {
                     stats.rows_read += 1;
-                    let mut key = Vec::with_capacity(16);
+                    let mut key = std::mem::take(&mut spare_key);
+                    key.clear();
                     // A single-column key (the usual case) needs no list of references per row.
                     match key_idx.as_slice() {
                         [i] => encode_key(&mut key, &[&values[*i]], &schema.key),
@@ -92,9 +95,10 @@ pub(super) async fn diff_chunk(
                 json.clear();
                 write_object(&mut json, names.iter().copied(), &k.values);
                 delta.push_parts(op, &k.key, Some(&k.hash), &json).await?;
+                spare_key = k.key;
             }
             Step::Unchanged => {
-                s_head = None;
+                spare_key = s_head.take().expect("step saw a source row").key;
                 g_head = staging.next().await?;
             }
             Step::Delete => {
