@@ -98,7 +98,9 @@ pub(super) async fn diff_chunk(
                 spare_key = k.key;
             }
             Step::Unchanged => {
-                spare_key = s_head.take().expect("step saw a source row").key;
+                if let Some(k) = s_head.take() {
+                    spare_key = k.key;
+                }
                 g_head = staging.next().await?;
             }
             Step::Delete => {
