@@ -62,6 +62,13 @@ async fn killed_after_merge_commits() {
     scenario("after_merge_commit").await;
 }
 
+/// The merge job that cut the batches beside the merge (decision 0019) dies before its push jobs
+/// are queued: its redelivery must queue them, or the run waits forever with nothing to push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_merge_job_records_its_cut() {
+    scenario("after_cut_recorded").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_a_2xx_and_the_ledger_update() {
     scenario("after_push_2xx").await;

@@ -24,11 +24,16 @@ pub(super) async fn merge(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
                 if let Some(cut) = cut.transpose()? {
                     move_cursor(ctx, run).await?;
                     ctx.store.finish_batching(run, cut.batches, cut.bytes).await?;
+                    crate::crash::point("after_cut_recorded");
                     return batch::pushes(ctx, job, run).await;
                 }
             }
         }
         RunState::Merged => {} // merged before a crash; the batch job may be missing
+        // This job merged and cut the run, then ended before its push jobs were queued (a
+        // crash, a lost acknowledgement): this delivery is the only one that can queue them.
+        // A push job for a batch already delivered or already queued does no harm (push).
+        RunState::Batched => return batch::pushes(ctx, job, run).await,
         _ => return Ok(Vec::new()),
     }
     move_cursor(ctx, run).await?;
