@@ -6,6 +6,7 @@ use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
 use signals_shared::postgres::source::PgSource as PgReader;
 use signals_shared::sqlite::source::SqliteSource;
 use signals_tests::{assert_chunked_from_a_sample, pg_url, Harness, PgSource, StoreKind, SAMPLED_ROWS};
+use std::time::Duration;
 
 const TYPES_TABLE: &str = r#"
 CREATE TABLE {s}.all_types (
@@ -45,6 +46,72 @@ async fn every_type_reaches_the_receiver_exactly(h: Harness) {
     let changes: i64 = runs.iter().take(2).map(|r| r.changes()).sum();
     assert_eq!(changes, 5, "{runs:#?}");
     h.assert_in_sync().await;
+}
+
+/// A chunk job delivered twice at once (a lease that ran out while its worker still read): the
+/// earlier delivery, superseded while its read waited, ends without an error and without
+/// writing, and the later one's delta is the chunk's — every row sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_attempt_superseded_while_it_reads_ends_quietly_and_loses_nothing() {
+    let h = Harness::on(StoreKind::Postgres).await;
+    let pg = PgSource::new(&h).await;
+    pg.exec(
+        "CREATE TABLE {s}.items AS SELECT g AS id, 'item ' || g AS name FROM generate_series(1, 2200) g;
+             ALTER TABLE {s}.items ADD PRIMARY KEY (id);",
+    )
+    .await;
+    h.apply(&pg.config(
+        &h,
+        "[tenants.t.sources.items]\nconnection = \"db\"\ntable = \"{s}.items\"\nkey = [\"id\"]\nchunk_rows = 1000\n",
+    ))
+    .await;
+    let mut chunk_jobs = h.plan_by_hand().await;
+    let first = chunk_jobs.remove(0);
+    h.store.enqueue(&chunk_jobs, Duration::ZERO).await.unwrap();
+
+    // The table is locked, so the first delivery's read waits once it has reset the chunk.
+    pg.exec("BEGIN; LOCK TABLE {s}.items IN ACCESS EXCLUSIVE MODE;").await;
+    let ctx = h.ctx.clone();
+    let job = first.clone();
+    let earlier = tokio::spawn(async move { signals_shared::stages::handle(&ctx, &job).await });
+    let (watcher, conn) = tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%{}%'",
+        pg.schema
+    );
+    for _ in 0..500 {
+        if watcher.query_one(&waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        watcher.query_one(&waiting, &[]).await.unwrap().get::<_, i64>(0),
+        1,
+        "the read waits on the lock"
+    );
+
+    // The later delivery resets the chunk; then the earlier one reads on.
+    let run = h.runs().await.remove(0);
+    let chunk = h.store.chunks(&run.id).await.unwrap().remove(0);
+    h.store
+        .reset_chunk(&run.id, &chunk)
+        .await
+        .unwrap()
+        .expect("an open chunk");
+    pg.exec("COMMIT").await;
+    let next = earlier.await.unwrap().expect("a superseded attempt is not an error");
+    assert!(next.is_empty(), "and asks for nothing: {next:?}");
+    assert!(!h.store.chunks(&run.id).await.unwrap()[0].done);
+
+    h.store.enqueue(&[first], Duration::ZERO).await.unwrap();
+    h.run_until_idle().await;
+    h.assert_in_sync().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.rows_read, run.inserts), ("done", 2_200, 2_200));
+    let stats = h.stats();
+    assert_eq!((stats.changes, stats.applied_twice), (2_200, 0));
 }
 
 async fn rows_of(source: &dyn SnapshotSource, spec: &SourceSpec) -> Vec<String> {

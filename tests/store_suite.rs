@@ -1,9 +1,11 @@
 //! One behaviour suite for every store backend (SQLite, PostgreSQL; SQL Server when it lands):
 //! the table queue's leases and attempts, the one-active-run rule, dead-letter identity, tenant
-//! isolation, and identifiers from config.
+//! isolation, identifiers from config, and fenced attempts at a chunk.
 
 use signals_shared::domain::job::{Job, Stage, Task};
-use signals_shared::ports::RunKind;
+use signals_shared::errors::StoreError;
+use signals_shared::ports::{ChunkStats, RunKind};
+use signals_shared::stages;
 use signals_tests::{create_items, items_source, Harness};
 use std::time::Duration;
 
@@ -360,7 +362,107 @@ async fn a_merge_job_merges_alone_while_another_cuts(h: Harness) {
     assert_cut_and_sent_once(&h, &run.id).await;
 }
 
+/// Two attempts at one chunk — a job delivered twice, or redelivered while a stalled worker still
+/// held it — cannot mix their deltas: each reset numbers a new attempt, and an earlier attempt's
+/// segment writes and finish are refused from then on, whichever order they come in.
+async fn an_earlier_attempt_at_a_chunk_is_refused_once_a_later_one_resets_it(h: Harness) {
+    create_items(&h.src(), 2_200);
+    h.apply(&h.config(&items_source(1_000))).await;
+    let chunk_jobs = h.plan_by_hand().await;
+    h.store.enqueue(&chunk_jobs, Duration::ZERO).await.unwrap();
+    let run = h.runs().await.remove(0);
+    let chunk = h.store.chunks(&run.id).await.unwrap().remove(0);
+    let (store, id, no) = (&h.store, run.id.as_str(), chunk.no);
+    fn refused<T>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Superseded { .. }))
+    }
+    let garbage = || vec![7u8; 16].into();
+
+    let first = store.reset_chunk(id, &chunk).await.unwrap().expect("an open chunk");
+    store.write_segment(id, no, first, 0, 1, garbage()).await.unwrap();
+    let second = store.reset_chunk(id, &chunk).await.unwrap().expect("an open chunk");
+    assert!(second > first);
+    assert!(refused(store.write_segment(id, no, first, 1, 1, garbage()).await));
+    assert!(refused(store.finish_chunk(id, no, first, ChunkStats::default()).await));
+
+    // The chunk jobs read every chunk (a third attempt at this one) and the run goes through…
+    h.run_until_idle().await;
+    // …and the second attempt, stalled meanwhile, cannot add to the finished chunk either.
+    assert!(refused(store.write_segment(id, no, second, 0, 1, garbage()).await));
+    assert!(refused(store.finish_chunk(id, no, second, ChunkStats::default()).await));
+    assert_eq!(
+        store.reset_chunk(id, &chunk).await.unwrap(),
+        None,
+        "a done chunk stays done"
+    );
+    h.assert_in_sync().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.rows_read, run.inserts), ("done", 2_200, 2_200));
+    let stats = h.stats();
+    assert_eq!((stats.changes, stats.applied_twice), (2_200, 0));
+}
+
+/// The jobs `revive_stalled` queues as of `secs` from now.
+async fn revived_after(h: &Harness, secs: i64) -> Vec<Job> {
+    let at = chrono::Utc::now() + chrono::Duration::seconds(secs);
+    stages::revive_stalled(&h.ctx, at).await.unwrap()
+}
+
+/// Claims every queued job of `stage` and deletes it unrun: a queue that expired or dropped
+/// the messages.
+async fn lose_jobs(h: &Harness, stage: Stage, max: usize) -> usize {
+    let lost = h.store.claim(max, Duration::from_secs(30), &[stage]).await.unwrap();
+    for c in &lost {
+        h.store.ack(c).await.unwrap();
+    }
+    lost.len()
+}
+
+/// A run whose jobs were lost is not held forever: once it has been quiet for
+/// `stalled_after_secs` (default 1,800) with no job of it queued, the scheduler queues the job
+/// that moves it on — the plan stage's for a planned run, the batch stage's for a merged one —
+/// and the run finishes with every change sent once. A run with a job queued, a paused one, or
+/// one not quiet for long enough is left alone.
+async fn a_run_whose_jobs_were_lost_is_revived_once_quiet(h: Harness) {
+    snapshotted_items(&h).await;
+    assert!(revived_after(&h, 3_600).await.is_empty(), "its merge job is queued");
+    assert_eq!(lose_jobs(&h, Stage::Merge, 10).await, 1);
+    assert!(revived_after(&h, 60).await.is_empty(), "not quiet for long enough");
+    h.store.set_paused("t", Some("items"), true, "test").await.unwrap();
+    assert!(revived_after(&h, 3_600).await.is_empty(), "paused: its jobs park");
+    h.store.set_paused("t", Some("items"), false, "test").await.unwrap();
+    let revived = revived_after(&h, 1_801).await;
+    assert_eq!(revived.iter().map(Job::task_name).collect::<Vec<_>>(), ["plan"]);
+    h.store.enqueue(&revived, Duration::ZERO).await.unwrap();
+    assert!(revived_after(&h, 3_600).await.is_empty(), "its revived job is queued");
+    let run = h.runs().await.remove(0);
+    assert!(
+        run.last_error.as_deref().unwrap_or("").starts_with("stalled:"),
+        "{:?}",
+        run.last_error
+    );
+
+    // The plan job asks for the merge, which cuts five batches; two push jobs are lost.
+    h.run_stages_until_idle(vec![Stage::Snapshot, Stage::Merge]).await;
+    assert_eq!(lose_jobs(&h, Stage::Push, 2).await, 2);
+    h.run_stages_until_idle(vec![Stage::Push]).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.batches_delivered), ("batched", 3));
+    let revived = revived_after(&h, 1_801).await;
+    assert_eq!(revived.iter().map(Job::task_name).collect::<Vec<_>>(), ["batch"]);
+    h.store.enqueue(&revived, Duration::ZERO).await.unwrap();
+    h.run_until_idle().await;
+    h.assert_in_sync().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.state.as_str(), run.batches_delivered), ("done", 5));
+    let stats = h.stats();
+    assert_eq!((stats.changes, stats.applied_twice), (2_200, 0));
+    assert!(revived_after(&h, 3_600).await.is_empty(), "a done run is not revived");
+}
+
 signals_tests::on_every_store!(
+    a_run_whose_jobs_were_lost_is_revived_once_quiet,
+    an_earlier_attempt_at_a_chunk_is_refused_once_a_later_one_resets_it,
     a_merge_job_cuts_the_batches_beside_the_merge,
     a_merge_job_merges_alone_while_another_cuts,
     the_latest_config_version_is_the_last_applied,

@@ -96,6 +96,23 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// A later attempt at the same work took it over (a job delivered twice, or redelivered
+    /// while a stalled worker still held it): this attempt's writes are refused, so the two
+    /// cannot mix, and it ends without retrying — the later attempt finishes the work.
+    #[error("store: {what}: a later attempt took this work over")]
+    Superseded {
+        /// Which work.
+        what: String,
+    },
+}
+
+impl StoreError {
+    /// Attempt `attempt` at chunk `chunk` of run `run_id` lost the chunk to a later attempt.
+    pub fn chunk_superseded(run_id: &str, chunk: u32, attempt: i64) -> StoreError {
+        StoreError::Superseded {
+            what: format!("run `{run_id}`, chunk {chunk}, attempt {attempt}"),
+        }
+    }
 }
 
 impl From<crate::domain::segment::SegmentError> for StoreError {

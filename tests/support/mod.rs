@@ -283,6 +283,25 @@ impl Harness {
         self.store.enqueue(&[job], Duration::ZERO).await.expect("enqueue");
     }
 
+    /// Onboards tenant `t` as far as its runs' plans, by hand: the chunk jobs come back unqueued,
+    /// so no chunk has been read yet.
+    pub async fn plan_by_hand(&self) -> Vec<Job> {
+        self.enqueue_onboard().await;
+        self.run_stages_until_idle(vec![Stage::Scheduler]).await;
+        let mut chunk_jobs = Vec::new();
+        let plans = self
+            .store
+            .claim(100, Duration::from_secs(30), &[Stage::Snapshot])
+            .await
+            .expect("claim");
+        for plan in plans {
+            let job = Job::decode(plan.body.as_bytes()).expect("a job");
+            chunk_jobs.extend(signals_shared::stages::handle(&self.ctx, &job).await.expect("plan"));
+            self.store.ack(&plan).await.expect("ack");
+        }
+        chunk_jobs
+    }
+
     /// Waits out a 1-second interval, ticks, and runs until idle.
     pub async fn interval(&self) {
         tokio::time::sleep(Duration::from_millis(1100)).await;

@@ -300,9 +300,57 @@ impl Job {
     }
 }
 
+/// The text every encoded job of run `run_id` holds, and no job of another run: how the table
+/// queue finds a run's jobs without a column of their own.
+pub fn run_id_field(run_id: &str) -> String {
+    format!("\"run_id\":{}", serde_json::Value::from(run_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_job_of_a_run_holds_its_run_id_field() {
+        let (t, s) = (String::from("acme"), String::from("orders"));
+        let run = |run_id: &str| run_id.to_owned();
+        for job in [
+            Job::new(Task::Plan {
+                tenant: t.clone(),
+                source: s.clone(),
+                run_id: run("r\"1"),
+            }),
+            Job::new(Task::Chunk {
+                tenant: t.clone(),
+                source: s.clone(),
+                run_id: run("r\"1"),
+                chunk: 2,
+            }),
+            Job::new(Task::Merge {
+                tenant: t.clone(),
+                source: s.clone(),
+                run_id: run("r\"1"),
+            }),
+            Job::new(Task::Batch {
+                tenant: t.clone(),
+                source: s.clone(),
+                run_id: run("r\"1"),
+            }),
+            Job::new(Task::Push {
+                tenant: t.clone(),
+                source: s.clone(),
+                run_id: run("r\"1"),
+                batch_id: "b".into(),
+            }),
+        ] {
+            let body = job.encode();
+            assert!(body.contains(&run_id_field("r\"1")), "{body}");
+            assert!(
+                !body.contains(&run_id_field("r\"")),
+                "a prefix of the id must not match: {body}"
+            );
+        }
+    }
 
     #[test]
     fn round_trips() {

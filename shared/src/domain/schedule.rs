@@ -2,6 +2,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 
+/// How often a running job of a run tells the store it is still at work (`RunStore::touch_run`):
+/// a run's quiet period (`Recovery::stalled_after_secs`) spans several, so a long job's run is
+/// never taken for stalled.
+pub const RUN_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the scheduler knows about one data source at a tick.
 #[derive(Debug, Clone, Copy)]
 pub struct SourceClock {

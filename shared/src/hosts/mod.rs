@@ -69,7 +69,11 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
     let job_span = span.clone();
     async {
         let (started, started_at) = (std::time::Instant::now(), chrono::Utc::now());
+        let heartbeat = run.map(|run| tokio::spawn(run_heartbeat(ctx.store.clone(), run.to_owned())));
         let result = crate::stages::handle(ctx, job).await;
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
         let stage = job.stage().as_str();
         let busy = started.elapsed();
         crate::metrics::observe("signals_job_duration_seconds", &[("stage", stage)], busy.as_secs_f64());
@@ -146,6 +150,18 @@ pub async fn record_dead_letter(
     let id = store.dead_letter(job, body, stage, error, attempts).await?;
     crate::metrics::add("signals_dead_letters_total", &[("stage", stage)], 1.0);
     Ok(id)
+}
+
+/// While a job of a run goes on, tells the store every `RUN_HEARTBEAT` that the run is worked
+/// on, so the scheduler does not take a run with one long job (a large merge, a slow source's
+/// chunk) for stalled. Most jobs end before the first beat.
+async fn run_heartbeat(store: std::sync::Arc<dyn crate::ports::Store>, run: String) {
+    loop {
+        tokio::time::sleep(crate::domain::schedule::RUN_HEARTBEAT).await;
+        if let Err(e) = store.touch_run(&run).await {
+            tracing::warn!(error = %e, "could not record the run's heartbeat");
+        }
+    }
 }
 
 /// Enqueues a handler's follow-up jobs, each delayed until its `not_before`.

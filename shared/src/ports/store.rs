@@ -339,6 +339,14 @@ pub trait RunStore: Send + Sync {
     async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
     /// Gives a run up (`abandoned`), dropping its scratch rows; its data source is free again.
     async fn abandon_run(&self, run_id: &str, reason: &str) -> Result<(), StoreError>;
+    /// Marks a run as still worked on: a long job's heartbeat, so the run is not taken for stalled.
+    async fn touch_run(&self, run_id: &str) -> Result<(), StoreError>;
+    /// Active runs (not done or abandoned) with no sign of work since `since`: no progress or
+    /// heartbeat recorded on the run and no job of it ended.
+    async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError>;
+    /// Whether the store's own table queue holds a job of the run (queued, delayed or leased).
+    /// With another queue (SQS, Azure) it holds none and the answer is false.
+    async fn queued_for_run(&self, run_id: &str) -> Result<bool, StoreError>;
     /// Adds one job attempt to its run's timing for `stage` (`failed`: it ended in an error).
     async fn record_stage(
         &self,
@@ -359,19 +367,25 @@ pub trait StagingStore: Send + Sync {
     async fn staged_schema(&self, tenant: &str, source: &str) -> Result<Option<TableSchema>, StoreError>;
     /// Staging's (key, hash) in `range`, ascending.
     fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError>;
-    /// Removes whatever an earlier attempt of this chunk wrote.
-    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError>;
-    /// Stores segment `seg` of one chunk's delta: `rows` rows packed by `domain::segment`.
+    /// Starts a new attempt at the chunk: removes whatever an earlier attempt wrote and returns
+    /// the new attempt's number, which fences every earlier one (`StoreError::Superseded`). None
+    /// when the chunk is done already or its run has moved past snapshotting.
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<Option<i64>, StoreError>;
+    /// Stores segment `seg` of one chunk's delta: `rows` rows packed by `domain::segment`;
+    /// `StoreError::Superseded` once a later attempt has reset the chunk.
     async fn write_segment(
         &self,
         run_id: &str,
         chunk: u32,
+        attempt: i64,
         seg: u32,
         rows: i64,
         body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError>;
     /// Marks the chunk done (once) and adds its counts; returns true when every chunk is done.
-    async fn finish_chunk(&self, run_id: &str, chunk: u32, stats: ChunkStats) -> Result<bool, StoreError>;
+    /// `StoreError::Superseded` once a later attempt has reset the chunk.
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, stats: ChunkStats)
+        -> Result<bool, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
     async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
     /// When the store lost a run's delta before its batches were cut — a server crash or

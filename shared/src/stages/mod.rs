@@ -56,6 +56,15 @@ pub async fn handle(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
     }
 }
 
+/// The jobs that move on every run stalled as of `now` (each tick does this at its own time;
+/// tests pass a later one rather than wait).
+pub async fn revive_stalled(ctx: &Ctx, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Job>, StageError> {
+    match ctx.latest_config().await? {
+        Some((_, config)) => scheduler::revive_stalled(ctx, &config, now).await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Periodic reconciliation: records the report, counts drift, and (with repair) opens the run
 /// that re-sends the drifted keys.
 async fn verify(ctx: &Ctx, tenant: &str, source: &str, repair: bool) -> Result<Vec<Job>, StageError> {

@@ -1,11 +1,12 @@
 //! Scheduler: opens interval runs for due data sources on a tick, and initial runs on onboarding.
 
 use crate::ctx::Ctx;
+use crate::domain::config::Config;
 use crate::domain::job::{Job, Task, PRIORITY_INTERVAL};
 use crate::domain::schedule::{due, Due, SourceClock};
 use crate::errors::StageError;
-use crate::ports::{Run, RunKind};
-use chrono::Utc;
+use crate::ports::{Run, RunKind, RunState};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 
 fn plan_job(job: &Job, run: &Run) -> Job {
@@ -21,13 +22,18 @@ fn plan_job(job: &Job, run: &Run) -> Job {
         &run.id,
         run.kind.as_str(),
     ));
-    // Every job of the run inherits this: interval work goes before onboarding backlogs.
-    plan.priority = if run.kind == RunKind::Interval {
+    plan.priority = priority(run);
+    plan
+}
+
+/// Every job of a run inherits its first job's priority: interval work goes before onboarding
+/// backlogs.
+fn priority(run: &Run) -> u8 {
+    if run.kind == RunKind::Interval {
         PRIORITY_INTERVAL
     } else {
         0
-    };
-    plan
+    }
 }
 
 /// Opens an interval run for every data source whose interval has elapsed.
@@ -44,6 +50,7 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
         ctx.store.audit("scheduler", "prune", "store", "scheduled").await?;
         next.push(job.next(Task::Prune));
     }
+    next.extend(revive_stalled(ctx, &config, now).await?);
     for (tid, tenant) in &config.tenants {
         let pauses = ctx.store.pauses(tid).await?;
         let verified: HashMap<String, _> = ctx.store.last_verifications(tid).await?.into_iter().collect();
@@ -91,6 +98,53 @@ pub(super) async fn tick(ctx: &Ctx, job: &Job) -> Result<Vec<Job>, StageError> {
                 }
             }
         }
+    }
+    Ok(next)
+}
+
+/// Queues the next job again for every run that stopped moving with nothing queued to move it
+/// (decision 0023): a lost message would otherwise hold its data source forever. The plan stage
+/// re-emits a planned run's unread chunks or its merge, the batch stage cuts a merged run or
+/// re-emits its undelivered pushes; a job that was only late finds its work done, or fences
+/// the earlier attempt at a chunk.
+pub(super) async fn revive_stalled(ctx: &Ctx, config: &Config, now: DateTime<Utc>) -> Result<Vec<Job>, StageError> {
+    let secs = config.recovery.stalled_after_secs;
+    if secs == 0 {
+        return Ok(Vec::new());
+    }
+    let mut next = Vec::new();
+    for run in ctx
+        .store
+        .quiet_runs(now - chrono::Duration::seconds(secs as i64))
+        .await?
+    {
+        // A blocked run waits for its dead letter to be retried or dropped; a paused one parks.
+        if run.dead_letters > 0 || super::paused(ctx, &run.tenant, &run.source).await? {
+            continue;
+        }
+        if ctx.store.queued_for_run(&run.id).await? {
+            continue; // late behind other work, or running: not lost
+        }
+        let task = match run.state {
+            RunState::Planning | RunState::Snapshotting | RunState::Snapshotted => {
+                super::run_task(&run, |tenant, source, run_id| Task::Plan { tenant, source, run_id })
+            }
+            RunState::Merged | RunState::Batched => {
+                super::run_task(&run, |tenant, source, run_id| Task::Batch { tenant, source, run_id })
+            }
+            RunState::Done | RunState::Abandoned => continue,
+        };
+        let mut again = Job::new(task);
+        again.priority = priority(&run);
+        let note = format!(
+            "stalled: no sign of work for {secs} s and no job of the run queued; the scheduler queued its {} job again",
+            again.task_name()
+        );
+        tracing::warn!(tenant = %run.tenant, source = %run.source, run = %run.id, state = run.state.as_str(), "{note}");
+        crate::metrics::add("signals_runs_revived_total", &[("state", run.state.as_str())], 1.0);
+        // Also the run's sign of work: it is revived at most once per quiet period.
+        ctx.store.note_error(&run.id, &note).await?;
+        next.push(again);
     }
     Ok(next)
 }

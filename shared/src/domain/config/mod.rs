@@ -24,6 +24,32 @@ pub struct Config {
     /// How long history is kept.
     #[serde(default)]
     pub retention: Retention,
+    /// When a run that stopped moving gets its next job queued again.
+    #[serde(default)]
+    pub recovery: Recovery,
+}
+
+/// A run whose jobs were lost — a queue that dropped or expired messages, an operator who purged
+/// one — would otherwise hold its data source forever; the scheduler gives such a run its next
+/// job again. Every stage is idempotent and an earlier attempt at a chunk is fenced, so a job
+/// queued beside one that was only late costs work, never a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// A run with no sign of work for this long (no progress, no job ended, no heartbeat from a
+    /// running job) and no job of it in the table queue is stalled (0: never). With SQS or Azure
+    /// queues, which cannot be searched for a run's jobs, keep it above the longest wait a
+    /// destination asks for (`Retry-After`).
+    #[serde(default = "defaults::stalled_after_secs")]
+    pub stalled_after_secs: u64,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            stalled_after_secs: defaults::stalled_after_secs(),
+        }
+    }
 }
 
 /// Retention periods, pruned in the background in small steps so syncs never wait on them.
@@ -322,6 +348,9 @@ mod defaults {
     }
     pub fn prune_interval_secs() -> u64 {
         3_600
+    }
+    pub fn stalled_after_secs() -> u64 {
+        1_800
     }
     pub fn watermark_overlap() -> i64 {
         60

@@ -63,6 +63,28 @@ fn errors_name_file_tenant_source_and_field() {
 }
 
 #[test]
+fn a_stalled_run_is_one_quiet_for_several_heartbeats_or_never() {
+    assert_eq!(
+        Config::parse(GOOD, "good.toml").unwrap().recovery.stalled_after_secs,
+        1_800
+    );
+    for (secs, ok) in [(0, true), (300, true), (86_400, true), (299, false), (60, false)] {
+        let text = format!("{GOOD}\n[recovery]\nstalled_after_secs = {secs}\n");
+        match Config::parse(&text, "r.toml") {
+            Ok(c) => assert!(ok && c.recovery.stalled_after_secs == secs, "{secs} accepted"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!ok, "{secs} refused: {e}");
+                assert!(
+                    e.contains("recovery, field `stalled_after_secs`: must be 0 (never) or at least 300"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn heavy_hours_wrap_midnight() {
     assert_eq!(parse_hours("22-6"), Some((22, 6)));
     assert!(in_window(23, (22, 6)) && in_window(3, (22, 6)) && !in_window(12, (22, 6)));

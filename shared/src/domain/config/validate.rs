@@ -11,10 +11,22 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// The shortest quiet period that can tell a stalled run from one whose job is running: several
+/// of that job's heartbeats (`schedule::RUN_HEARTBEAT`).
+const MIN_STALLED_AFTER_SECS: u64 = 300;
+
 impl Config {
     /// Every inconsistency, each naming its place as `tenant `t`, data source `s`, field `f``.
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        let stalled = self.recovery.stalled_after_secs;
+        if stalled != 0 && stalled < MIN_STALLED_AFTER_SECS {
+            p.push(format!(
+                "recovery, field `stalled_after_secs`: must be 0 (never) or at least {MIN_STALLED_AFTER_SECS}: \
+                 a running job's heartbeat comes every {} s",
+                crate::domain::schedule::RUN_HEARTBEAT.as_secs()
+            ));
+        }
         for (id, d) in &self.destinations {
             let at = format!("destination `{id}`");
             if !valid_id(id) {

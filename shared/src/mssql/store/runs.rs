@@ -276,6 +276,37 @@ impl RunStore for MssqlStore {
         Ok(())
     }
 
+    async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let sql =
+            self.q("UPDATE {s}.runs SET updated_at = @P2 WHERE id = @P1 AND state <> 'done' AND state <> 'abandoned'");
+        let mut x = self.session("touch run").await?;
+        x.exec(&sql, vec![p(run_id.to_owned()), p(now_ms())]).await?;
+        x.done();
+        self.count(1);
+        Ok(())
+    }
+
+    async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+        let sql = format!(
+            "{} WHERE r.state <> 'done' AND r.state <> 'abandoned' AND r.updated_at < @P1 \
+             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= @P1) \
+             ORDER BY r.created_at",
+            self.run_select(""),
+            self.s
+        );
+        self.select_runs("quiet runs", sql, vec![p(since.timestamp_millis())])
+            .await
+    }
+
+    async fn queued_for_run(&self, run_id: &str) -> Result<bool, StoreError> {
+        let sql =
+            self.q("SELECT CASE WHEN EXISTS (SELECT 1 FROM {s}.jobs WHERE CHARINDEX(@P1, body) > 0) THEN 1 ELSE 0 END");
+        let mut x = self.session("jobs of a run").await?;
+        let row = x.row(&sql, vec![p(crate::domain::job::run_id_field(run_id))]).await?;
+        x.done();
+        row.map(|r| flag(&r, 0)).transpose().map(|f| f.unwrap_or(false))
+    }
+
     async fn record_stage(
         &self,
         run_id: &str,

@@ -18,7 +18,15 @@ pub const MAX_KEY_BYTES: usize = 896;
 const EXACT: &str = "COLLATE Latin1_General_100_BIN2";
 
 /// Migrations in order, each a list of statements; `{s}` is the quoted schema, `{bin}` [`EXACT`].
-const MIGRATIONS: &[&[&str]] = &[&[
+const MIGRATIONS: &[&[&str]] = &[FIRST, CHUNK_ATTEMPTS];
+
+/// Each attempt at a chunk gets a number when it resets the chunk; only the latest attempt's
+/// segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.
+const CHUNK_ATTEMPTS: &[&str] =
+    &["ALTER TABLE {s}.chunks ADD attempt BIGINT NOT NULL CONSTRAINT chunks_attempt_default DEFAULT 0"];
+
+/// The schema as first released.
+const FIRST: &[&str] = &[
     "CREATE TABLE {s}.config_versions (
         version    BIGINT IDENTITY(1, 1) NOT NULL PRIMARY KEY,
         toml       NVARCHAR(MAX) NOT NULL,
@@ -173,7 +181,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         first_at BIGINT NOT NULL,
         last_at  BIGINT NOT NULL,
         CONSTRAINT run_stages_pk PRIMARY KEY (run_id, stage))",
-]];
+];
 
 /// Creates the schema if needed and applies pending migrations, once across all processes.
 pub async fn migrate(pool: &Pool, name: &str, s: &str) -> Result<(), StoreError> {
@@ -245,6 +253,7 @@ mod tests {
             let head = sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
             assert!(
                 head.starts_with("CREATE TABLE {s}.")
+                    || head.starts_with("ALTER TABLE {s}.")
                     || head.starts_with("CREATE INDEX")
                     || head.starts_with("CREATE UNIQUE INDEX"),
                 "{head}"
@@ -264,7 +273,7 @@ mod tests {
 
     #[test]
     fn the_staging_key_fits_a_clustered_index() {
-        let staging = MIGRATIONS[0].iter().find(|s| s.contains("{s}.staging (")).unwrap();
+        let staging = FIRST.iter().find(|s| s.contains("{s}.staging (")).unwrap();
         assert!(staging.contains(&format!("VARBINARY({MAX_KEY_BYTES})")));
         assert_eq!(MAX_KEY_BYTES + 4, 900, "SQL Server's clustered key limit");
     }

@@ -65,54 +65,98 @@ impl StagingStore for MssqlStore {
         })
     }
 
-    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
-        let sql = self.q("DELETE FROM {s}.delta_segments WHERE run_id = @P1 AND chunk_no = @P2");
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<Option<i64>, StoreError> {
         let mut x = self.session("reset chunk").await?;
-        let n = x.exec(&sql, vec![p(run_id.to_owned()), p(chunk.no as i32)]).await?;
-        x.done();
-        self.count(n);
-        Ok(())
+        x.begin().await?;
+        // The chunk's row stays locked until the delete commits: an earlier attempt's segment
+        // write waits for it, then finds its attempt gone (`write_segment`).
+        let attempt = x
+            .row(
+                &self.q("UPDATE {s}.chunks SET attempt = attempt + 1 OUTPUT inserted.attempt \
+                     WHERE run_id = @P1 AND chunk_no = @P2 AND done = 0 \
+                     AND EXISTS (SELECT 1 FROM {s}.runs WHERE id = @P1 AND state = N'snapshotting')"),
+                vec![p(run_id.to_owned()), p(chunk.no as i32)],
+            )
+            .await?
+            .map(|r| session::int(&r, 0))
+            .transpose()?;
+        let Some(attempt) = attempt else {
+            x.rollback().await?;
+            return Ok(None);
+        };
+        let n = x
+            .exec(
+                &self.q("DELETE FROM {s}.delta_segments WHERE run_id = @P1 AND chunk_no = @P2"),
+                vec![p(run_id.to_owned()), p(chunk.no as i32)],
+            )
+            .await?;
+        x.commit().await?;
+        self.count(1 + n);
+        Ok(Some(attempt))
     }
 
     async fn write_segment(
         &self,
         run_id: &str,
         chunk: u32,
+        attempt: i64,
         seg: u32,
         rows: i64,
         body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
-        // One parameter, any size: the RPC path streams (max) values, unlike bulk loads.
-        let sql = self.q(
-            "INSERT INTO {s}.delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES (@P1, @P2, @P3, @P4, @P5)",
-        );
+        // One parameter, any size: the RPC path streams (max) values, unlike bulk loads. The
+        // update lock waits for a later attempt's reset in progress, then reads its number: the
+        // row goes in only while this attempt holds the chunk, and a reset after it deletes it.
+        let sql = self.q("INSERT INTO {s}.delta_segments (run_id, chunk_no, seg_no, rows, body) \
+             SELECT @P1, @P2, @P3, @P4, @P5 FROM {s}.chunks WITH (UPDLOCK, ROWLOCK) \
+             WHERE run_id = @P1 AND chunk_no = @P2 AND attempt = @P6");
         let mut x = self.session("write delta").await?;
-        x.exec(
-            &sql,
-            vec![
-                p(run_id.to_owned()),
-                p(chunk as i32),
-                p(seg as i32),
-                p(rows as i32),
-                p(body.into_vec()),
-            ],
-        )
-        .await?;
+        let n = x
+            .exec(
+                &sql,
+                vec![
+                    p(run_id.to_owned()),
+                    p(chunk as i32),
+                    p(seg as i32),
+                    p(rows as i32),
+                    p(body.into_vec()),
+                    p(attempt),
+                ],
+            )
+            .await?;
         x.done();
+        if n == 0 {
+            return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
+        }
         self.count(1);
         Ok(())
     }
 
-    async fn finish_chunk(&self, run_id: &str, chunk: u32, st: ChunkStats) -> Result<bool, StoreError> {
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, st: ChunkStats) -> Result<bool, StoreError> {
         let mut x = self.session("finish chunk").await?;
         x.begin().await?;
-        let first = x
-            .exec(
-                &self.q("UPDATE {s}.chunks SET done = 1 WHERE run_id = @P1 AND chunk_no = @P2 AND done = 0"),
+        let held = x
+            .row(
+                &self.q(
+                    "SELECT CASE WHEN attempt = @P3 THEN 1 ELSE 0 END, done FROM {s}.chunks WITH (UPDLOCK, ROWLOCK) \
+                     WHERE run_id = @P1 AND chunk_no = @P2",
+                ),
+                vec![p(run_id.to_owned()), p(chunk as i32), p(attempt)],
+            )
+            .await?
+            .map(|r| Ok::<_, StoreError>((flag(&r, 0)?, flag(&r, 1)?)))
+            .transpose()?;
+        let Some((true, done)) = held else {
+            x.rollback().await?;
+            return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
+        };
+        let first = !done
+            && x.exec(
+                &self.q("UPDATE {s}.chunks SET done = 1 WHERE run_id = @P1 AND chunk_no = @P2"),
                 vec![p(run_id.to_owned()), p(chunk as i32)],
             )
             .await?
-            == 1;
+                == 1;
         if first {
             x.exec(
                 &self.q(

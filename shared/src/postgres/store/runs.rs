@@ -267,6 +267,51 @@ impl RunStore for PgStore {
         Ok(())
     }
 
+    async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {}.runs SET updated_at = $2 WHERE id = $1 AND state NOT IN ('done', 'abandoned')",
+            self.s
+        );
+        self.client()
+            .await?
+            .execute(&sql, &[&run_id, &now_ms()])
+            .await
+            .map_err(pg_err("touch run"))?;
+        self.count(1);
+        Ok(())
+    }
+
+    async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+        let sql = format!(
+            "{} WHERE r.state NOT IN ('done', 'abandoned') AND r.updated_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= $1) \
+             ORDER BY r.created_at",
+            self.run_select(),
+            self.s
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&since.timestamp_millis()])
+            .await
+            .map_err(pg_err("quiet runs"))?;
+        rows.iter().map(map_run).collect()
+    }
+
+    async fn queued_for_run(&self, run_id: &str) -> Result<bool, StoreError> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.jobs WHERE strpos(body, $1) > 0)",
+            self.s
+        );
+        Ok(self
+            .client()
+            .await?
+            .query_one(&sql, &[&crate::domain::job::run_id_field(run_id)])
+            .await
+            .map_err(pg_err("jobs of a run"))?
+            .get(0))
+    }
+
     async fn record_stage(
         &self,
         run_id: &str,

@@ -277,6 +277,11 @@ BEGIN
 END
 $$;
 "#,
+    r#"
+-- Each attempt at a chunk gets a number when it resets the chunk; only the latest attempt's
+-- segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.
+ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS attempt BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Percent of each staging page filled by inserts and loads; the rest is room for updates.

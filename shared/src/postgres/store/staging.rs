@@ -99,73 +99,114 @@ impl StagingStore for PgStore {
         })
     }
 
-    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<Option<i64>, StoreError> {
+        let (s, err) = (&self.s, pg_err("reset chunk"));
         let mut p: Params = vec![Box::new(run_id.to_owned())];
         let cond = range_sql(&chunk.range, &mut p);
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(&err)?;
+        // The chunk's row stays locked until the deletes commit: an earlier attempt's segment
+        // write waits for it, then finds its attempt gone (`write_segment`).
+        let Some(attempt) = tx
+            .query_opt(
+                &format!(
+                    "UPDATE {s}.chunks c SET attempt = c.attempt + 1 FROM {s}.runs r \
+                     WHERE c.run_id = $1 AND c.chunk_no = $2 AND NOT c.done AND r.id = c.run_id \
+                     AND r.state = 'snapshotting' RETURNING c.attempt"
+                ),
+                &[&run_id, &(chunk.no as i32)],
+            )
+            .await
+            .map_err(&err)?
+            .map(|r| r.get::<_, i64>(0))
+        else {
+            return Ok(None);
+        };
         // Rows from a build before segments (an attempt interrupted by the upgrade) go too.
-        let sql = format!("DELETE FROM {}.deltas WHERE run_id = $1{cond}", self.s);
-        let c = self.client().await?;
-        let n = c
+        let sql = format!("DELETE FROM {s}.deltas WHERE run_id = $1{cond}");
+        let n = tx
             .execute_raw(&sql, p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)))
             .await
-            .map_err(pg_err("reset chunk"))?;
+            .map_err(&err)?;
         let mut m = 0;
-        let at = Scratch::of(&**c, &self.s, run_id).await?;
-        for sql in at.each(&self.s, Table::Segments, |t| {
+        let at = Scratch::of(&*tx, s, run_id).await?;
+        for sql in at.each(s, Table::Segments, |t| {
             format!("DELETE FROM {t} WHERE run_id = $1 AND chunk_no = $2")
         }) {
-            m += c
-                .execute(&sql, &[&run_id, &(chunk.no as i32)])
-                .await
-                .map_err(pg_err("reset chunk"))?;
+            m += tx.execute(&sql, &[&run_id, &(chunk.no as i32)]).await.map_err(&err)?;
         }
-        self.count(n + m);
-        Ok(())
+        tx.commit().await.map_err(&err)?;
+        self.count(1 + n + m);
+        Ok(Some(attempt))
     }
 
     async fn write_segment(
         &self,
         run_id: &str,
         chunk: u32,
+        attempt: i64,
         seg: u32,
         rows: i64,
         body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
         let c = self.client().await?;
+        // `FOR SHARE` waits for a later attempt's reset in progress, then sees its number: the
+        // row goes in only while this attempt holds the chunk, and a reset after it deletes it.
         let sql = format!(
-            "INSERT INTO {} (run_id, chunk_no, seg_no, rows, body) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO {} (run_id, chunk_no, seg_no, rows, body) \
+             SELECT $1, $2, $3::INTEGER, $4::INTEGER, $5::BYTEA FROM {}.chunks \
+             WHERE run_id = $1 AND chunk_no = $2 AND attempt = $6 FOR SHARE",
             Scratch::of(&**c, &self.s, run_id)
                 .await?
-                .insert_into(&self.s, Table::Segments)
+                .insert_into(&self.s, Table::Segments),
+            self.s
         );
-        c.execute(
-            &sql,
-            &[
-                &run_id,
-                &(chunk as i32),
-                &(seg as i32),
-                &(rows as i32),
-                &body.as_slice(),
-            ],
-        )
-        .await
-        .map_err(pg_err("write delta"))?;
+        let n = c
+            .execute(
+                &sql,
+                &[
+                    &run_id,
+                    &(chunk as i32),
+                    &(seg as i32),
+                    &(rows as i32),
+                    &body.as_slice(),
+                    &attempt,
+                ],
+            )
+            .await
+            .map_err(pg_err("write delta"))?;
+        if n == 0 {
+            return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
+        }
         self.count(1);
         Ok(())
     }
 
-    async fn finish_chunk(&self, run_id: &str, chunk: u32, st: ChunkStats) -> Result<bool, StoreError> {
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, st: ChunkStats) -> Result<bool, StoreError> {
         let (s, err) = (&self.s, pg_err("finish chunk"));
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
-        let first = tx
-            .execute(
-                &format!("UPDATE {s}.chunks SET done = TRUE WHERE run_id = $1 AND chunk_no = $2 AND NOT done"),
-                &[&run_id, &(chunk as i32)],
+        let (held, done): (bool, bool) = tx
+            .query_opt(
+                &format!("SELECT attempt = $3, done FROM {s}.chunks WHERE run_id = $1 AND chunk_no = $2 FOR UPDATE"),
+                &[&run_id, &(chunk as i32), &attempt],
             )
             .await
             .map_err(&err)?
-            == 1;
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap_or((false, false));
+        if !held {
+            return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
+        }
+        let first = !done
+            && tx
+                .execute(
+                    &format!("UPDATE {s}.chunks SET done = TRUE WHERE run_id = $1 AND chunk_no = $2"),
+                    &[&run_id, &(chunk as i32)],
+                )
+                .await
+                .map_err(&err)?
+                == 1;
         if first {
             tx.execute(
                 &format!(

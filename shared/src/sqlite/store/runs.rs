@@ -240,6 +240,46 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
+        let run_id = run_id.to_owned();
+        self.db
+            .write("touch run", move |tx| {
+                tx.execute(
+                    "UPDATE runs SET updated_at = ?2 WHERE id = ?1 AND state NOT IN ('done', 'abandoned')",
+                    params![run_id, now_ms()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+        self.db
+            .read("quiet runs", move |c| {
+                let mut stmt = c.prepare(&format!(
+                    "SELECT {RUN_COLS} FROM runs WHERE state NOT IN ('done', 'abandoned') AND updated_at < ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM run_stages t WHERE t.run_id = runs.id AND t.last_at >= ?1) \
+                     ORDER BY created_at"
+                ))?;
+                let rows = stmt.query_map([since.timestamp_millis()], map_run)?;
+                rows.collect()
+            })
+            .await
+    }
+
+    async fn queued_for_run(&self, run_id: &str) -> Result<bool, StoreError> {
+        let field = crate::domain::job::run_id_field(run_id);
+        self.db
+            .read("jobs of a run", move |c| {
+                c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM jobs WHERE instr(body, ?1) > 0)",
+                    [field],
+                    |r| r.get(0),
+                )
+            })
+            .await
+    }
+
     async fn record_stage(
         &self,
         run_id: &str,

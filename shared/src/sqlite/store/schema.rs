@@ -207,6 +207,11 @@ CREATE TABLE delta_segments (
 -- whole queue (thousands of jobs during an onboarding).
 CREATE INDEX jobs_claim ON jobs (priority DESC, visible_at, id);
 "#,
+    r#"
+-- Each attempt at a chunk gets a number when it resets the chunk; only the latest attempt's
+-- segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.
+ALTER TABLE chunks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date.

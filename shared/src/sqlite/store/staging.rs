@@ -62,12 +62,23 @@ impl StagingStore for SqliteStore {
             .stream("read staging", sql, p, |r| Ok((r.get(0)?, hash_of(r, 1)?)))
     }
 
-    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<(), StoreError> {
+    async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<Option<i64>, StoreError> {
         let mut p = vec![Sql::Text(run_id.to_owned())];
         let cond = range_sql(&chunk.range, &mut p);
         let (run_id, no) = (run_id.to_owned(), chunk.no);
         self.db
             .write("reset chunk", move |tx| {
+                let attempt: Option<i64> = tx
+                    .query_row(
+                        "UPDATE chunks SET attempt = attempt + 1 WHERE run_id = ?1 AND chunk_no = ?2 AND done = 0 \
+                         AND EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND state = 'snapshotting') RETURNING attempt",
+                        params![run_id, no],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if attempt.is_none() {
+                    return Ok(None);
+                }
                 // Rows from a build before segments (an attempt interrupted by the upgrade) go too.
                 tx.execute(
                     &format!("DELETE FROM deltas WHERE run_id = ?1{cond}"),
@@ -77,7 +88,7 @@ impl StagingStore for SqliteStore {
                     "DELETE FROM delta_segments WHERE run_id = ?1 AND chunk_no = ?2",
                     params![run_id, no],
                 )?;
-                Ok(())
+                Ok(attempt)
             })
             .await
     }
@@ -86,52 +97,70 @@ impl StagingStore for SqliteStore {
         &self,
         run_id: &str,
         chunk: u32,
+        attempt: i64,
         seg: u32,
         rows: i64,
         body: crate::domain::buffers::Buffer,
     ) -> Result<(), StoreError> {
-        let run_id = run_id.to_owned();
-        self.db
+        let id = run_id.to_owned();
+        let written = self
+            .db
             .write("write delta", move |tx| {
                 tx.execute(
-                    "INSERT INTO delta_segments (run_id, chunk_no, seg_no, rows, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![run_id, chunk, seg, rows, body.as_slice()],
-                )?;
-                Ok(())
+                    "INSERT INTO delta_segments (run_id, chunk_no, seg_no, rows, body) \
+                     SELECT ?1, ?2, ?3, ?4, ?5 FROM chunks WHERE run_id = ?1 AND chunk_no = ?2 AND attempt = ?6",
+                    params![id, chunk, seg, rows, body.as_slice(), attempt],
+                )
             })
-            .await
+            .await?;
+        if written == 0 {
+            return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
+        }
+        Ok(())
     }
 
-    async fn finish_chunk(&self, run_id: &str, chunk: u32, s: ChunkStats) -> Result<bool, StoreError> {
-        let run_id = run_id.to_owned();
+    async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, s: ChunkStats) -> Result<bool, StoreError> {
+        let id = run_id.to_owned();
         self.db
             .write("finish chunk", move |tx| {
-                let first = tx.execute(
-                    "UPDATE chunks SET done = 1 WHERE run_id = ?1 AND chunk_no = ?2 AND done = 0",
-                    params![run_id, chunk],
-                )? == 1;
+                let held: Option<(bool, bool)> = tx
+                    .query_row(
+                        "SELECT attempt = ?3, done FROM chunks WHERE run_id = ?1 AND chunk_no = ?2",
+                        params![id, chunk, attempt],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((true, done)) = held else {
+                    return Ok(None);
+                };
+                let first = !done
+                    && tx.execute(
+                        "UPDATE chunks SET done = 1 WHERE run_id = ?1 AND chunk_no = ?2",
+                        params![id, chunk],
+                    )? == 1;
                 if first {
                     tx.execute(
                         "UPDATE runs SET chunks_done = chunks_done + 1, rows_read = rows_read + ?2, \
                                                   inserts = inserts + ?3, updates = updates + ?4, deletes = deletes + ?5, updated_at = ?6, \
                          bytes_read = bytes_read + ?7 WHERE id = ?1",
-                        params![run_id, s.rows_read, s.inserts, s.updates, s.deletes, now_ms(), s.bytes_read],
+                        params![id, s.rows_read, s.inserts, s.updates, s.deletes, now_ms(), s.bytes_read],
                     )?;
                 }
                 let all: bool = tx.query_row(
                     "SELECT chunks_done >= chunks_total FROM runs WHERE id = ?1",
-                    [&run_id],
+                    [&id],
                     |r| r.get(0),
                 )?;
                 if all {
                     tx.execute(
                         "UPDATE runs SET state = 'snapshotted', updated_at = ?2 WHERE id = ?1 AND state = 'snapshotting'",
-                        params![run_id, now_ms()],
+                        params![id, now_ms()],
                     )?;
                 }
-                Ok(all)
+                Ok(Some(all))
             })
-            .await
+            .await?
+            .ok_or_else(|| StoreError::chunk_superseded(run_id, chunk, attempt))
     }
 
     async fn merge(&self, run: &Run) -> Result<bool, StoreError> {

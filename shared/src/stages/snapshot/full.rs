@@ -26,7 +26,7 @@ pub(super) async fn diff_chunk(
     schema: &TableSchema,
     source_rows: Batches<Vec<Value>, SourceError>,
     range: &KeyRange,
-    chunk_no: u32,
+    mut delta: super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
@@ -35,7 +35,6 @@ pub(super) async fn diff_chunk(
     let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
     let (mut scratch, mut prev_key): (Vec<u8>, Option<Vec<u8>>) = (Vec::new(), None);
     let mut stats = ChunkStats::default();
-    let mut delta = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     // One buffer for every changed row's JSON, instead of a string per row.
     let mut json = String::with_capacity(512);
     let mut s_head: Option<Keyed> = None;

@@ -20,7 +20,7 @@ use crate::domain::job::{Job, Task};
 use crate::domain::json::write_value;
 use crate::domain::segment::Encoder;
 use crate::domain::value::Value;
-use crate::errors::StageError;
+use crate::errors::{StageError, StoreError};
 use crate::ports::{DeltaRow, Run, RunState};
 use tracing::Instrument;
 
@@ -34,17 +34,20 @@ pub(super) struct DeltaWriter {
     store: std::sync::Arc<dyn crate::ports::Store>,
     run_id: String,
     chunk_no: u32,
+    attempt: i64,
     segment: Encoder,
     segments: u32,
     in_flight: Option<tokio::task::JoinHandle<Result<(), crate::errors::StoreError>>>,
 }
 
 impl DeltaWriter {
-    pub(super) fn new(ctx: &Ctx, run_id: &str, chunk_no: u32) -> DeltaWriter {
+    /// A writer for attempt `attempt` at chunk `chunk_no` (`StagingStore::reset_chunk`).
+    pub(super) fn new(ctx: &Ctx, run_id: &str, chunk_no: u32, attempt: i64) -> DeltaWriter {
         DeltaWriter {
             store: ctx.store.clone(),
             run_id: run_id.to_owned(),
             chunk_no,
+            attempt,
             segment: Encoder::with_capacity(DELTA_FLUSH * 256),
             segments: 0,
             in_flight: None,
@@ -100,13 +103,19 @@ impl DeltaWriter {
         let segment = std::mem::replace(&mut self.segment, next);
         let rows = segment.rows() as i64;
         let span = tracing::info_span!("store.bulk_write", otel.name = "store.bulk_write", rows);
-        let (store, run_id, chunk_no, seg) = (self.store.clone(), self.run_id.clone(), self.chunk_no, self.segments);
+        let (store, run_id, chunk_no, attempt, seg) = (
+            self.store.clone(),
+            self.run_id.clone(),
+            self.chunk_no,
+            self.attempt,
+            self.segments,
+        );
         self.segments += 1;
         self.in_flight = Some(tokio::spawn(
             async move {
                 // Packing runs here too, beside the diff rather than in its way.
                 let body = segment.finish();
-                store.write_segment(&run_id, chunk_no, seg, rows, body).await
+                store.write_segment(&run_id, chunk_no, attempt, seg, rows, body).await
             }
             .instrument(span),
         ));
@@ -186,6 +195,13 @@ pub(super) fn render_key(values: &[&Value]) -> String {
     s
 }
 
+/// What a superseded attempt at a chunk does: nothing more. The later attempt writes the
+/// chunk's delta and, if last, queues the merge; retrying would only supersede it in turn.
+fn superseded(run: &Run, chunk_no: u32, what: &str) -> Vec<Job> {
+    tracing::warn!(run = %run.id, chunk = chunk_no, "{what}: a later attempt took the chunk over; this one stops");
+    Vec::new()
+}
+
 /// Diffs one chunk and writes its delta; the last chunk to finish emits the merge job.
 pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Result<Vec<Job>, StageError> {
     match run.state {
@@ -210,8 +226,13 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
     let config = ctx.config(run.config_version).await?;
     let (src, spec, ds) = ctx.source_for(&config, &run.tenant, &run.source, run.config_version)?;
 
-    // A chunk replaces only its own delta: clear what an interrupted attempt left.
-    ctx.store.reset_chunk(&run.id, &chunk).await?;
+    // A chunk replaces only its own delta: clear what an interrupted attempt left. The new
+    // attempt's number fences an earlier attempt still running (a job delivered twice, or
+    // redelivered while a stalled worker held it): its writes are refused from now on.
+    let Some(attempt) = ctx.store.reset_chunk(&run.id, &chunk).await? else {
+        return Ok(Vec::new()); // done meanwhile by another delivery of this job
+    };
+    let delta = DeltaWriter::new(ctx, &run.id, chunk_no, attempt);
     let mode = run.mode.clone().unwrap_or_default();
     let read_span = tracing::info_span!("source.read", otel.name = "source.read", chunk = chunk_no,
         mode = ?mode.mode, rows_read = tracing::field::Empty, bytes_read = tracing::field::Empty,
@@ -219,7 +240,7 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
     let stats = async {
         Ok::<_, StageError>(match mode.mode {
             DiffMode::RemoteHash => {
-                remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, chunk_no).await?
+                remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, delta).await?
             }
             DiffMode::Watermark if !mode.full => {
                 let column = ds.watermark_column.clone().unwrap_or_default();
@@ -231,7 +252,7 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
                     &spec,
                     &column,
                     mode.from.as_deref(),
-                    chunk_no,
+                    delta,
                 )
                 .await?
             }
@@ -240,16 +261,20 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
                     mode.from.as_deref().and_then(|v| v.parse().ok()).ok_or_else(|| {
                         StageError::NotFound(format!("run `{}` has no change-tracking version", run.id))
                     })?;
-                tracked::diff_changes(ctx, run, &schema, src.read_changes(&spec, &schema, since), chunk_no).await?
+                tracked::diff_changes(ctx, run, &schema, src.read_changes(&spec, &schema, since), delta).await?
             }
             _ => {
                 let rows = src.read(&spec, &schema, &chunk.range);
-                full::diff_chunk(ctx, run, &schema, rows, &chunk.range, chunk_no).await?
+                full::diff_chunk(ctx, run, &schema, rows, &chunk.range, delta).await?
             }
         })
     }
     .instrument(read_span.clone())
-    .await?;
+    .await;
+    let stats = match stats {
+        Err(StageError::Store(StoreError::Superseded { what })) => return Ok(superseded(run, chunk_no, &what)),
+        other => other?,
+    };
     for (field, n) in [
         ("rows_read", stats.rows_read),
         ("bytes_read", stats.bytes_read),
@@ -259,7 +284,10 @@ pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Res
     ] {
         read_span.record(field, n);
     }
-    let all_done = ctx.store.finish_chunk(&run.id, chunk_no, stats).await?;
+    let all_done = match ctx.store.finish_chunk(&run.id, chunk_no, attempt, stats).await {
+        Err(StoreError::Superseded { what }) => return Ok(superseded(run, chunk_no, &what)),
+        other => other?,
+    };
     crate::metrics::add("signals_rows_read_total", &[], stats.rows_read as f64);
     crate::metrics::add("signals_source_bytes_read_total", &[], stats.bytes_read as f64);
     for (op, n) in [

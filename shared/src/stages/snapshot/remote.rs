@@ -97,13 +97,12 @@ pub(super) async fn diff_chunk(
     src: &dyn SnapshotSource,
     spec: &SourceSpec,
     range: &KeyRange,
-    chunk_no: u32,
+    mut out: super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let mut hashes = Cursor::new(src.read_hashes(spec, schema, range));
     let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
     let key_names: Vec<&str> = schema.key.iter().map(String::as_str).collect();
     let (mut stats, mut delta, mut pending) = (ChunkStats::default(), Vec::new(), Vec::new());
-    let mut out = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     let mut prev: Option<Vec<u8>> = None;
     let mut s_head: Option<(Vec<Value>, Vec<u8>, RowHash)> = None;
     let mut g_head = staging.next().await?;

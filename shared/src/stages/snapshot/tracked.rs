@@ -21,14 +21,13 @@ pub(super) async fn diff_changes(
     run: &Run,
     schema: &TableSchema,
     mut changes: Batches<TrackedChange, SourceError>,
-    chunk_no: u32,
+    mut out: super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
     let key_names: Vec<&str> = schema.key.iter().map(String::as_str).collect();
     let (mut stats, mut delta, mut rows, mut gone, mut scratch) =
         (ChunkStats::default(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut out = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     let key_of = |values: &[&Value]| -> Result<Vec<u8>, StageError> {
         let mut key = Vec::with_capacity(16);
         encode_key(&mut key, values, &schema.key).map_err(SourceError::from)?;

@@ -66,7 +66,7 @@ pub(super) async fn diff_since(
     spec: &SourceSpec,
     column: &str,
     from_json: Option<&str>,
-    chunk_no: u32,
+    mut out: super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let ty = schema.columns.iter().find(|c| c.name == column).map(|c| c.ty);
     let from = from_json
@@ -78,7 +78,6 @@ pub(super) async fn diff_since(
     let names: Vec<&str> = schema.column_names().collect();
     let mut rx = src.read_since(spec, schema, column, &from);
     let (mut stats, mut delta, mut batch, mut scratch) = (ChunkStats::default(), Vec::new(), Vec::new(), Vec::new());
-    let mut out = super::DeltaWriter::new(ctx, &run.id, chunk_no);
     while let Some(rows) = rx.recv().await {
         for values in rows? {
             stats.rows_read += 1;
