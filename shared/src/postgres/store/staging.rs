@@ -48,7 +48,6 @@ async fn sid(c: &impl tokio_postgres::GenericClient, s: &str, tenant: &str, sour
 
 type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
-/// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
 /// One chunk's lock between its attempts (decision 0023), by (run, chunk): a reset takes it
 /// alone, an attempt's segment writes together. Two-key advisory locks are a space of their own,
 /// apart from the single-key ones of the slots and migrations.
@@ -56,6 +55,7 @@ const CHUNK_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1), $2)";
 /// The segment writes' side of [`CHUNK_LOCK`].
 const CHUNK_SHARED_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(hashtext($1), $2)";
 
+/// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
 fn range_sql(range: &KeyRange, params: &mut Params) -> String {
     let mut sql = String::new();
     if let Some(lo) = &range.lo {
