@@ -281,9 +281,11 @@ async fn change_tracking_on_postgresql_is_refused_by_name() {
 }
 
 /// Every session our pools open (store and PostgreSQL sources share `pool`) runs without the
-/// JIT: a staging read planned against the whole partitioned table compiled for ~220 ms.
+/// JIT — a staging read planned against the whole partitioned table compiled for ~220 ms — and
+/// plans each run of a prepared statement with its values: the store keeps its statements
+/// prepared, and a generic plan of the queue's claim scans every queued job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_run_without_the_jit() {
+async fn sessions_run_without_the_jit_and_with_custom_plans() {
     let pool = signals_shared::postgres::pool::pool(&pg_url(), 2).expect("pool");
     let (a, b) = (
         pool.get().await.expect("a session"),
@@ -292,5 +294,11 @@ async fn sessions_run_without_the_jit() {
     for client in [&a, &b] {
         let jit: String = client.query_one("SHOW jit", &[]).await.expect("show jit").get(0);
         assert_eq!(jit, "off");
+        let plans: String = client
+            .query_one("SHOW plan_cache_mode", &[])
+            .await
+            .expect("show plan_cache_mode")
+            .get(0);
+        assert_eq!(plans, "force_custom_plan");
     }
 }

@@ -42,18 +42,27 @@ impl Limits {
     }
 }
 
-/// Turns the JIT off for each new session. Our statements are short or stream rows in key
-/// order, and the planner's cost for a staging read of one data source is the whole partitioned
-/// table's (the source is known only when the statement runs): on a store holding twelve
-/// 1,000,000-row sources a tenant's staging read of under 1,000 rows spent ~220 ms compiling
-/// (`pg_stat_statements`, docs/performance.md). Set in the session, not as a startup option, so
-/// a pooler that refuses startup parameters still connects; a server without the setting keeps
-/// its default.
-fn jit_off() -> Hook {
+/// Settings for each new session, set in the session rather than as startup options so a pooler
+/// that refuses startup parameters still connects; a server without a setting keeps its default.
+///
+/// - The JIT off. Our statements are short or stream rows in key order, and the planner's cost
+///   for a staging read of one data source is the whole partitioned table's (the source is known
+///   only when the statement runs): on a store holding twelve 1,000,000-row sources a tenant's
+///   staging read of under 1,000 rows spent ~220 ms compiling (`pg_stat_statements`,
+///   docs/performance.md).
+/// - Custom plans only. The store keeps its statements prepared (`store::prepared`); left to
+///   itself the server may switch a prepared statement to a generic plan after five runs, and
+///   the queue's claim has one that scans every queued job (a hash join over the whole table
+///   instead of the claim index). Planned per run with its values, every statement keeps the
+///   plan it had when each call prepared it afresh; what preparing once saves is the round trip
+///   and the parse.
+fn session_settings() -> Hook {
     Hook::async_fn(|client, _| {
         Box::pin(async move {
-            if let Err(e) = client.batch_execute("SET jit = off").await {
-                tracing::debug!(error = %e, "the server kept its JIT setting");
+            for setting in ["SET jit = off", "SET plan_cache_mode = force_custom_plan"] {
+                if let Err(e) = client.batch_execute(setting).await {
+                    tracing::debug!(error = %e, setting, "the server kept its default");
+                }
             }
             Ok(())
         })
@@ -79,7 +88,7 @@ pub fn pool_with(url: &str, limits: Limits) -> Result<Pool, String> {
     );
     Pool::builder(manager)
         .max_size(limits.connections.max(1))
-        .post_create(jit_off())
+        .post_create(session_settings())
         .runtime(Runtime::Tokio1)
         .timeouts(Timeouts {
             wait: limits.wait,

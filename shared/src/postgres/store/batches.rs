@@ -1,5 +1,6 @@
 //! Batches and the delivery ledger in PostgreSQL.
 
+use super::prepared;
 use super::scratch::{self, Scratch, Table};
 use super::{now_ms, PgStore};
 use crate::domain::packing::unpack_body;
@@ -7,11 +8,12 @@ use crate::errors::StoreError;
 use crate::ports::{Attempt, BatchRecord, BatchStore, Run};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
+use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Transaction;
 
 async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt) -> Result<(), tokio_postgres::Error> {
-    tx.execute(
+    prepared::execute(
+        tx,
         &format!(
             "INSERT INTO {s}.deliveries (run_id, batch_id, attempt, at, duration_ms, status, detail, request_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -53,19 +55,16 @@ async fn insert_batches(tx: &Transaction<'_>, s: &str, batches: &[BatchRecord]) 
     runs.dedup();
     for run_id in runs {
         let at = Scratch::of(tx, s, run_id).await?;
-        let ins = tx
-            .prepare(&format!(
-                "INSERT INTO {} (id, run_id, seq_first, seq_last, rows, body) \
-                 SELECT $1::TEXT, $2::TEXT, $3::BIGINT, $4::BIGINT, $5::BIGINT, $6::BYTEA \
-                 WHERE NOT EXISTS (SELECT 1 FROM ONLY {s}.batches WHERE id = $1::TEXT) ON CONFLICT (id) DO NOTHING",
-                at.insert_into(s, Table::Batches)
-            ))
-            .await
-            .map_err(&err)?;
+        let ins = format!(
+            "INSERT INTO {} (id, run_id, seq_first, seq_last, rows, body) \
+             SELECT $1::TEXT, $2::TEXT, $3::BIGINT, $4::BIGINT, $5::BIGINT, $6::BYTEA \
+             WHERE NOT EXISTS (SELECT 1 FROM ONLY {s}.batches WHERE id = $1::TEXT) ON CONFLICT (id) DO NOTHING",
+            at.insert_into(s, Table::Batches)
+        );
         for b in batches.iter().filter(|b| b.run_id == run_id) {
             let body = b.body.stored();
             let row: [&(dyn ToSql + Sync); 6] = [&b.id, &b.run_id, &b.seq_first, &b.seq_last, &b.rows, &body.as_ref()];
-            tx.execute(&ins, &row).await.map_err(&err)?;
+            prepared::execute(tx, &ins, &row).await.map_err(&err)?;
         }
     }
     Ok(())
@@ -82,7 +81,7 @@ async fn change_batches(
     let err = pg_err("update batches");
     let mut n = 0;
     for sql in Scratch::of(tx, s, run_id).await?.each(s, Table::Batches, stmt) {
-        n += tx.execute(&sql, params).await.map_err(&err)?;
+        n += prepared::execute(tx, &sql, params).await.map_err(&err)?;
     }
     Ok(n)
 }
@@ -103,17 +102,17 @@ impl BatchStore for PgStore {
         let err = pg_err("finish batching");
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
-        let n = tx
-            .execute(
-                &format!(
-                    "UPDATE {}.runs SET state = 'batched', batches_total = $2, bytes = $3, updated_at = $4 \
+        let n = prepared::execute(
+            &tx,
+            &format!(
+                "UPDATE {}.runs SET state = 'batched', batches_total = $2, bytes = $3, updated_at = $4 \
                      WHERE id = $1 AND state = 'merged'",
-                    self.s
-                ),
-                &[&run.id, &total, &bytes, &now_ms()],
-            )
-            .await
-            .map_err(&err)?;
+                self.s
+            ),
+            &[&run.id, &total, &bytes, &now_ms()],
+        )
+        .await
+        .map_err(&err)?;
         if n == 1 && total == 0 {
             finish_run(&tx, &self.s, &run.id).await?;
         }
@@ -124,7 +123,7 @@ impl BatchStore for PgStore {
 
     async fn pending_batches(&self, run_id: &str) -> Result<Vec<(String, i64, i64)>, StoreError> {
         let c = self.client().await?;
-        let at = Scratch::of(&**c, &self.s, run_id).await?;
+        let at = Scratch::of(&c, &self.s, run_id).await?;
         let sql = format!(
             "SELECT id, seq_first, seq_last FROM ({}) b ORDER BY seq_first",
             at.select(
@@ -134,7 +133,9 @@ impl BatchStore for PgStore {
                 "run_id = $1 AND delivered_at IS NULL"
             )
         );
-        let rows = c.query(&sql, &[&run_id]).await.map_err(pg_err("pending batches"))?;
+        let rows = prepared::query(&c, &sql, &[&run_id])
+            .await
+            .map_err(pg_err("pending batches"))?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
@@ -165,15 +166,14 @@ impl BatchStore for PgStore {
 
     async fn batch(&self, run_id: &str, batch_id: &str) -> Result<Option<BatchRecord>, StoreError> {
         let c = self.client().await?;
-        let at = Scratch::of(&**c, &self.s, run_id).await?;
+        let at = Scratch::of(&c, &self.s, run_id).await?;
         let sql = at.select(
             &self.s,
             Table::Batches,
             "id, run_id, seq_first, seq_last, rows, body, delivered_at IS NOT NULL",
             "id = $1 AND run_id = $2",
         );
-        let rows = c
-            .query(&sql, &[&batch_id, &run_id])
+        let rows = prepared::query(&c, &sql, &[&batch_id, &run_id])
             .await
             .map_err(pg_err("load batch"))?;
         rows.first()
@@ -211,17 +211,17 @@ impl BatchStore for PgStore {
         let mut finished = false;
         if first {
             // The row lock on the run serialises concurrent last deliveries: exactly one finishes it.
-            let last: bool = tx
-                .query_one(
-                    &format!(
-                        "UPDATE {s}.runs SET batches_delivered = batches_delivered + 1, updated_at = $2 WHERE id = $1 \
+            let last: bool = prepared::query_one(
+                &tx,
+                &format!(
+                    "UPDATE {s}.runs SET batches_delivered = batches_delivered + 1, updated_at = $2 WHERE id = $1 \
                          RETURNING state = 'batched' AND batches_delivered >= batches_total"
-                    ),
-                    &[&run.id, &now_ms()],
-                )
-                .await
-                .map_err(&err)?
-                .get(0);
+                ),
+                &[&run.id, &now_ms()],
+            )
+            .await
+            .map_err(&err)?
+            .get(0);
             if last {
                 finished = finish_run(&tx, s, &run.id).await?;
             }

@@ -1,5 +1,6 @@
 //! Config versions in PostgreSQL.
 
+use super::prepared;
 use super::{now_ms, PgStore};
 use crate::errors::StoreError;
 use crate::ports::ConfigStore;
@@ -48,10 +49,7 @@ impl ConfigStore for PgStore {
             "SELECT version, toml FROM {}.config_versions ORDER BY version DESC LIMIT 1",
             self.s
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[])
             .await
             .map_err(pg_err("latest config"))?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
@@ -59,10 +57,7 @@ impl ConfigStore for PgStore {
 
     async fn latest_config_version(&self) -> Result<Option<i64>, StoreError> {
         let sql = format!("SELECT max(version) FROM {}.config_versions", self.s);
-        let row = self
-            .client()
-            .await?
-            .query_one(&sql, &[])
+        let row = prepared::query_one(&self.client().await?, &sql, &[])
             .await
             .map_err(pg_err("latest config version"))?;
         Ok(row.get(0))
@@ -70,10 +65,7 @@ impl ConfigStore for PgStore {
 
     async fn config_version(&self, version: i64) -> Result<Option<String>, StoreError> {
         let sql = format!("SELECT toml FROM {}.config_versions WHERE version = $1", self.s);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&version])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[&version])
             .await
             .map_err(pg_err("config version"))?;
         Ok(row.map(|r| r.get(0)))

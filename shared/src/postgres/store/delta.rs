@@ -26,7 +26,7 @@ pub(super) fn segments<T: Send + 'static>(
     let (store, run_id) = (store.clone(), run_id.to_owned());
     tokio::spawn(async move {
         let found = match store.client().await {
-            Ok(c) => Scratch::of(&**c, &store.s, &run_id).await,
+            Ok(c) => Scratch::of(&c, &store.s, &run_id).await,
             Err(e) => Err(e),
         };
         let sql = match found {

@@ -1,5 +1,6 @@
 //! Dead letters in PostgreSQL.
 
+use super::prepared;
 use super::{from_ms, now_ms, PgStore};
 use crate::domain::job::Job;
 use crate::errors::StoreError;
@@ -79,10 +80,7 @@ impl DeadLetterStore for PgStore {
             "SELECT {COLS} FROM {}.dead_letters WHERE (NOT $1 OR state = 'open') ORDER BY id DESC",
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&open_only])
+        let rows = prepared::query(&self.client().await?, &sql, &[&open_only])
             .await
             .map_err(pg_err("list dead letters"))?;
         Ok(rows.iter().map(map).collect())
@@ -90,10 +88,7 @@ impl DeadLetterStore for PgStore {
 
     async fn dead_letter_by_id(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         let sql = format!("SELECT {COLS} FROM {}.dead_letters WHERE id = $1", self.s);
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&id])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[&id])
             .await
             .map_err(pg_err("load dead letter"))?;
         Ok(row.as_ref().map(map))
@@ -104,10 +99,7 @@ impl DeadLetterStore for PgStore {
             "UPDATE {}.dead_letters SET state = $2, resolved_at = $3, resolved_by = $4 WHERE id = $1 AND state = 'open'",
             self.s
         );
-        let n = self
-            .client()
-            .await?
-            .execute(&sql, &[&id, &state, &now_ms(), &by])
+        let n = prepared::execute(&self.client().await?, &sql, &[&id, &state, &now_ms(), &by])
             .await
             .map_err(pg_err("resolve dead letter"))?;
         self.count(n);

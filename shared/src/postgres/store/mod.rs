@@ -7,6 +7,7 @@ mod config;
 mod delta;
 mod dlq;
 mod operator;
+mod prepared;
 mod queue;
 mod runs;
 mod schema;

@@ -1,5 +1,6 @@
 //! Pauses and the audit log in PostgreSQL.
 
+use super::prepared;
 use super::{from_ms, now_ms, scratch, PgStore};
 use crate::errors::StoreError;
 use crate::ports::{OperatorStore, PruneCutoffs, SourceClock};
@@ -31,10 +32,7 @@ impl OperatorStore for PgStore {
 
     async fn pauses(&self, tenant: &str) -> Result<Vec<Option<String>>, StoreError> {
         let sql = format!("SELECT source FROM {}.pauses WHERE tenant = $1", self.s);
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant])
+        let rows = prepared::query(&self.client().await?, &sql, &[&tenant])
             .await
             .map_err(pg_err("pauses"))?;
         Ok(rows
@@ -45,10 +43,7 @@ impl OperatorStore for PgStore {
 
     async fn last_audit(&self, action: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let sql = format!("SELECT MAX(at) FROM {}.audit_log WHERE action = $1", self.s);
-        let at: Option<i64> = self
-            .client()
-            .await?
-            .query_one(&sql, &[&action])
+        let at: Option<i64> = prepared::query_one(&self.client().await?, &sql, &[&action])
             .await
             .map_err(pg_err("last audit"))?
             .get(0);
@@ -88,7 +83,7 @@ impl OperatorStore for PgStore {
             ),
         ];
         let c = self.client().await?;
-        scratch::drop_orphans(&**c, s).await?;
+        scratch::drop_orphans(&c, s).await?;
         let mut total = 0;
         for (sql, cutoff) in steps {
             loop {
@@ -145,7 +140,7 @@ impl OperatorStore for PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        scratch::retire_own(&*tx, s, &own).await?;
+        scratch::retire_own(&tx, s, &own).await?;
         let mut n = 0;
         for q in sql {
             n += tx.execute(&q, &[&tenant]).await.map_err(&err)?;
@@ -159,11 +154,13 @@ impl OperatorStore for PgStore {
             "INSERT INTO {}.audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
             self.s
         );
-        self.client()
-            .await?
-            .execute(&sql, &[&now_ms(), &actor, &action, &subject, &detail])
-            .await
-            .map_err(pg_err("audit"))?;
+        prepared::execute(
+            &self.client().await?,
+            &sql,
+            &[&now_ms(), &actor, &action, &subject, &detail],
+        )
+        .await
+        .map_err(pg_err("audit"))?;
         Ok(())
     }
 
@@ -173,10 +170,7 @@ impl OperatorStore for PgStore {
              FROM {}.runs GROUP BY tenant, source ORDER BY tenant, source",
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[])
+        let rows = prepared::query(&self.client().await?, &sql, &[])
             .await
             .map_err(pg_err("sync clocks"))?;
         Ok(rows

@@ -2,6 +2,7 @@
 //! share one queue without blocking each other; a claim pushes `visible_at` past the lease, so an
 //! expired lease makes the message visible again by itself.
 
+use super::prepared;
 use super::{now_ms, PgStore};
 use crate::domain::job::{Job, Stage, PRIORITY_INTERVAL};
 use crate::errors::StoreError;
@@ -41,15 +42,13 @@ impl JobQueue for PgStore {
              SELECT u.*, $3::BIGINT, $4::BIGINT FROM UNNEST($1::TEXT[], $2::TEXT[], $5::INT4[]) AS u",
             self.s
         );
-        let n = self
-            .client()
-            .await?
-            .execute(
-                &sql,
-                &[&stages, &bodies, &now, &(now + delay.as_millis() as i64), &priorities],
-            )
-            .await
-            .map_err(pg_err("enqueue"))?;
+        let n = prepared::execute(
+            &self.client().await?,
+            &sql,
+            &[&stages, &bodies, &now, &(now + delay.as_millis() as i64), &priorities],
+        )
+        .await
+        .map_err(pg_err("enqueue"))?;
         self.count(n);
         Ok(())
     }
@@ -68,21 +67,20 @@ impl JobQueue for PgStore {
             "UPDATE {}.jobs SET visible_at = $3 WHERE id = $1 AND lease_token = $2",
             self.s
         );
-        self.client()
-            .await?
-            .execute(&sql, &[&id, &token, &(now_ms() + lease.as_millis() as i64)])
-            .await
-            .map_err(pg_err("extend lease"))?;
+        prepared::execute(
+            &self.client().await?,
+            &sql,
+            &[&id, &token, &(now_ms() + lease.as_millis() as i64)],
+        )
+        .await
+        .map_err(pg_err("extend lease"))?;
         Ok(())
     }
 
     async fn ack(&self, claimed: &Claimed) -> Result<(), StoreError> {
         let (id, token) = parse_handle(&claimed.handle);
         let sql = format!("DELETE FROM {}.jobs WHERE id = $1 AND lease_token = $2", self.s);
-        let n = self
-            .client()
-            .await?
-            .execute(&sql, &[&id, &token])
+        let n = prepared::execute(&self.client().await?, &sql, &[&id, &token])
             .await
             .map_err(pg_err("ack"))?;
         self.count(n);
@@ -95,12 +93,13 @@ impl JobQueue for PgStore {
             "UPDATE {}.jobs SET visible_at = $3, lease_token = NULL, last_error = $4 WHERE id = $1 AND lease_token = $2",
             self.s
         );
-        let n = self
-            .client()
-            .await?
-            .execute(&sql, &[&id, &token, &(now_ms() + delay.as_millis() as i64), &error])
-            .await
-            .map_err(pg_err("retry later"))?;
+        let n = prepared::execute(
+            &self.client().await?,
+            &sql,
+            &[&id, &token, &(now_ms() + delay.as_millis() as i64), &error],
+        )
+        .await
+        .map_err(pg_err("retry later"))?;
         self.count(n);
         Ok(())
     }
@@ -113,10 +112,7 @@ impl JobQueue for PgStore {
              WHERE cardinality($2::TEXT[]) = 0 OR stage = ANY($2)",
             self.s
         );
-        let r = self
-            .client()
-            .await?
-            .query_one(&sql, &[&now, &names])
+        let r = prepared::query_one(&self.client().await?, &sql, &[&now, &names])
             .await
             .map_err(pg_err("queue depth"))?;
         let oldest: Option<i64> = r.get(1);
@@ -146,22 +142,20 @@ impl PgStore {
              RETURNING id, body, attempts",
             s = self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &sql,
-                &[
-                    &(now + lease.as_millis() as i64),
-                    &token,
-                    &now,
-                    &names,
-                    &(max as i64),
-                    &i32::from(min_priority),
-                ],
-            )
-            .await
-            .map_err(pg_err("claim"))?;
+        let rows = prepared::query(
+            &self.client().await?,
+            &sql,
+            &[
+                &(now + lease.as_millis() as i64),
+                &token,
+                &now,
+                &names,
+                &(max as i64),
+                &i32::from(min_priority),
+            ],
+        )
+        .await
+        .map_err(pg_err("claim"))?;
         self.count(rows.len() as u64);
         Ok(rows
             .iter()

@@ -1,5 +1,6 @@
 //! Runs and chunks in PostgreSQL.
 
+use super::prepared;
 use super::{from_ms, now_ms, scratch, PgStore};
 
 use crate::errors::StoreError;
@@ -94,10 +95,7 @@ impl RunStore for PgStore {
 
     async fn run(&self, tenant: &str, run_id: &str) -> Result<Option<Run>, StoreError> {
         let sql = format!("{} WHERE r.id = $1 AND r.tenant = $2", self.run_select());
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&run_id, &tenant])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[&run_id, &tenant])
             .await
             .map_err(pg_err("load run"))?;
         row.as_ref().map(map_run).transpose()
@@ -108,10 +106,7 @@ impl RunStore for PgStore {
             "{} WHERE ($1::TEXT IS NULL OR r.tenant = $1) ORDER BY r.created_at DESC, r.id DESC LIMIT $2",
             self.run_select()
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant, &(limit as i64)])
+        let rows = prepared::query(&self.client().await?, &sql, &[&tenant, &(limit as i64)])
             .await
             .map_err(pg_err("list runs"))?;
         rows.iter().map(map_run).collect()
@@ -122,10 +117,7 @@ impl RunStore for PgStore {
             "SELECT source, MAX(created_at), BOOL_OR(state NOT IN ('done', 'abandoned')) FROM {}.runs WHERE tenant = $1 GROUP BY source",
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant])
+        let rows = prepared::query(&self.client().await?, &sql, &[&tenant])
             .await
             .map_err(pg_err("source clocks"))?;
         Ok(rows.iter().map(|r| (r.get(0), from_ms(r.get(1)), r.get(2))).collect())
@@ -171,7 +163,7 @@ impl RunStore for PgStore {
                 .await
                 .map_err(pg_err("plan run"))?
                 .get(0);
-            scratch::create(&*tx, s, &run.id, nothing_staged).await?;
+            scratch::create(&tx, s, &run.id, nothing_staged).await?;
         }
         tx.commit().await.map_err(pg_err("plan run"))?;
         self.count(1 + chunks.len() as u64);
@@ -183,10 +175,7 @@ impl RunStore for PgStore {
             "SELECT chunk_no, lo, hi, done FROM {}.chunks WHERE run_id = $1 ORDER BY chunk_no",
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&run_id])
+        let rows = prepared::query(&self.client().await?, &sql, &[&run_id])
             .await
             .map_err(pg_err("list chunks"))?;
         Ok(rows
@@ -214,21 +203,20 @@ impl RunStore for PgStore {
              ON CONFLICT (tenant, source) DO UPDATE SET at = EXCLUDED.at, in_sync = EXCLUDED.in_sync, report_json = EXCLUDED.report_json",
             self.s
         );
-        self.client()
-            .await?
-            .execute(&sql, &[&tenant, &source, &now_ms(), &in_sync, &report_json])
-            .await
-            .map_err(pg_err("record verification"))?;
+        prepared::execute(
+            &self.client().await?,
+            &sql,
+            &[&tenant, &source, &now_ms(), &in_sync, &report_json],
+        )
+        .await
+        .map_err(pg_err("record verification"))?;
         self.count(1);
         Ok(())
     }
 
     async fn last_verifications(&self, tenant: &str) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         let sql = format!("SELECT source, at FROM {}.verifications WHERE tenant = $1", self.s);
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant])
+        let rows = prepared::query(&self.client().await?, &sql, &[&tenant])
             .await
             .map_err(pg_err("last verifications"))?;
         Ok(rows.iter().map(|r| (r.get(0), from_ms(r.get(1)))).collect())
@@ -247,7 +235,7 @@ impl RunStore for PgStore {
         )
         .await
         .map_err(&err)?;
-        scratch::retire(&*tx, s, run_id).await?;
+        scratch::retire(&tx, s, run_id).await?;
         tx.commit().await.map_err(&err)?;
         self.count(1);
         Ok(())
@@ -258,9 +246,7 @@ impl RunStore for PgStore {
             "UPDATE {}.runs SET last_error = $2, updated_at = $3 WHERE id = $1",
             self.s
         );
-        self.client()
-            .await?
-            .execute(&sql, &[&run_id, &error, &now_ms()])
+        prepared::execute(&self.client().await?, &sql, &[&run_id, &error, &now_ms()])
             .await
             .map_err(pg_err("note run error"))?;
         self.count(1);
@@ -272,9 +258,7 @@ impl RunStore for PgStore {
             "UPDATE {}.runs SET updated_at = $2 WHERE id = $1 AND state NOT IN ('done', 'abandoned')",
             self.s
         );
-        self.client()
-            .await?
-            .execute(&sql, &[&run_id, &now_ms()])
+        prepared::execute(&self.client().await?, &sql, &[&run_id, &now_ms()])
             .await
             .map_err(pg_err("touch run"))?;
         self.count(1);
@@ -289,10 +273,7 @@ impl RunStore for PgStore {
             self.run_select(),
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&since.timestamp_millis()])
+        let rows = prepared::query(&self.client().await?, &sql, &[&since.timestamp_millis()])
             .await
             .map_err(pg_err("quiet runs"))?;
         rows.iter().map(map_run).collect()
@@ -303,13 +284,14 @@ impl RunStore for PgStore {
             "SELECT EXISTS (SELECT 1 FROM {}.jobs WHERE strpos(body, $1) > 0)",
             self.s
         );
-        Ok(self
-            .client()
-            .await?
-            .query_one(&sql, &[&crate::domain::job::run_id_field(run_id)])
-            .await
-            .map_err(pg_err("jobs of a run"))?
-            .get(0))
+        Ok(prepared::query_one(
+            &self.client().await?,
+            &sql,
+            &[&crate::domain::job::run_id_field(run_id)],
+        )
+        .await
+        .map_err(pg_err("jobs of a run"))?
+        .get(0))
     }
 
     async fn record_stage(
@@ -335,9 +317,7 @@ impl RunStore for PgStore {
             &started_at.timestamp_millis(),
             &now_ms(),
         ];
-        self.client()
-            .await?
-            .execute(&sql, &params)
+        prepared::execute(&self.client().await?, &sql, &params)
             .await
             .map_err(pg_err("record stage timing"))?;
         self.count(1);
@@ -350,10 +330,7 @@ impl RunStore for PgStore {
              WHERE run_id = ANY($1) ORDER BY run_id, first_at",
             self.s
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&run_ids])
+        let rows = prepared::query(&self.client().await?, &sql, &[&run_ids])
             .await
             .map_err(pg_err("stage timings"))?;
         Ok(rows

@@ -11,11 +11,11 @@
 //! through the whole inheritance tree: that would lock every other run's tables and queue
 //! behind a drop.
 
+use super::prepared::{self, Conn};
 use crate::errors::StoreError;
 use crate::ports::Run;
 use crate::postgres::pool::pg_err;
 use deadpool_postgres::Transaction;
-use tokio_postgres::GenericClient;
 
 /// PostgreSQL's identifier limit, in bytes.
 const MAX_IDENT: usize = 63;
@@ -75,18 +75,17 @@ pub(super) enum Scratch {
 impl Scratch {
     /// Where the run's scratch is now: a finished run's own tables are gone (`retire`), and
     /// the record of its batches is in the shared table.
-    pub(super) async fn of(c: &impl GenericClient, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
+    pub(super) async fn of(c: &impl Conn, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
         Scratch::look_up(c, s, run_id, "own_scratch AND state NOT IN ('done', 'abandoned')").await
     }
 
     /// What the plan decided, whatever the run's state.
-    async fn planned(c: &impl GenericClient, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
+    async fn planned(c: &impl Conn, s: &str, run_id: &str) -> Result<Scratch, StoreError> {
         Scratch::look_up(c, s, run_id, "own_scratch").await
     }
 
-    async fn look_up(c: &impl GenericClient, s: &str, run_id: &str, own: &str) -> Result<Scratch, StoreError> {
-        let own = c
-            .query_opt(&format!("SELECT {own} FROM {s}.runs WHERE id = $1"), &[&run_id])
+    async fn look_up(c: &impl Conn, s: &str, run_id: &str, own: &str) -> Result<Scratch, StoreError> {
+        let own = prepared::query_opt(c, &format!("SELECT {own} FROM {s}.runs WHERE id = $1"), &[&run_id])
             .await
             .map_err(pg_err("find run scratch"))?
             .is_some_and(|r| r.get(0));
@@ -129,12 +128,7 @@ impl Scratch {
 /// keeps the shared tables otherwise). The segments of a run that finds nothing staged for its
 /// data source are not written to the WAL (decision 0018): should the server lose them, staging
 /// can be put back as the plan found it and the chunks read again (`rewind_lost_delta`).
-pub(super) async fn create(
-    c: &impl GenericClient,
-    s: &str,
-    run_id: &str,
-    nothing_staged: bool,
-) -> Result<(), StoreError> {
+pub(super) async fn create(c: &impl Conn, s: &str, run_id: &str, nothing_staged: bool) -> Result<(), StoreError> {
     if !nameable(run_id) {
         return Ok(());
     }
@@ -188,7 +182,7 @@ pub(super) async fn rewind_if_lost(tx: Transaction<'_>, s: &str, run: &Run) -> R
         return Ok(false);
     };
     let (merged, counted): (bool, i64) = (row.get(0), row.get(1));
-    let at = Scratch::of(&*tx, s, &run.id).await?;
+    let at = Scratch::of(&tx, s, &run.id).await?;
     let Some(segments) = at.own(s, Table::Segments) else {
         return Ok(false);
     };
@@ -248,7 +242,7 @@ pub(super) async fn rewind_if_lost(tx: Transaction<'_>, s: &str, run: &Run) -> R
 /// and bodies in the shared tables are deleted and cleared, and its own tables, if any, dropped —
 /// not emptied: the point of having them — once its batches' delivery record (without bodies)
 /// has moved to the shared table, which keeps the run's history.
-pub(super) async fn retire(c: &impl GenericClient, s: &str, run_id: &str) -> Result<(), StoreError> {
+pub(super) async fn retire(c: &impl Conn, s: &str, run_id: &str) -> Result<(), StoreError> {
     let err = pg_err("drop run scratch");
     for sql in [
         format!("DELETE FROM {s}.chunks WHERE run_id = $1"),
@@ -263,7 +257,7 @@ pub(super) async fn retire(c: &impl GenericClient, s: &str, run_id: &str) -> Res
 }
 
 /// [`retire`]'s dropping of own tables for runs known to have them (a tenant forgotten).
-pub(super) async fn retire_own(c: &impl GenericClient, s: &str, run_ids: &[String]) -> Result<(), StoreError> {
+pub(super) async fn retire_own(c: &impl Conn, s: &str, run_ids: &[String]) -> Result<(), StoreError> {
     for id in run_ids.iter().filter(|id| nameable(id)) {
         drop_own(c, s, &Scratch::Own(id.clone())).await?;
     }
@@ -272,7 +266,7 @@ pub(super) async fn retire_own(c: &impl GenericClient, s: &str, run_ids: &[Strin
 
 /// Moves the batches' record out of the run's own tables and drops them; tables already gone
 /// (a shared run, a retry) are skipped.
-async fn drop_own(c: &impl GenericClient, s: &str, at: &Scratch) -> Result<(), StoreError> {
+async fn drop_own(c: &impl Conn, s: &str, at: &Scratch) -> Result<(), StoreError> {
     let err = pg_err("drop run scratch");
     let (Some(segments), Some(batches)) = (at.own(s, Table::Segments), at.own(s, Table::Batches)) else {
         return Ok(());
@@ -302,7 +296,7 @@ async fn drop_own(c: &impl GenericClient, s: &str, at: &Scratch) -> Result<(), S
 
 /// Drops the scratch of runs whose own tables outlived them: finished by an earlier build (which
 /// empties the rows but knows nothing of the tables), or forgotten since.
-pub(super) async fn drop_orphans(c: &impl GenericClient, s: &str) -> Result<(), StoreError> {
+pub(super) async fn drop_orphans(c: &impl Conn, s: &str) -> Result<(), StoreError> {
     // `s` is a validated, quoted identifier: it holds no single quote.
     let mut ids = Vec::new();
     for t in Table::ALL {

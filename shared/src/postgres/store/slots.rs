@@ -1,6 +1,7 @@
 //! Source-server query slots in PostgreSQL, counted under a transaction-scoped advisory lock per
 //! server so concurrent workers cannot both take the last slot.
 
+use super::prepared;
 use super::{now_ms, PgStore};
 use crate::errors::StoreError;
 use crate::ports::SlotStore;
@@ -53,9 +54,7 @@ impl SlotStore for PgStore {
 
     async fn release_slot(&self, server: &str, holder: &str) -> Result<(), StoreError> {
         let sql = format!("DELETE FROM {}.source_slots WHERE server = $1 AND holder = $2", self.s);
-        self.client()
-            .await?
-            .execute(&sql, &[&server, &holder])
+        prepared::execute(&self.client().await?, &sql, &[&server, &holder])
             .await
             .map_err(pg_err("release slot"))?;
         Ok(())

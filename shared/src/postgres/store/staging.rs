@@ -2,6 +2,7 @@
 //! changes), merge applies them a segment per statement in one transaction.
 
 use super::delta::{delta, legacy_rows, segments};
+use super::prepared;
 use super::scratch::{Scratch, Table};
 use super::{now_ms, PgStore};
 use crate::domain::{encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
@@ -76,10 +77,7 @@ impl StagingStore for PgStore {
             "SELECT schema_json FROM {}.staged_schemas WHERE tenant = $1 AND source = $2",
             self.s
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&tenant, &source])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[&tenant, &source])
             .await
             .map_err(pg_err("staged schema"))?;
         row.map(|r| {
@@ -139,7 +137,7 @@ impl StagingStore for PgStore {
             .await
             .map_err(&err)?;
         let mut m = 0;
-        let at = Scratch::of(&*tx, s, run_id).await?;
+        let at = Scratch::of(&tx, s, run_id).await?;
         for sql in at.each(s, Table::Segments, |t| {
             format!("DELETE FROM {t} WHERE run_id = $1 AND chunk_no = $2")
         }) {
@@ -161,7 +159,7 @@ impl StagingStore for PgStore {
     ) -> Result<(), StoreError> {
         let err = pg_err("write delta");
         let mut c = self.client().await?;
-        let table = Scratch::of(&**c, &self.s, run_id)
+        let table = Scratch::of(&c, &self.s, run_id)
             .await?
             .insert_into(&self.s, Table::Segments);
         let tx = c.transaction().await.map_err(&err)?;
@@ -170,7 +168,7 @@ impl StagingStore for PgStore {
         // it wrote. An advisory lock writes no WAL, unlike a row lock on the (logged) chunk, so
         // an initial run's write into its unlogged segments still commits without a WAL flush
         // (a row lock cost ~1 s per 1,000,000-row initial snapshot: 500 flushes).
-        tx.execute(CHUNK_SHARED_LOCK, &[&run_id, &(chunk as i32)])
+        prepared::execute(&tx, CHUNK_SHARED_LOCK, &[&run_id, &(chunk as i32)])
             .await
             .map_err(&err)?;
         let sql = format!(
@@ -179,20 +177,20 @@ impl StagingStore for PgStore {
              WHERE run_id = $1 AND chunk_no = $2 AND attempt = $6",
             self.s
         );
-        let n = tx
-            .execute(
-                &sql,
-                &[
-                    &run_id,
-                    &(chunk as i32),
-                    &(seg as i32),
-                    &(rows as i32),
-                    &body.as_slice(),
-                    &attempt,
-                ],
-            )
-            .await
-            .map_err(&err)?;
+        let n = prepared::execute(
+            &tx,
+            &sql,
+            &[
+                &run_id,
+                &(chunk as i32),
+                &(seg as i32),
+                &(rows as i32),
+                &body.as_slice(),
+                &attempt,
+            ],
+        )
+        .await
+        .map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         if n == 0 {
             return Err(StoreError::chunk_superseded(run_id, chunk, attempt));
@@ -341,10 +339,7 @@ impl StagingStore for PgStore {
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
         let sql = format!("SELECT key, hash {} AND key = ANY($3)", staged(self));
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&tenant, &source, &keys])
+        let rows = prepared::query(&self.client().await?, &sql, &[&tenant, &source, &keys])
             .await
             .map_err(pg_err("staged hashes"))?;
         rows.iter()
@@ -364,10 +359,7 @@ impl StagingStore for PgStore {
             "SELECT cursor_json, last_full_at FROM {}.cursors WHERE tenant = $1 AND source = $2",
             self.s
         );
-        let row = self
-            .client()
-            .await?
-            .query_opt(&sql, &[&tenant, &source])
+        let row = prepared::query_opt(&self.client().await?, &sql, &[&tenant, &source])
             .await
             .map_err(pg_err("cursor"))?;
         Ok(row.map_or((None, None), |r| {
@@ -383,9 +375,7 @@ impl StagingStore for PgStore {
             s = self.s
         );
         let full_at = full.then(now_ms);
-        self.client()
-            .await?
-            .execute(&sql, &[&tenant, &source, &cursor, &full_at])
+        prepared::execute(&self.client().await?, &sql, &[&tenant, &source, &cursor, &full_at])
             .await
             .map_err(pg_err("set cursor"))?;
         self.count(1);
