@@ -120,7 +120,25 @@ struct Args {
     resume_lease_secs: u64,
 }
 
+/// `run`'s flags, each followed by a number.
+const FLAGS: [&str; 5] = [
+    "--rows",
+    "--onboard-rows",
+    "--sources",
+    "--memory-rows",
+    "--resume-lease-secs",
+];
+const USAGE: &str = "usage: signals-bench run [--rows N] [--onboard-rows N] [--sources N] [--memory-rows N] \
+    [--resume-lease-secs N]";
+
+/// `run`'s arguments. Anything else is an error: a misspelt flag (or `--help`) would otherwise
+/// start a ten-minute run with the defaults.
 fn args(a: &[String]) -> anyhow::Result<Args> {
+    for pair in a.chunks(2) {
+        if !FLAGS.contains(&pair[0].as_str()) {
+            bail!("unknown argument `{}`\n{USAGE}", pair[0]);
+        }
+    }
     let num = |flag: &str, default: u64| -> anyhow::Result<u64> {
         match a.iter().position(|x| x == flag) {
             Some(i) => a
@@ -162,8 +180,12 @@ async fn run() -> anyhow::Result<()> {
             )
             .await
         }
+        Some("run") if a.iter().any(|x| x == "--help" || x == "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
         Some("run") => bench(args(&a[1..])?).await,
-        _ => bail!("usage: signals-bench run [--rows N] [--onboard-rows N] [--sources N] [--memory-rows N]"),
+        _ => bail!("{USAGE}"),
     }
 }
 
@@ -407,4 +429,25 @@ async fn bench(a: Args) -> anyhow::Result<()> {
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&report.to_json())?)?;
     eprintln!("figures written to target/bench/bench.json");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::args;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn flags_are_read_and_anything_else_is_refused() {
+        let a = args(&argv("--rows 1000 --sources 2")).expect("known flags");
+        assert_eq!((a.rows, a.onboard_rows, a.sources, a.memory_rows), (1000, 1000, 2, 0));
+        for bad in ["--help", "--row 5", "--rows 5 extra", "--rows five"] {
+            let e = args(&argv(bad)).err().map(|e| format!("{e:#}"));
+            assert!(e.is_some(), "`{bad}` accepted");
+        }
+        let e = format!("{:#}", args(&argv("--rosw 5")).err().expect("misspelt"));
+        assert!(e.contains("unknown argument `--rosw`") && e.contains("usage:"), "{e}");
+    }
 }
