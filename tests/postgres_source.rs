@@ -281,11 +281,12 @@ async fn change_tracking_on_postgresql_is_refused_by_name() {
 }
 
 /// Every session our pools open (store and PostgreSQL sources share `pool`) runs without the
-/// JIT — a staging read planned against the whole partitioned table compiled for ~220 ms — and
-/// plans each run of a prepared statement with its values: the store keeps its statements
-/// prepared, and a generic plan of the queue's claim scans every queued job.
+/// JIT — a staging read planned against the whole partitioned table compiled for ~220 ms —,
+/// plans each run of a prepared statement with its values (the store keeps its statements
+/// prepared, and a generic plan of the queue's claim scans every queued job) and is sent no
+/// notices (a migration's "already exists, skipping" was logged by every CLI command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_run_without_the_jit_and_with_custom_plans() {
+async fn sessions_run_without_the_jit_with_custom_plans_and_without_notices() {
     let pool = signals_shared::postgres::pool::pool(&pg_url(), 2).expect("pool");
     let (a, b) = (
         pool.get().await.expect("a session"),
@@ -300,5 +301,11 @@ async fn sessions_run_without_the_jit_and_with_custom_plans() {
             .expect("show plan_cache_mode")
             .get(0);
         assert_eq!(plans, "force_custom_plan");
+        let notices: String = client
+            .query_one("SHOW client_min_messages", &[])
+            .await
+            .expect("show client_min_messages")
+            .get(0);
+        assert_eq!(notices, "warning");
     }
 }

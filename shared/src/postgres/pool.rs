@@ -56,10 +56,16 @@ impl Limits {
 ///   instead of the claim index). Planned per run with its values, every statement keeps the
 ///   plan it had when each call prepared it afresh; what preparing once saves is the round trip
 ///   and the parse.
+/// - Notices not sent. `CREATE … IF NOT EXISTS` in every migration run answers "already exists,
+///   skipping", which the driver logs: every CLI command printed two such lines.
 fn session_settings() -> Hook {
     Hook::async_fn(|client, _| {
         Box::pin(async move {
-            for setting in ["SET jit = off", "SET plan_cache_mode = force_custom_plan"] {
+            for setting in [
+                "SET jit = off",
+                "SET plan_cache_mode = force_custom_plan",
+                "SET client_min_messages = warning",
+            ] {
                 if let Err(e) = client.batch_execute(setting).await {
                     tracing::debug!(error = %e, setting, "the server kept its default");
                 }
