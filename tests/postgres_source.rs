@@ -293,19 +293,14 @@ async fn sessions_run_without_the_jit_with_custom_plans_and_without_notices() {
         pool.get().await.expect("a second session"),
     );
     for client in [&a, &b] {
-        let jit: String = client.query_one("SHOW jit", &[]).await.expect("show jit").get(0);
-        assert_eq!(jit, "off");
-        let plans: String = client
-            .query_one("SHOW plan_cache_mode", &[])
-            .await
-            .expect("show plan_cache_mode")
-            .get(0);
-        assert_eq!(plans, "force_custom_plan");
-        let notices: String = client
-            .query_one("SHOW client_min_messages", &[])
-            .await
-            .expect("show client_min_messages")
-            .get(0);
-        assert_eq!(notices, "warning");
+        for (setting, expected) in [
+            ("jit", "off"),
+            ("plan_cache_mode", "force_custom_plan"),
+            ("client_min_messages", "warning"),
+        ] {
+            let row = client.query_one(&format!("SHOW {setting}"), &[]).await;
+            let value: String = row.expect("show a setting").get(0);
+            assert_eq!(value, expected, "{setting}");
+        }
     }
 }
