@@ -382,3 +382,58 @@ async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
         .get(0);
     assert_eq!(kept, run.batches_total, "the batches' record kept as history");
 }
+
+/// A merge of 100,000 keys or more analyses its source's staging partition (and only that one)
+/// before the next run plans against it: with statistics saying "empty", the next run's delete
+/// join would probe every staged key of the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_large_merge_analyses_its_staging_partition() {
+    use signals_tests::{create_items, items_source, Harness, StoreKind};
+    let h = Harness::on(StoreKind::Postgres).await;
+    create_items(&h.src(), 100_000);
+    h.apply(&h.config(&items_source(25_000))).await;
+    h.onboard().await;
+    assert_eq!(h.runs().await.remove(0).display_state(), "done");
+    assert_eq!((h.stats().changes, h.stats().applied_twice), (100_000, 0));
+    h.assert_in_sync().await;
+    let c = store_client(&h).await;
+    let s = &h.store_schema;
+    let part: String = c
+        .query_one(
+            &format!(
+                "SELECT tableoid::REGCLASS::TEXT FROM {s}.staging_keys \
+                 WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = 't' AND source = 'items') LIMIT 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The statistics system takes up to a second to publish a backend's counts.
+    let analysed = |part: String| {
+        let c = &c;
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT analyze_count, (SELECT reltuples FROM pg_class WHERE oid = $1::TEXT::REGCLASS)::BIGINT \
+                     FROM pg_stat_user_tables WHERE relid = $1::TEXT::REGCLASS",
+                    &[&part],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, i64>(0), r.get::<_, i64>(1))
+        }
+    };
+    let mut seen = analysed(part.clone()).await;
+    for _ in 0..50 {
+        if seen.0 > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.batch_execute("SELECT pg_stat_clear_snapshot()").await.unwrap();
+        seen = analysed(part.clone()).await;
+    }
+    let (count, tuples) = seen;
+    assert_eq!(count, 1, "{part} analysed once, by the merge");
+    assert!((90_000..=110_000).contains(&tuples), "{part}: {tuples} rows estimated");
+}

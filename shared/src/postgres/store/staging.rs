@@ -276,7 +276,7 @@ impl StagingStore for PgStore {
         if n == 0 {
             return Ok(false);
         }
-        let (upserted, deleted) = merge_delta(self, &tx, run).await?;
+        let (id, upserted, deleted) = merge_delta(self, &tx, run).await?;
         if let Some(schema) = schema {
             tx.execute(
                 &format!(
@@ -288,24 +288,28 @@ impl StagingStore for PgStore {
             .await
             .map_err(&err)?;
         }
+        // Planner statistics lag a large merge (autovacuum analyses a minute later, if at all
+        // under load): with staging believed empty, the next run's delete join scans every
+        // staged key of the source (1,000,000 probes instead of a few thousand). Only the
+        // source's partition: analysing the parent would sample every partition. It is named
+        // here, where the merge's settings make the look-up one probe of the primary key: after
+        // the commit an unanalysed partition was read from its start, through any other
+        // source's rows sharing it (~250 ms of server time per 1,000,000-row merge).
+        let part: Option<String> = if upserted + deleted >= REANALYZE_AFTER {
+            tx.query_opt(
+                &format!("SELECT tableoid::regclass::TEXT FROM {s}.staging_keys WHERE sid = $1 LIMIT 1"),
+                &[&id],
+            )
+            .await
+            .map_err(&err)?
+            .map(|r| r.get(0))
+        } else {
+            None
+        };
         tx.commit().await.map_err(&err)?;
         self.count(2 + upserted + deleted);
-        if upserted + deleted >= REANALYZE_AFTER {
-            // Planner statistics lag a large merge (autovacuum analyses a minute later, if at all
-            // under load): with staging believed empty, the next run's delete join scans every
-            // staged key of the source (1,000,000 probes instead of a few thousand). Only the
-            // source's partition: analysing the parent would sample every partition.
-            let part: Option<String> = c
-                .query_opt(
-                    &format!("SELECT tableoid::regclass::TEXT {} LIMIT 1", staged(self)),
-                    &[&run.tenant, &run.source],
-                )
-                .await
-                .map_err(&err)?
-                .map(|r| r.get(0));
-            if let Some(part) = part {
-                c.batch_execute(&format!("ANALYZE {part}")).await.map_err(&err)?;
-            }
+        if let Some(part) = part {
+            c.batch_execute(&format!("ANALYZE {part}")).await.map_err(&err)?;
         }
         Ok(true)
     }
@@ -389,8 +393,8 @@ impl StagingStore for PgStore {
 }
 
 /// Applies the run's delta to staging inside the merge transaction, a segment's keys per
-/// statement; returns (upserted, deleted).
-async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(u64, u64), StoreError> {
+/// statement; returns the source's id and the keys (upserted, deleted).
+async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result<(i32, u64, u64), StoreError> {
     let (s, err) = (&store.s, pg_err("merge"));
     // The deletes' key lists must probe the primary key, whatever statistics say: with staging
     // believed empty the planner otherwise filters every staged key of the source instead.
@@ -407,7 +411,8 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         .map_err(&err)?
         .get(0);
     if empty {
-        return copy_into_empty(store, tx, id, &run.id).await;
+        let (copied, deleted) = copy_into_empty(store, tx, id, &run.id).await?;
+        return Ok((id, copied, deleted));
     }
     let upsert = tx
         .prepare(&format!(
@@ -443,7 +448,7 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
             deleted += tx.execute(&delete, &[&id, &gone]).await.map_err(&err)?;
         }
     }
-    Ok((upserted, deleted))
+    Ok((id, upserted, deleted))
 }
 
 /// Into a source with nothing staged (an initial sync) every change is a new key: the delta goes
