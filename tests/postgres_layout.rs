@@ -383,7 +383,7 @@ async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
     assert_eq!(kept, run.batches_total, "the batches' record kept as history");
 }
 
-/// A merge of 100,000 keys or more analyses its source's staging partition (and only that one)
+/// A merge of 100,000 keys or more analyses its source's staging partition
 /// before the next run plans against it: with statistics saying "empty", the next run's delete
 /// join would probe every staged key of the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
