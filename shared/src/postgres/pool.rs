@@ -49,7 +49,7 @@ impl Limits {
 ///   for a staging read of one data source is the whole partitioned table's (the source is known
 ///   only when the statement runs): on a store holding twelve 1,000,000-row sources a tenant's
 ///   staging read of under 1,000 rows spent ~220 ms compiling (`pg_stat_statements`,
-///   docs/performance.md).
+///   docs/performance-history.md).
 /// - Custom plans only. The store keeps its statements prepared (`store::prepared`); left to
 ///   itself the server may switch a prepared statement to a generic plan after five runs, and
 ///   the queue's claim has one that scans every queued job (a hash join over the whole table
