@@ -10,7 +10,7 @@ use signals_shared::mssql::pool::{Pool, Pooled};
 use signals_shared::mssql::source::MssqlSource;
 use signals_shared::ports::{KeyRange, SnapshotSource, SourceSpec};
 use signals_shared::sqlite::source::SqliteSource;
-use signals_tests::{assert_chunked_from_a_sample, mssql_server, Harness, StoreKind};
+use signals_tests::{assert_chunked_from_a_sample, mssql_server, unique_schema, Harness, StoreKind};
 
 /// A data source spec of `table` keyed on `key`.
 fn spec_of(table: String, key: &str) -> SourceSpec {
@@ -53,14 +53,7 @@ struct Db {
 impl Db {
     async fn new(conn_str: &str) -> Db {
         let pool = Pool::new(ConnSpec::parse(conn_str).expect("SIGNALS_TEST_MSSQL parses"), 4);
-        let schema = format!(
-            "sigsrc_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
+        let schema = unique_schema("sigsrc");
         let db = Db { pool, schema };
         db.exec(&format!("CREATE SCHEMA [{}]", db.schema)).await;
         db

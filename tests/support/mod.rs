@@ -88,17 +88,17 @@ pub fn pg_url() -> String {
     std::env::var("SIGNALS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A schema name no other test uses.
+/// A schema name no other test uses: the process and a counter within it tell tests apart (two
+/// tests of one binary starting on two cores once read the same nanosecond from the clock and
+/// shared a store), the time tells runs of the suite apart.
 pub fn unique_schema(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid_like())
-}
-
-fn uuid_like() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!("{:x}{:x}", nanos, std::process::id())
+    format!("{prefix}_{nanos:x}_{:x}_{n}", std::process::id())
 }
 
 impl Harness {
