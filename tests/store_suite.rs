@@ -1,10 +1,13 @@
 //! One behaviour suite for every store backend (SQLite, PostgreSQL; SQL Server when it lands):
 //! the table queue's leases and attempts, the one-active-run rule, dead-letter identity, tenant
-//! isolation, identifiers from config, and fenced attempts at a chunk.
+//! isolation, identifiers from config, fenced attempts at a chunk, and stalled runs revived (but
+//! not runs that only wait).
 
 use signals_shared::domain::job::{Job, Stage, Task};
 use signals_shared::errors::StoreError;
+use signals_shared::hosts::{self, Outcome};
 use signals_shared::ports::{ChunkStats, RunKind};
+use signals_shared::receiver::faults::Fault;
 use signals_shared::stages;
 use signals_tests::{create_items, items_source, Harness};
 use std::time::Duration;
@@ -460,8 +463,75 @@ async fn a_run_whose_jobs_were_lost_is_revived_once_quiet(h: Harness) {
     assert!(revived_after(&h, 3_600).await.is_empty(), "a done run is not revived");
 }
 
+/// A push waiting out a long `Retry-After` is not taken for stalled, even where the queue cannot
+/// be searched for the run's jobs (SQS, Azure: here the deferred message is taken out of the
+/// table queue, as such a queue holds it out of sight). The run counts as worked on until the
+/// retry is due; only a run still quiet a whole period after that is revived (decision 0023).
+/// The last push is the one throttled: this process's pushes to the destination then pause
+/// for the `Retry-After`, so the revived job is not run here (the test above runs one).
+async fn a_run_waiting_out_a_long_retry_after_is_not_revived(h: Harness) {
+    snapshotted_items(&h).await;
+    h.run_stages_until_idle(vec![Stage::Merge]).await;
+    let pushes = h
+        .store
+        .claim(10, Duration::from_secs(30), &[Stage::Push])
+        .await
+        .unwrap();
+    assert_eq!(pushes.len(), 5);
+    let mut deferred = 0;
+    for (i, claimed) in pushes.iter().enumerate() {
+        if i == pushes.len() - 1 {
+            h.receiver.faults.push(Fault {
+                status: 429,
+                times: 1,
+                dataset: None,
+                retry_after_secs: Some(2_700),
+                body: None,
+            });
+        }
+        let mut job = Job::decode(claimed.body.as_bytes()).unwrap();
+        job.attempt = claimed.attempts;
+        match hosts::execute(&h.ctx, &job).await {
+            Outcome::Retry { delay, .. } => {
+                assert!(delay >= Duration::from_secs(2_700), "Retry-After honoured: {delay:?}");
+                deferred += 1;
+                h.store.ack(claimed).await.unwrap();
+            }
+            outcome => assert!(hosts::settle(&h.ctx, h.store.as_ref(), claimed, &job, outcome).await),
+        }
+    }
+    assert_eq!(deferred, 1);
+    assert_eq!(h.runs().await[0].batches_delivered, 4);
+    assert!(
+        revived_after(&h, 1_801).await.is_empty(),
+        "quiet for a period, but its push is not due yet"
+    );
+    assert!(
+        revived_after(&h, 2_700 + 1_700).await.is_empty(),
+        "due, but not quiet for a period since"
+    );
+    let revived = revived_after(&h, 2_700 + 1_801).await;
+    assert_eq!(revived.iter().map(Job::task_name).collect::<Vec<_>>(), ["batch"]);
+    let run = h.runs().await.remove(0);
+    let waiting: i64 = h
+        .store
+        .pending_batches(&run.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, first, last)| last - first + 1)
+        .sum();
+    let stats = h.stats();
+    assert_eq!(
+        (stats.changes + waiting, stats.applied_twice),
+        (2_200, 0),
+        "every change delivered once or waiting"
+    );
+}
+
 signals_tests::on_every_store!(
     a_run_whose_jobs_were_lost_is_revived_once_quiet,
+    a_run_waiting_out_a_long_retry_after_is_not_revived,
     an_earlier_attempt_at_a_chunk_is_refused_once_a_later_one_resets_it,
     a_merge_job_cuts_the_batches_beside_the_merge,
     a_merge_job_merges_alone_while_another_cuts,

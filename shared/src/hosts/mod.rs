@@ -122,7 +122,10 @@ pub async fn execute(ctx: &Ctx, job: &Job) -> Outcome {
                     Decision::RetryAfter(delay) => {
                         tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "job failed; will retry");
                         if let Some(run) = run {
-                            let _ = ctx.store.note_error(run, &error).await;
+                            // Until the retry is due the run only waits: not stalled, whatever
+                            // the queue can show (decision 0023).
+                            let until = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                            let _ = ctx.store.defer_run(run, &error, until).await;
                         }
                         Outcome::Retry { delay, error }
                     }

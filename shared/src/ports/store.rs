@@ -327,6 +327,11 @@ pub trait RunStore: Send + Sync {
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
     /// Records an error against a run (shown in status).
     async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
+    /// Records why the run's next job waits (shown in status) and until when — a retry's backoff,
+    /// a destination's `Retry-After`, a sync window. The run counts as worked on until `until`,
+    /// so the scheduler does not revive a run that only waits where it cannot see the job
+    /// (SQS, Azure: decision 0023).
+    async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the latest verification of a data source (`in_sync` unknown while scheduled).
     async fn record_verification(
         &self,
@@ -342,7 +347,7 @@ pub trait RunStore: Send + Sync {
     /// Marks a run as still worked on: a long job's heartbeat, so the run is not taken for stalled.
     async fn touch_run(&self, run_id: &str) -> Result<(), StoreError>;
     /// Active runs (not done or abandoned) with no sign of work since `since`: no progress or
-    /// heartbeat recorded on the run and no job of it ended.
+    /// heartbeat recorded on the run, no job of it ended, and none deferred to a later time.
     async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError>;
     /// Whether the store's own table queue holds a job of the run (queued, delayed or leased).
     /// With another queue (SQS, Azure) it holds none and the answer is false.

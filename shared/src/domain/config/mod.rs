@@ -37,9 +37,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Recovery {
     /// A run with no sign of work for this long (no progress, no job ended, no heartbeat from a
-    /// running job) and no job of it in the table queue is stalled (0: never). With SQS or Azure
-    /// queues, which cannot be searched for a run's jobs, keep it above the longest wait a
-    /// destination asks for (`Retry-After`).
+    /// running job, none deferred to a later time — a retry, a `Retry-After`, a sync window) and
+    /// no job of it in the table queue is stalled (0: never).
     #[serde(default = "defaults::stalled_after_secs")]
     pub stalled_after_secs: u64,
 }

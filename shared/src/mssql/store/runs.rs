@@ -276,6 +276,21 @@ impl RunStore for MssqlStore {
         Ok(())
     }
 
+    async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = self.q("UPDATE {s}.runs SET last_error = @P2, updated_at = @P3, resumes_at = @P4 WHERE id = @P1");
+        let mut x = self.session("defer run").await?;
+        let args = vec![
+            p(run_id.to_owned()),
+            p(reason.to_owned()),
+            p(now_ms()),
+            p(until.timestamp_millis()),
+        ];
+        x.exec(&sql, args).await?;
+        x.done();
+        self.count(1);
+        Ok(())
+    }
+
     async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
         let sql =
             self.q("UPDATE {s}.runs SET updated_at = @P2 WHERE id = @P1 AND state <> 'done' AND state <> 'abandoned'");
@@ -289,7 +304,7 @@ impl RunStore for MssqlStore {
     async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
         let sql = format!(
             "{} WHERE r.state <> 'done' AND r.state <> 'abandoned' AND r.updated_at < @P1 \
-             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= @P1) \
+             AND (r.resumes_at IS NULL OR r.resumes_at < @P1) AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= @P1) \
              ORDER BY r.created_at",
             self.run_select(""),
             self.s

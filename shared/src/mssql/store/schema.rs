@@ -18,7 +18,11 @@ pub const MAX_KEY_BYTES: usize = 896;
 const EXACT: &str = "COLLATE Latin1_General_100_BIN2";
 
 /// Migrations in order, each a list of statements; `{s}` is the quoted schema, `{bin}` [`EXACT`].
-const MIGRATIONS: &[&[&str]] = &[FIRST, CHUNK_ATTEMPTS];
+const MIGRATIONS: &[&[&str]] = &[FIRST, CHUNK_ATTEMPTS, RUN_RESUMES_AT];
+
+/// When a run's deferred job is due (a retry's backoff, a `Retry-After`, a sync window): until
+/// then the run is not taken for stalled.
+const RUN_RESUMES_AT: &[&str] = &["ALTER TABLE {s}.runs ADD resumes_at BIGINT NULL"];
 
 /// Each attempt at a chunk gets a number when it resets the chunk; only the latest attempt's
 /// segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.

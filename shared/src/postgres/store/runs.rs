@@ -253,6 +253,20 @@ impl RunStore for PgStore {
         Ok(())
     }
 
+    async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {}.runs SET last_error = $2, updated_at = $3, resumes_at = $4 WHERE id = $1",
+            self.s
+        );
+        let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&run_id, &reason, &now_ms(), &until.timestamp_millis()];
+        prepared::execute(&self.client().await?, &sql, &args)
+            .await
+            .map_err(pg_err("defer run"))?;
+        self.count(1);
+        Ok(())
+    }
+
     async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE {}.runs SET updated_at = $2 WHERE id = $1 AND state NOT IN ('done', 'abandoned')",
@@ -268,7 +282,7 @@ impl RunStore for PgStore {
     async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
         let sql = format!(
             "{} WHERE r.state NOT IN ('done', 'abandoned') AND r.updated_at < $1 \
-             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= $1) \
+             AND COALESCE(r.resumes_at, 0) < $1 AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= $1) \
              ORDER BY r.created_at",
             self.run_select(),
             self.s

@@ -282,6 +282,11 @@ $$;
 -- segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.
 ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS attempt BIGINT NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- When a run's deferred job is due (a retry's backoff, a `Retry-After`, a sync window): until
+-- then the run is not taken for stalled.
+ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS resumes_at BIGINT;
+"#,
 ];
 
 /// Percent of each staging page filled by inserts and loads; the rest is room for updates.

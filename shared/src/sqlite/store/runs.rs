@@ -240,6 +240,19 @@ impl RunStore for SqliteStore {
             .await
     }
 
+    async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
+        let (run_id, reason) = (run_id.to_owned(), reason.to_owned());
+        self.db
+            .write("defer run", move |tx| {
+                tx.execute(
+                    "UPDATE runs SET last_error = ?2, updated_at = ?3, resumes_at = ?4 WHERE id = ?1",
+                    params![run_id, reason, now_ms(), until.timestamp_millis()],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     async fn touch_run(&self, run_id: &str) -> Result<(), StoreError> {
         let run_id = run_id.to_owned();
         self.db
@@ -258,7 +271,7 @@ impl RunStore for SqliteStore {
             .read("quiet runs", move |c| {
                 let mut stmt = c.prepare(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE state NOT IN ('done', 'abandoned') AND updated_at < ?1 \
-                     AND NOT EXISTS (SELECT 1 FROM run_stages t WHERE t.run_id = runs.id AND t.last_at >= ?1) \
+                     AND COALESCE(resumes_at, 0) < ?1 AND NOT EXISTS (SELECT 1 FROM run_stages t WHERE t.run_id = runs.id AND t.last_at >= ?1) \
                      ORDER BY created_at"
                 ))?;
                 let rows = stmt.query_map([since.timestamp_millis()], map_run)?;

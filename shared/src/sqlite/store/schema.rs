@@ -212,6 +212,11 @@ CREATE INDEX jobs_claim ON jobs (priority DESC, visible_at, id);
 -- segment writes and finish are taken, so a job delivered twice cannot mix two reads' deltas.
 ALTER TABLE chunks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- When a run's deferred job is due (a retry's backoff, a `Retry-After`, a sync window): until
+-- then the run is not taken for stalled.
+ALTER TABLE runs ADD COLUMN resumes_at INTEGER;
+"#,
 ];
 
 /// Brings the schema up to date.

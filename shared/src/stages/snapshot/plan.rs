@@ -77,9 +77,10 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
                     .unwrap_or(now);
                 tracing::info!(tenant = %run.tenant, source = %run.source, %at, "heavy work waits for the sync window");
                 ctx.store
-                    .note_error(
+                    .defer_run(
                         &run.id,
                         &format!("waiting for the sync window (heavy hours {start}-{end} UTC)"),
+                        at,
                     )
                     .await?;
                 let mut again = job.next(job.task.clone());
