@@ -304,7 +304,8 @@ impl RunStore for MssqlStore {
     async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
         let sql = format!(
             "{} WHERE r.state <> 'done' AND r.state <> 'abandoned' AND r.updated_at < @P1 \
-             AND (r.resumes_at IS NULL OR r.resumes_at < @P1) AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= @P1) \
+             AND (r.resumes_at IS NULL OR r.resumes_at < @P1) \
+             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= @P1) \
              ORDER BY r.created_at",
             self.run_select(""),
             self.s

@@ -282,7 +282,8 @@ impl RunStore for PgStore {
     async fn quiet_runs(&self, since: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
         let sql = format!(
             "{} WHERE r.state NOT IN ('done', 'abandoned') AND r.updated_at < $1 \
-             AND COALESCE(r.resumes_at, 0) < $1 AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= $1) \
+             AND COALESCE(r.resumes_at, 0) < $1 \
+             AND NOT EXISTS (SELECT 1 FROM {}.run_stages t WHERE t.run_id = r.id AND t.last_at >= $1) \
              ORDER BY r.created_at",
             self.run_select(),
             self.s

@@ -271,7 +271,8 @@ impl RunStore for SqliteStore {
             .read("quiet runs", move |c| {
                 let mut stmt = c.prepare(&format!(
                     "SELECT {RUN_COLS} FROM runs WHERE state NOT IN ('done', 'abandoned') AND updated_at < ?1 \
-                     AND COALESCE(resumes_at, 0) < ?1 AND NOT EXISTS (SELECT 1 FROM run_stages t WHERE t.run_id = runs.id AND t.last_at >= ?1) \
+                     AND COALESCE(resumes_at, 0) < ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM run_stages t WHERE t.run_id = runs.id AND t.last_at >= ?1) \
                      ORDER BY created_at"
                 ))?;
                 let rows = stmt.query_map([since.timestamp_millis()], map_run)?;
