@@ -268,6 +268,16 @@ impl Harness {
             .expect("runner");
     }
 
+    /// 2,200 items onboarded up to the merge: every chunk read, the run `snapshotted`.
+    pub async fn snapshotted_items(&self) {
+        create_items(&self.src(), 2_200);
+        self.apply(&self.config(&items_source(1_000))).await;
+        self.enqueue_onboard().await;
+        self.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot])
+            .await;
+        assert_eq!(self.runs().await[0].state.as_str(), "snapshotted");
+    }
+
     /// Onboards tenant `t` (every data source) and runs until idle.
     pub async fn onboard(&self) {
         self.enqueue_onboard().await;
