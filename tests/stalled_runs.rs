@@ -70,7 +70,8 @@ async fn a_run_whose_jobs_were_lost_is_revived_once_quiet(h: Harness) {
 /// A push waiting out a long `Retry-After` is not taken for stalled, even where the queue cannot
 /// be searched for the run's jobs (SQS, Azure: here the deferred message is taken out of the
 /// table queue, as such a queue holds it out of sight). The run counts as worked on until the
-/// retry is due; only a run still quiet a whole period after that is revived (decision 0023).
+/// retry is due — a shorter retry of another of its jobs meanwhile does not cut that short — and
+/// only a run still quiet a whole period after that is revived (decision 0023).
 /// The last push is the one throttled: this process's pushes to the destination then pause
 /// for the `Retry-After`, so the revived job is not run here (the test above runs one).
 async fn a_run_waiting_out_a_long_retry_after_is_not_revived(h: Harness) {
@@ -105,7 +106,13 @@ async fn a_run_waiting_out_a_long_retry_after_is_not_revived(h: Harness) {
         }
     }
     assert_eq!(deferred, 1);
-    assert_eq!(h.runs().await[0].batches_delivered, 4);
+    let run = h.runs().await.remove(0);
+    assert_eq!(run.batches_delivered, 4);
+    // Another job of the run retried soon after does not cut the push's wait short.
+    h.store
+        .defer_run(&run.id, "503: retry in a moment", chrono::Utc::now())
+        .await
+        .unwrap();
     assert!(
         revived_after(&h, 1_801).await.is_empty(),
         "quiet for a period, but its push is not due yet"
@@ -116,7 +123,6 @@ async fn a_run_waiting_out_a_long_retry_after_is_not_revived(h: Harness) {
     );
     let revived = revived_after(&h, 2_700 + 1_801).await;
     assert_eq!(revived.iter().map(Job::task_name).collect::<Vec<_>>(), ["batch"]);
-    let run = h.runs().await.remove(0);
     let waiting: i64 = h
         .store
         .pending_batches(&run.id)

@@ -328,9 +328,10 @@ pub trait RunStore: Send + Sync {
     /// Records an error against a run (shown in status).
     async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
     /// Records why the run's next job waits (shown in status) and until when — a retry's backoff,
-    /// a destination's `Retry-After`, a sync window. The run counts as worked on until `until`,
-    /// so the scheduler does not revive a run that only waits where it cannot see the job
-    /// (SQS, Azure: decision 0023).
+    /// a destination's `Retry-After`, a sync window. The run counts as worked on until the latest
+    /// such time of any of its jobs (a short retry of one push does not cut a long wait of
+    /// another short), so the scheduler does not revive a run that only waits where it cannot see
+    /// the job (SQS, Azure: decision 0023).
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError>;
     /// Records the latest verification of a data source (`in_sync` unknown while scheduled).
     async fn record_verification(

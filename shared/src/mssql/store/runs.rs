@@ -277,7 +277,8 @@ impl RunStore for MssqlStore {
     }
 
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
-        let sql = self.q("UPDATE {s}.runs SET last_error = @P2, updated_at = @P3, resumes_at = @P4 WHERE id = @P1");
+        let sql = self.q("UPDATE {s}.runs SET last_error = @P2, updated_at = @P3, \
+             resumes_at = CASE WHEN resumes_at > @P4 THEN resumes_at ELSE @P4 END WHERE id = @P1");
         let mut x = self.session("defer run").await?;
         let args = vec![
             p(run_id.to_owned()),

@@ -255,7 +255,8 @@ impl RunStore for PgStore {
 
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         let sql = format!(
-            "UPDATE {}.runs SET last_error = $2, updated_at = $3, resumes_at = $4 WHERE id = $1",
+            "UPDATE {}.runs SET last_error = $2, updated_at = $3, \
+             resumes_at = GREATEST(COALESCE(resumes_at, 0), $4) WHERE id = $1",
             self.s
         );
         let args: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =

@@ -245,7 +245,8 @@ impl RunStore for SqliteStore {
         self.db
             .write("defer run", move |tx| {
                 tx.execute(
-                    "UPDATE runs SET last_error = ?2, updated_at = ?3, resumes_at = ?4 WHERE id = ?1",
+                    "UPDATE runs SET last_error = ?2, updated_at = ?3, \
+                     resumes_at = MAX(COALESCE(resumes_at, 0), ?4) WHERE id = ?1",
                     params![run_id, reason, now_ms(), until.timestamp_millis()],
                 )?;
                 Ok(())
