@@ -325,8 +325,11 @@ pub trait RunStore: Send + Sync {
     async fn plan_run(&self, run: &Run, plan: &Plan, chunks: &[KeyRange]) -> Result<bool, StoreError>;
     /// The run's chunks.
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError>;
-    /// Records an error against a run (shown in status).
-    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError>;
+    /// Records an error against a run (shown in status): a deferral to now, which changes no
+    /// due time the run already has.
+    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
+        self.defer_run(run_id, error, Utc::now()).await
+    }
     /// Records why the run's next job waits (shown in status) and until when — a retry's backoff,
     /// a destination's `Retry-After`, a sync window. The run counts as worked on until the latest
     /// such time of any of its jobs (a short retry of one push does not cut a long wait of

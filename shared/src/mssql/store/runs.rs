@@ -266,16 +266,6 @@ impl RunStore for MssqlStore {
         Ok(())
     }
 
-    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
-        let sql = self.q("UPDATE {s}.runs SET last_error = @P2, updated_at = @P3 WHERE id = @P1");
-        let mut x = self.session("note run error").await?;
-        x.exec(&sql, vec![p(run_id.to_owned()), p(error.to_owned()), p(now_ms())])
-            .await?;
-        x.done();
-        self.count(1);
-        Ok(())
-    }
-
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         let sql = self.q("UPDATE {s}.runs SET last_error = @P2, updated_at = @P3, \
              resumes_at = CASE WHEN resumes_at > @P4 THEN resumes_at ELSE @P4 END WHERE id = @P1");

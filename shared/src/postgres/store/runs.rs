@@ -241,18 +241,6 @@ impl RunStore for PgStore {
         Ok(())
     }
 
-    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE {}.runs SET last_error = $2, updated_at = $3 WHERE id = $1",
-            self.s
-        );
-        prepared::execute(&self.client().await?, &sql, &[&run_id, &error, &now_ms()])
-            .await
-            .map_err(pg_err("note run error"))?;
-        self.count(1);
-        Ok(())
-    }
-
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE {}.runs SET last_error = $2, updated_at = $3, \

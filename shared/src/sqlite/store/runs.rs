@@ -227,19 +227,6 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn note_error(&self, run_id: &str, error: &str) -> Result<(), StoreError> {
-        let (run_id, error) = (run_id.to_owned(), error.to_owned());
-        self.db
-            .write("note run error", move |tx| {
-                tx.execute(
-                    "UPDATE runs SET last_error = ?2, updated_at = ?3 WHERE id = ?1",
-                    params![run_id, error, now_ms()],
-                )?;
-                Ok(())
-            })
-            .await
-    }
-
     async fn defer_run(&self, run_id: &str, reason: &str, until: DateTime<Utc>) -> Result<(), StoreError> {
         let (run_id, reason) = (run_id.to_owned(), reason.to_owned());
         self.db
