@@ -318,8 +318,10 @@ pub trait Pusher: Send + Sync {
 }
 
 mod history;
+mod records;
 mod store;
 pub use history::*;
+pub use records::*;
 pub use store::*;
 
 /// A store that also holds the table queue.
