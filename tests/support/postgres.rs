@@ -30,6 +30,33 @@ pub struct PgSource {
     pub url_ref: String,
 }
 
+/// Drops a test's schema once the test has passed; a failed test's stays for whoever debugs it
+/// (its `runs` table tells what happened). A thread of its own, because a `Drop` cannot await
+/// on the test's runtime; and a lock timeout, because something of the test may still hold a
+/// lock there (a worker process not yet killed): then the schema stays, as every one used to.
+fn drop_schema_unless_failed(url: &str, schema: &str) {
+    if std::thread::panicking() {
+        return;
+    }
+    let (url, schema) = (url.to_owned(), schema.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.ok()?;
+            tokio::spawn(conn);
+            c.batch_execute(&format!(
+                "SET lock_timeout = '3s'; DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+            ))
+            .await
+            .ok()
+        })
+    })
+    .join();
+}
+
 impl PgSource {
     /// Creates a fresh schema on the test server.
     pub async fn new(h: &Harness) -> PgSource {
@@ -68,5 +95,19 @@ impl PgSource {
             self.url_ref,
             sources.replace("{s}", &self.schema)
         )
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.store_spec.starts_with("postgres") {
+            drop_schema_unless_failed(&self.store_spec, &self.store_schema);
+        }
+    }
+}
+
+impl Drop for PgSource {
+    fn drop(&mut self) {
+        drop_schema_unless_failed(&pg_url(), &self.schema);
     }
 }
