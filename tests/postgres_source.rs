@@ -126,6 +126,64 @@ async fn rows_of(source: &dyn SnapshotSource, spec: &SourceSpec) -> Vec<String> 
     out
 }
 
+/// Every item of a source stream.
+async fn collect<T>(mut rx: signals_shared::ports::Batches<T, signals_shared::errors::SourceError>) -> Vec<T> {
+    let mut out = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        out.extend(batch.unwrap());
+    }
+    out
+}
+
+/// Push-down hashing reads an initial run's rows with their hashes in one query: each must be
+/// the hash `read_hashes` gives the same row (the next interval sync compares the two), and
+/// the rows the ones `read` gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_read_with_their_hashes_carry_the_hashes_read_alone() {
+    let h = Harness::new().await;
+    let pg = PgSource::new(&h).await;
+    pg.exec(TYPES_TABLE).await;
+    let reader = PgReader::new(signals_shared::postgres::pool::pool(&pg_url(), 2).unwrap(), "pg");
+    assert!(reader.reads_with_hashes());
+    for (table, key) in [("all_types", "id"), ("words", "w")] {
+        let spec = SourceSpec {
+            table: Some(format!("{}.{table}", pg.schema)),
+            query: None,
+            key: vec![key.into()],
+            ..Default::default()
+        };
+        let schema = reader.describe(&spec).await.unwrap();
+        let (range, keys) = (KeyRange::default(), schema.key_indexes());
+        let alone: Vec<(String, _)> = collect(reader.read_hashes(&spec, &schema, &range))
+            .await
+            .into_iter()
+            .map(|(k, hash)| (format!("{k:?}"), hash))
+            .collect();
+        let with_rows = collect(reader.read_with_hashes(&spec, &schema, &range)).await;
+        let keyed: Vec<(String, _)> = with_rows
+            .iter()
+            .map(|(row, hash)| {
+                (
+                    format!("{:?}", keys.iter().map(|&i| &row[i]).collect::<Vec<_>>()),
+                    *hash,
+                )
+            })
+            .collect();
+        assert!(alone.len() >= 4, "{table}: {alone:?}");
+        assert_eq!(keyed, alone, "{table}: keys or hashes differ");
+        let rows: Vec<String> = collect(reader.read(&spec, &schema, &range))
+            .await
+            .iter()
+            .map(|row| hex(&row_hash(row, &mut Vec::new())))
+            .collect();
+        let read_with: Vec<String> = with_rows
+            .iter()
+            .map(|(row, _)| hex(&row_hash(row, &mut Vec::new())))
+            .collect();
+        assert_eq!(read_with, rows, "{table}: rows differ from `read`'s");
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -142,6 +142,20 @@ impl SnapshotSource for LimitedSource {
         self.limited(move || inner.read_hashes(&spec, &schema, &range))
     }
 
+    fn reads_with_hashes(&self) -> bool {
+        self.inner.reads_with_hashes()
+    }
+
+    fn read_with_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        let (inner, spec, schema, range) = (self.inner.clone(), spec.clone(), schema.clone(), range.clone());
+        self.limited(move || inner.read_with_hashes(&spec, &schema, &range))
+    }
+
     async fn read_keys(
         &self,
         spec: &SourceSpec,

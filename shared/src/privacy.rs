@@ -146,6 +146,25 @@ impl SnapshotSource for MaskedSource {
         rx
     }
 
+    fn reads_with_hashes(&self) -> bool {
+        self.inner.reads_with_hashes()
+    }
+
+    fn read_with_hashes(
+        &self,
+        spec: &SourceSpec,
+        _schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        // Hashed over the raw values, as `read_hashes` hashes them; the rows are masked.
+        let range = range.clone();
+        self.masked_stream(
+            spec,
+            move |inner, spec, raw| inner.read_with_hashes(spec, raw, &range),
+            |r| Some(&mut r.0),
+        )
+    }
+
     async fn read_keys(
         &self,
         spec: &SourceSpec,

@@ -155,6 +155,23 @@ pub trait SnapshotSource: Send + Sync {
         unsupported("push-down hashing (diff = \"remote_hash\")")
     }
 
+    /// Whether [`SnapshotSource::read_with_hashes`] is offered.
+    fn reads_with_hashes(&self) -> bool {
+        false
+    }
+
+    /// Push-down hashing of a range staging holds nothing of (an initial run): every row of
+    /// `range` in key order with the same hash [`SnapshotSource::read_hashes`] gives it. Every
+    /// row is a change there, and hashes first then rows by key would read each row twice.
+    fn read_with_hashes(
+        &self,
+        _spec: &SourceSpec,
+        _schema: &TableSchema,
+        _range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        unsupported("reading rows with the source's own hashes")
+    }
+
     /// The rows with these keys (in any order; keys the source no longer has are absent).
     async fn read_keys(
         &self,

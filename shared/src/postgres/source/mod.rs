@@ -183,6 +183,19 @@ impl SnapshotSource for PgSource {
         pushdown::read_hashes(self, spec, schema, range)
     }
 
+    fn reads_with_hashes(&self) -> bool {
+        true
+    }
+
+    fn read_with_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, crate::domain::encoding::RowHash), SourceError> {
+        pushdown::read_with_hashes(self, spec, schema, range)
+    }
+
     async fn read_keys(
         &self,
         spec: &SourceSpec,

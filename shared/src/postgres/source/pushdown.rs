@@ -23,11 +23,37 @@ pub(super) fn read_hashes(
     range: &KeyRange,
 ) -> Batches<(Vec<Value>, RowHash), SourceError> {
     let keys: Vec<Column> = key_columns(schema).into_iter().cloned().collect();
+    with_hashes(src, spec, schema, range, keys)
+}
+
+/// Streams every row of a range with the server's row hash, in key order: [`read_hashes`] with
+/// all the columns instead of the key's.
+pub(super) fn read_with_hashes(
+    src: &PgSource,
+    spec: &SourceSpec,
+    schema: &TableSchema,
+    range: &KeyRange,
+) -> Batches<(Vec<Value>, RowHash), SourceError> {
+    with_hashes(src, spec, schema, range, schema.columns.clone())
+}
+
+/// `columns` of a range's rows and each row's hash (over all its columns), in key order.
+fn with_hashes(
+    src: &PgSource,
+    spec: &SourceSpec,
+    schema: &TableSchema,
+    range: &KeyRange,
+    columns: Vec<Column>,
+) -> Batches<(Vec<Value>, RowHash), SourceError> {
     let sql = (|| {
         let mut params = Params::new();
         let cond = range_where(schema, range, &mut params)?;
-        let select = keys.iter().map(select_expr).collect::<Vec<_>>().join(", ");
-        let order = keys.iter().map(key_expr).collect::<Vec<_>>().join(", ");
+        let select = columns.iter().map(select_expr).collect::<Vec<_>>().join(", ");
+        let order = key_columns(schema)
+            .into_iter()
+            .map(key_expr)
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok((
             format!(
                 "SELECT {select}, {} FROM {}{cond} ORDER BY {order}",
@@ -38,15 +64,15 @@ pub(super) fn read_hashes(
         ))
     })();
     src.stream(Some((spec.clone(), schema.clone())), sql, move |row| {
-        let key = row_values(row, &keys)?;
-        let digest: Vec<u8> = row.try_get(keys.len()).map_err(query_err)?;
+        let values = row_values(row, &columns)?;
+        let digest: Vec<u8> = row.try_get(columns.len()).map_err(query_err)?;
         let hash: RowHash = digest
             .get(..16)
             .and_then(|d| d.try_into().ok())
             .ok_or_else(|| SourceError::Query {
                 detail: "the server's row hash is shorter than 16 bytes".into(),
             })?;
-        Ok((key, hash))
+        Ok((values, hash))
     })
 }
 

@@ -106,6 +106,9 @@ pub(super) async fn diff_chunk(
     let mut prev: Option<Vec<u8>> = None;
     let mut s_head: Option<(Vec<Value>, Vec<u8>, RowHash)> = None;
     let mut g_head = staging.next().await?;
+    if g_head.is_none() && src.reads_with_hashes() {
+        return all_inserts(schema, src.read_with_hashes(spec, schema, range), out).await;
+    }
     let mut s_done = false;
     loop {
         if s_head.is_none() && !s_done {
@@ -163,6 +166,39 @@ pub(super) async fn diff_chunk(
     }
     fetch(src, spec, schema, &mut pending, &mut stats, &mut delta).await?;
     out.extend(&mut delta).await?;
+    out.finish().await?;
+    Ok(stats)
+}
+
+/// A range staging holds nothing of (an initial run): every source row is an insert, so each is
+/// read once, with the source's hash, instead of its hash first and then itself by key.
+async fn all_inserts(
+    schema: &TableSchema,
+    rows: crate::ports::Batches<(Vec<Value>, RowHash), SourceError>,
+    mut out: super::DeltaWriter,
+) -> Result<ChunkStats, StageError> {
+    let key_idx = schema.key_indexes();
+    let names: Vec<&str> = schema.column_names().collect();
+    let mut rows = Cursor::new(rows);
+    let (mut stats, mut prev) = (ChunkStats::default(), None::<Vec<u8>>);
+    let (mut json, mut encoded) = (String::with_capacity(512), Vec::new());
+    while let Some((values, hash)) = rows.next().await? {
+        let refs: Vec<&Value> = key_idx.iter().map(|&i| &values[i]).collect();
+        let mut key = Vec::with_capacity(16);
+        encode_key(&mut key, &refs, &schema.key).map_err(SourceError::from)?;
+        if let Some(p) = &prev {
+            check_order(p, &key, || render_key(&refs))?;
+        }
+        encoded.clear();
+        encode_row(&mut encoded, &values);
+        stats.rows_read += 1;
+        stats.inserts += 1;
+        stats.bytes_read += encoded.len() as i64 + HASH_BYTES;
+        json.clear();
+        write_object(&mut json, names.iter().copied(), &values);
+        out.push_parts(Op::Insert, &key, Some(&hash), &json).await?;
+        prev = Some(key);
+    }
     out.finish().await?;
     Ok(stats)
 }
