@@ -353,6 +353,26 @@ async fn the_server_hashes_rows_and_returns_them_by_key() {
     let after = hashes().await;
     assert_ne!(before[0].1, after[0].1, "a changed row hashes differently");
     assert_eq!(before[1], after[1], "an unchanged row hashes the same");
+    // An initial run reads rows and hashes at once: the same hashes, the rows `read` gives.
+    assert!(source.reads_with_hashes());
+    let mut rx = source.read_with_hashes(&spec, &schema, &KeyRange::default());
+    let mut with_rows = Vec::new();
+    while let Some(b) = rx.recv().await {
+        with_rows.extend(b.unwrap());
+    }
+    let keyed: Vec<_> = with_rows.iter().map(|(row, h)| (vec![row[0].clone()], *h)).collect();
+    assert_eq!(keyed, after, "rows read with their hashes carry the hashes read alone");
+    let mut rx = source.read(&spec, &schema, &KeyRange::default());
+    let mut rows = Vec::new();
+    while let Some(b) = rx.recv().await {
+        rows.extend(b.unwrap());
+    }
+    let hash_of = |r: &Vec<signals_shared::domain::value::Value>| row_hash(r, &mut Vec::new());
+    assert_eq!(
+        with_rows.iter().map(|(r, _)| hash_of(r)).collect::<Vec<_>>(),
+        rows.iter().map(hash_of).collect::<Vec<_>>(),
+        "and the rows `read` gives"
+    );
     let keys = vec![
         vec![signals_shared::domain::value::Value::Int(1)],
         vec![signals_shared::domain::value::Value::Int(99)],

@@ -222,37 +222,20 @@ impl SnapshotSource for MssqlSource {
         range: &KeyRange,
     ) -> Batches<(Vec<Value>, RowHash), SourceError> {
         let keys: Vec<Column> = key_columns(schema).into_iter().cloned().collect();
-        let sql = (|| {
-            let (cond, params) = range_where(schema, range)?;
-            let list = keys.iter().map(|c| quote(&c.name)).collect::<Vec<_>>().join(", ");
-            Ok((
-                format!(
-                    "SELECT {}, {} FROM {} AS [t]{cond} ORDER BY {list}",
-                    keys.iter()
-                        .map(|c| select_expr_of("t", c))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    super::pushdown::hash_expr(schema),
-                    from_clause(spec)?
-                ),
-                params,
-            ))
-        })();
-        self.stream_mapped(spec, schema, sql, move |row| {
-            let mut cells = row.cells().map(|(_, d)| d);
-            let key = keys
-                .iter()
-                .map(|c| read_value(cells.next().unwrap_or(&tiberius::ColumnData::I32(None)), c))
-                .collect::<Result<Vec<_>, _>>()?;
-            let hash: RowHash = match cells.next() {
-                Some(tiberius::ColumnData::Binary(Some(b))) => b.as_ref().try_into().ok(),
-                _ => None,
-            }
-            .ok_or_else(|| SourceError::Query {
-                detail: "the server's row hash is not 16 bytes".into(),
-            })?;
-            Ok((key, hash))
-        })
+        self.with_hashes(spec, schema, range, keys)
+    }
+
+    fn reads_with_hashes(&self) -> bool {
+        true
+    }
+
+    fn read_with_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        self.with_hashes(spec, schema, range, schema.columns.clone())
     }
 
     async fn read_keys(
@@ -318,6 +301,53 @@ impl MssqlSource {
         let columns = schema.columns.clone();
         self.stream_mapped(spec, schema, sql, move |row| {
             row.cells().zip(&columns).map(|((_, d), c)| read_value(d, c)).collect()
+        })
+    }
+
+    /// `columns` of a range's rows and each row's hash over all its columns (the server's,
+    /// `pushdown::hash_expr`), in key order.
+    fn with_hashes(
+        &self,
+        spec: &SourceSpec,
+        schema: &TableSchema,
+        range: &KeyRange,
+        columns: Vec<Column>,
+    ) -> Batches<(Vec<Value>, RowHash), SourceError> {
+        let sql = (|| {
+            let (cond, params) = range_where(schema, range)?;
+            let order = key_columns(schema)
+                .iter()
+                .map(|c| quote(&c.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok((
+                format!(
+                    "SELECT {}, {} FROM {} AS [t]{cond} ORDER BY {order}",
+                    columns
+                        .iter()
+                        .map(|c| select_expr_of("t", c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    super::pushdown::hash_expr(schema),
+                    from_clause(spec)?
+                ),
+                params,
+            ))
+        })();
+        self.stream_mapped(spec, schema, sql, move |row| {
+            let mut cells = row.cells().map(|(_, d)| d);
+            let values = columns
+                .iter()
+                .map(|c| read_value(cells.next().unwrap_or(&tiberius::ColumnData::I32(None)), c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let hash: RowHash = match cells.next() {
+                Some(tiberius::ColumnData::Binary(Some(b))) => b.as_ref().try_into().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| SourceError::Query {
+                detail: "the server's row hash is not 16 bytes".into(),
+            })?;
+            Ok((values, hash))
         })
     }
 
