@@ -12,7 +12,7 @@
 use super::errors::source_error;
 use super::ident::quote;
 use super::pool::{Conn, Pool, Pooled};
-use super::sql::{bind, column_of, from_clause, key_columns, range_where, run, select_list};
+use super::sql::{bind, column_of, from_clause, key_columns, key_list, range_where, run, select_list};
 use super::types::{map_type, read_value, select_expr_of, sorts_canonically, unsupported_hint};
 use crate::domain::encoding::RowHash;
 use crate::domain::schema::{Column, Drift, TableSchema};
@@ -174,11 +174,7 @@ impl SnapshotSource for MssqlSource {
     fn read(&self, spec: &SourceSpec, schema: &TableSchema, range: &KeyRange) -> Batches<Vec<Value>, SourceError> {
         let sql = (|| {
             let (cond, params) = range_where(schema, range)?;
-            let order = key_columns(schema)
-                .iter()
-                .map(|c| quote(&c.name))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let order = key_list(schema);
             Ok((
                 format!(
                     "SELECT {} FROM {}{cond} ORDER BY {order}",
@@ -315,11 +311,7 @@ impl MssqlSource {
     ) -> Batches<(Vec<Value>, RowHash), SourceError> {
         let sql = (|| {
             let (cond, params) = range_where(schema, range)?;
-            let order = key_columns(schema)
-                .iter()
-                .map(|c| quote(&c.name))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let order = key_list(schema);
             Ok((
                 format!(
                     "SELECT {}, {} FROM {} AS [t]{cond} ORDER BY {order}",

@@ -97,11 +97,7 @@ async fn sampled(
     let Some((chunks, percent)) = sampling::plan(estimate, pages, chunk_rows) else {
         return Ok(None);
     };
-    let list = key_columns(schema)
-        .iter()
-        .map(|c| super::ident::quote(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = super::sql::key_list(schema);
     let mut sample = encoded(run(conn, &sample_sql(from, &list, percent), vec![]).await?, schema)?;
     sample.sort_unstable();
     sample.dedup();

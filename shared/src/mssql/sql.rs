@@ -27,6 +27,15 @@ pub fn key_columns(schema: &TableSchema) -> Vec<&Column> {
     schema.key_indexes().into_iter().map(|i| &schema.columns[i]).collect()
 }
 
+/// The key's columns, quoted and comma-separated: the `ORDER BY` of every ordered read.
+pub fn key_list(schema: &TableSchema) -> String {
+    key_columns(schema)
+        .iter()
+        .map(|c| quote(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `(k1, …, kn) op (v1, …, vn)` in lexicographic order, spelled out (T-SQL has no row values);
 /// each value a parameter cast to its column's declared type, so the comparison stays an
 /// index seek instead of converting the column.
