@@ -180,15 +180,18 @@ async fn all_inserts(
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
     let mut rows = Cursor::new(rows);
-    let (mut stats, mut prev) = (ChunkStats::default(), None::<Vec<u8>>);
+    let (mut stats, mut first) = (ChunkStats::default(), true);
+    // Two key buffers, swapped per row: this row's and the one before, for the order check.
+    let (mut key, mut prev) = (Vec::with_capacity(16), Vec::with_capacity(16));
     let (mut json, mut encoded) = (String::with_capacity(512), Vec::new());
     while let Some((values, hash)) = rows.next().await? {
         let refs: Vec<&Value> = key_idx.iter().map(|&i| &values[i]).collect();
-        let mut key = Vec::with_capacity(16);
+        key.clear();
         encode_key(&mut key, &refs, &schema.key).map_err(SourceError::from)?;
-        if let Some(p) = &prev {
-            check_order(p, &key, || render_key(&refs))?;
+        if !first {
+            check_order(&prev, &key, || render_key(&refs))?;
         }
+        first = false;
         encoded.clear();
         encode_row(&mut encoded, &values);
         stats.rows_read += 1;
@@ -197,7 +200,7 @@ async fn all_inserts(
         json.clear();
         write_object(&mut json, names.iter().copied(), &values);
         out.push_parts(Op::Insert, &key, Some(&hash), &json).await?;
-        prev = Some(key);
+        std::mem::swap(&mut key, &mut prev);
     }
     out.finish().await?;
     Ok(stats)
