@@ -272,7 +272,7 @@ async fn a_damaged_segment_stops_the_batch_cut_by_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_segment_stops_the_cut_beside_the_merge_by_name() {
-    let h = Harness::new().await;
+    let h = Harness::new().await.merging_initial_runs();
     a_damaged_segment_stops_the_cut_by_name(h, vec![Stage::Scheduler, Stage::Snapshot]).await;
 }
 

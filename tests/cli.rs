@@ -209,6 +209,44 @@ async fn dropping_a_failed_snapshot_abandons_its_run_and_frees_the_source() {
     h.assert_in_sync().await;
 }
 
+/// A chunk of an initial run numbered at commit (decision 0025) fails for good after its first
+/// step committed — 2,000 rows saved as batches and staged, but never pushed, since a failed
+/// job queues nothing (the source reads 2,000 rows at a time; the bad one is in the third). Dropping its dead letter abandons the run and repairs exactly those
+/// keys, so the next run sends every row: nothing staged is lost at the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_chunk_that_failed_after_a_step_re_sends_what_it_staged() {
+    let h = Harness::new().await;
+    create_items(&h.src(), 5_000);
+    let bad = "UPDATE items SET price = 'not a number' WHERE id = 4500";
+    h.src().execute(bad, []).unwrap();
+    cli_onboard(BIN, &h, &h.config(&items_source(10_000)));
+    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.display_state(), run.inserts, run.batches_delivered),
+        ("blocked", 2_000, 0),
+        "{run:?}"
+    );
+
+    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
+    assert!(
+        status.success() && out.contains("abandoned") && out.contains("re-sends 2000 keys"),
+        "{out}"
+    );
+    h.src()
+        .execute("UPDATE items SET price = '1.50' WHERE id = 4500", [])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(run_cli(BIN, &h, &["run", "--until-idle", "--tick"], &[]).0.success());
+    let runs = h.runs().await;
+    assert_eq!(
+        (runs[0].display_state(), runs[0].inserts + runs[0].updates),
+        ("done", 5_000)
+    );
+    h.assert_in_sync().await;
+    assert_eq!(h.stats().applied_twice, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_finds_a_destination_changed_behind_our_back_and_repair_fixes_it() {
     let h = Harness::new().await;

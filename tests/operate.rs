@@ -43,10 +43,12 @@ async fn pausing_mid_initial_sync_parks_the_source_and_resuming_finishes_it() {
     let items_plan = plans.iter().find(|j| j.scope().1 == Some("items")).unwrap();
     let chunks = done(execute(&h.ctx, items_plan).await).await;
     assert_eq!(chunks.len(), 3);
-    done(execute(&h.ctx, &chunks[0]).await).await; // one chunk done: mid initial sync
+    // One chunk done: mid initial sync. Its batches' pushes (decision 0025) go with the rest.
+    let pushes = done(execute(&h.ctx, &chunks[0]).await).await;
     let rest: Vec<Job> = chunks[1..]
         .iter()
         .cloned()
+        .chain(pushes)
         .chain(plans.iter().filter(|j| j.scope().1 == Some("other")).cloned())
         .collect();
     h.store.enqueue(&rest, Duration::ZERO).await.unwrap();

@@ -23,8 +23,8 @@ async fn initial_then_interval_sync_keeps_the_receiver_equal_to_the_source(h: Ha
         Some((6, 0)),
         "one plan and five chunk jobs: {timings:?}"
     );
-    // The merge job cut the batches beside the merge (decision 0019): no batch job.
-    assert_eq!((jobs("merge"), jobs("batch")), (Some((1, 0)), None));
+    // The chunks numbered and cut their own batches (decision 0025): no merge or batch job.
+    assert_eq!((jobs("merge"), jobs("batch")), (None, None));
     assert_eq!(jobs("push").map(|j| j.0), Some(initial.batches_total));
     for t in &timings {
         assert!(t.first_started_at <= t.last_finished_at && t.first_started_at >= initial.created_at);

@@ -158,16 +158,17 @@ async fn postgres_staging_pages_keep_room_for_interval_updates() {
     assert_eq!(moved, 0, "updated rows stay on their pages: {updated:?}");
 }
 
-/// On PostgreSQL an initial run writes its delta segments and batches into tables of its own that
-/// inherit the shared ones, dropped when the run is done (decision 0016): a worker of an earlier
-/// build still reads them through the shared tables by name, rows such a worker wrote into the
+/// On PostgreSQL an initial run that merges (one planned before decision 0025) writes its delta
+/// segments and batches into tables of its own that inherit the shared ones, dropped when the
+/// run is done (decision 0016): a worker of an earlier build still reads them through the
+/// shared tables by name, rows such a worker wrote into the
 /// shared tables are merged and sent too, the batches' record outlives the tables, and tables an
 /// earlier build left behind are pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
     use signals_shared::domain::job::Stage;
     use signals_shared::domain::segment;
-    let h = postgres_with_items().await;
+    let h = postgres_with_items().await.merging_initial_runs();
     h.enqueue_onboard().await;
     h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
     let run = h.runs().await.remove(0);
@@ -325,7 +326,7 @@ async fn postgres_initial_runs_keep_their_scratch_in_tables_of_their_own() {
 async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
     use signals_shared::domain::job::{Job, Stage, Task};
     use signals_shared::ports::RunKind;
-    let h = postgres_with_items().await;
+    let h = postgres_with_items().await.merging_initial_runs();
     let c = store_client(&h).await;
     let s = h.store_schema.clone();
     let own_tables = || {
@@ -383,7 +384,8 @@ async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
     assert_eq!(kept, run.batches_total, "the batches' record kept as history");
 }
 
-/// A merge of 100,000 keys or more analyses its source's staging partition
+/// A merge of 100,000 keys or more — here the last chunk's commit of an initial run, which
+/// stages its keys as it goes (decision 0025) — analyses its source's staging partition
 /// before the next run plans against it: with statistics saying "empty", the next run's delete
 /// join would probe every staged key of the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,6 @@
-//! An initial run's delta segments are kept out of PostgreSQL's WAL (decision 0018). A server
+//! An initial run's delta segments are kept out of PostgreSQL's WAL (decision 0018) — a run
+//! planned by a build before decision 0025, whose chunks did not number their own batches
+//! (`Harness::merging_initial_runs`). A server
 //! crash or failover leaves such a table empty — the state these tests put it in with `TRUNCATE`,
 //! which is what crash recovery does to an unlogged table — and the run must notice, read its
 //! chunks again and still send every change exactly once.
@@ -57,7 +59,7 @@ impl Store {
 /// An onboarding of 3,000 items stopped once every chunk is read: the harness, the store beside
 /// it, and the run.
 async fn snapshotted() -> (Harness, Store, Run) {
-    let h = postgres_with_items().await;
+    let h = postgres_with_items().await.merging_initial_runs();
     let store = Store::of(&h).await;
     h.enqueue_onboard().await;
     h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot]).await;
@@ -133,7 +135,7 @@ async fn postgres_segments_lost_before_the_merge_are_read_again() {
 /// are read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_segments_lost_after_the_merge_are_read_again_into_empty_staging() {
-    let h = postgres_with_items().await;
+    let h = postgres_with_items().await.merging_initial_runs();
     let store = Store::of(&h).await;
     h.enqueue_onboard().await;
     h.run_stages_until_idle(vec![Stage::Scheduler, Stage::Snapshot, Stage::Merge, Stage::Batch])

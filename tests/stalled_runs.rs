@@ -31,6 +31,7 @@ async fn lose_jobs(h: &Harness, stage: Stage, max: usize) -> usize {
 /// and the run finishes with every change sent once. A run with a job queued, a paused one, or
 /// one not quiet for long enough is left alone.
 async fn a_run_whose_jobs_were_lost_is_revived_once_quiet(h: Harness) {
+    let h = h.merging_initial_runs();
     h.snapshotted_items().await;
     assert!(revived_after(&h, 3_600).await.is_empty(), "its merge job is queued");
     assert_eq!(lose_jobs(&h, Stage::Merge, 10).await, 1);
@@ -75,6 +76,7 @@ async fn a_run_whose_jobs_were_lost_is_revived_once_quiet(h: Harness) {
 /// The last push is the one throttled: this process's pushes to the destination then pause
 /// for the `Retry-After`, so the revived job is not run here (the test above runs one).
 async fn a_run_waiting_out_a_long_retry_after_is_not_revived(h: Harness) {
+    let h = h.merging_initial_runs();
     h.snapshotted_items().await;
     h.run_stages_until_idle(vec![Stage::Merge]).await;
     let pushes = h

@@ -148,13 +148,13 @@ async fn a_run_is_one_trace_across_stages_and_hosts() {
     assert_eq!(count("snapshot"), 4, "plan and three chunk jobs");
     assert_eq!(
         (count("merge"), count("batch")),
-        (1, 0),
-        "the merge job cuts the batches beside the merge (decision 0019)"
+        (0, 0),
+        "an initial run's chunks number and cut their own batches (decision 0025)"
     );
     assert_eq!(count("push") as i64, run.batches_total);
     assert_eq!(count("source.read"), 3, "one read per chunk");
-    assert!(count("store.bulk_write") >= 3, "at least one bulk write per chunk");
-    assert_eq!((count("store.merge"), count("batch.cut")), (1, 1));
+    assert!(count("store.commit_step") >= 3, "at least one commit per chunk");
+    assert_eq!((count("store.merge"), count("batch.cut")), (0, 0));
     let pushes: Vec<&&Got> = tree.iter().filter(|s| s.name == "push.batch").collect();
     assert_eq!(pushes.len() as i64, run.batches_total);
     for p in &pushes {

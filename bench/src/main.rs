@@ -283,7 +283,8 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         vec![measure::peak_rss("self")],
     ));
 
-    // The initial sync stage by stage: where its time goes.
+    // The stages one after another, as an interval run (or a run planned before decision 0025)
+    // takes them, with an initial run's rows: where the time of each goes.
     let big = |extra: &str| vec![Source::new("bench", "big", "big").extra(extra)];
     fresh_store("sigbench_stages", &config(&receiver.url, &pg_ref, &big("")), &["bench"]).await?;
     for (stages, name) in [
@@ -298,11 +299,13 @@ async fn bench(a: Args) -> anyhow::Result<()> {
         let mut o = WorkerOpts::new("sigbench_stages");
         o.stages = stages;
         o.cut_beside_merge = false;
+        o.number_at_commit = false;
         report.add(timed(&o, name, rows, bytes).await?);
     }
     // The merge as production runs it: the cut beside it, in the same job (decision 0019).
     fresh_store("sigbench_beside", &config(&receiver.url, &pg_ref, &big("")), &["bench"]).await?;
     let mut o = WorkerOpts::new("sigbench_beside");
+    o.number_at_commit = false;
     o.stages = vec![Stage::Scheduler, Stage::Snapshot];
     Worker::spawn(&o)?.wait()?;
     o.stages = vec![Stage::Merge];

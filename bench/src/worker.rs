@@ -32,6 +32,10 @@ pub struct WorkerOpts {
     /// A merge job cuts the batches beside the merge (production's default); off for the
     /// stage-by-stage figures, where the batch stage cuts after the merge.
     pub cut_beside_merge: bool,
+    /// An initial run's chunks number and cut their own batches (production's default,
+    /// decision 0025); off for the stage-by-stage figures of the snapshot, merge and batch
+    /// stages, which interval runs take.
+    pub number_at_commit: bool,
     /// Push-only slots beside `concurrency` (`None`: production's default, half as many).
     pub push_only_slots: Option<usize>,
 }
@@ -47,6 +51,7 @@ impl WorkerOpts {
             tick_secs: 0,
             stages: Vec::new(),
             cut_beside_merge: true,
+            number_at_commit: true,
             push_only_slots: None,
         }
     }
@@ -79,6 +84,7 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let store = backends::open_for(&pg_url(), &schema, opts.store_connections()).await?;
     let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
     ctx.cut_beside_merge = arg(6)? == "1";
+    ctx.number_at_commit = arg(8)? == "1";
     let ctx = Arc::new(ctx);
     runner::run(ctx, store.clone(), opts, std::future::pending()).await?;
     let metrics = signals_shared::metrics::render(&[]);
@@ -155,6 +161,7 @@ impl Worker {
                 &stages.join(","),
                 if o.cut_beside_merge { "1" } else { "0" },
                 &o.push_only_slots.map_or("default".into(), |n| n.to_string()),
+                if o.number_at_commit { "1" } else { "0" },
             ])
             .stdout(Stdio::piped())
             .spawn()?;

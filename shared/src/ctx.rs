@@ -38,6 +38,11 @@ pub struct Ctx {
     /// Whether a merge job cuts the run's batches beside the merge (decision 0019); off, the
     /// batch stage cuts them after it, as the benchmark's stage-by-stage figures need.
     pub cut_beside_merge: bool,
+    /// Whether a run planned with nothing staged for its data source has its chunks number
+    /// and cut their own batches as they commit (decision 0025); off, it takes the snapshot,
+    /// merge and batch stages one after another, as the benchmark's stage-by-stage figures and
+    /// the tests of those stages need.
+    pub number_at_commit: bool,
     /// One cut beside a merge at a time: it is for the core a single large run leaves idle.
     /// When several runs merge at once the cores are busy anyway, and each such job holds two
     /// more store connections and a few bodies (decision 0019).
@@ -53,6 +58,7 @@ impl Ctx {
             connectors,
             retry: DEFAULT_RETRY,
             cut_beside_merge: true,
+            number_at_commit: true,
             cuts_beside: tokio::sync::Semaphore::new(1),
             configs: Mutex::new(HashMap::new()),
         }

@@ -184,12 +184,26 @@ impl Harness {
         }
     }
 
-    /// The same environment with the batch stage cutting after the merge, as before decision
-    /// 0019 and as a merge job whose cut failed leaves it (`Ctx::cut_beside_merge` off).
-    pub fn cutting_after_the_merge(mut self) -> Harness {
+    /// The same environment with an initial run's changes going through delta segments, the
+    /// merge and the cut, as a run with staged rows does and as every run did before decision
+    /// 0025 (`Ctx::number_at_commit` off).
+    pub fn merging_initial_runs(self) -> Harness {
+        self.with_ctx(|ctx| ctx.number_at_commit = false)
+    }
+
+    /// [`Harness::merging_initial_runs`] with the batch stage cutting after the merge, as before
+    /// decision 0019 and as a merge job whose cut failed leaves it (`Ctx::cut_beside_merge` off).
+    pub fn cutting_after_the_merge(self) -> Harness {
+        self.with_ctx(|ctx| {
+            ctx.number_at_commit = false;
+            ctx.cut_beside_merge = false;
+        })
+    }
+
+    fn with_ctx(mut self, set: impl FnOnce(&mut Ctx)) -> Harness {
         let mut ctx = Ctx::new(self.store.clone(), Arc::new(DefaultConnectors::default()));
         ctx.retry = FAST_RETRY;
-        ctx.cut_beside_merge = false;
+        set(&mut ctx);
         self.ctx = Arc::new(ctx);
         self
     }

@@ -89,8 +89,19 @@ async fn drop_job(store: &dyn Backend, job: &Job, id: i64, by: &str) -> Result<D
             );
         }
         _ => {
-            // Merged changes the destination never got: the delta holds exactly their keys.
-            if matches!(run.state, RunState::Merged | RunState::Batched) {
+            if run.mode.as_ref().is_some_and(|m| m.numbered) {
+                // Its chunks staged keys as they saved batches (decision 0025): the undelivered
+                // batches hold exactly the staged keys the destination never got.
+                if let Some(schema) = &schema {
+                    for (batch_id, _, _) in store.pending_batches(run_id).await? {
+                        if let Some(batch) = store.batch(run_id, &batch_id).await? {
+                            out.keys
+                                .extend(keys_of_body(&batch.body.json()?, schema).map_err(DropError::Invalid)?);
+                        }
+                    }
+                }
+            } else if matches!(run.state, RunState::Merged | RunState::Batched) {
+                // Merged changes the destination never got: the delta holds exactly their keys.
                 if let Some(schema) = &schema {
                     let mut rx = store.changes(run_id);
                     while let Some(batch) = rx.recv().await {

@@ -188,6 +188,9 @@ pub struct Chunk {
     pub range: KeyRange,
     /// Whether its delta is complete.
     pub done: bool,
+    /// A chunk of a run numbered at commit (decision 0025): the first key its committed steps
+    /// have not covered, where a later attempt starts reading.
+    pub resume: Option<Vec<u8>>,
 }
 
 pub use crate::domain::segment::{DeltaRow, Records};
@@ -207,6 +210,11 @@ pub struct RunMode {
     /// Watermark runs: the cursor to store once the run is merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+    /// The run's chunks number and cut their own batches as they commit (decision 0025): set
+    /// at plan time when nothing is staged for the data source, so a run planned by an older
+    /// build keeps the merge and cut across an upgrade.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub numbered: bool,
 }
 
 /// Counts one chunk contributes to its run.
@@ -222,6 +230,37 @@ pub struct ChunkStats {
     pub deletes: i64,
     /// Bytes read from the source.
     pub bytes_read: i64,
+}
+
+/// Builds a step's batches once the store knows the run's count of changes so far: their
+/// sequence numbers start after it (decision 0025).
+pub type NumberBodies = Box<dyn FnOnce(i64) -> Result<Vec<BatchRecord>, crate::errors::StoreError> + Send>;
+
+/// What one step of a chunk of a run numbered at commit hands the store, for one transaction.
+pub struct NumberedStep {
+    /// Chunk number.
+    pub chunk: u32,
+    /// The attempt committing (`StagingStore::reset_chunk`): a later one fences it out.
+    pub attempt: i64,
+    /// Changes in the step: all inserts, since nothing was staged when the run was planned.
+    pub changes: i64,
+    /// Their keys and hashes, for staging.
+    pub staged: Vec<(Vec<u8>, crate::domain::encoding::RowHash)>,
+    /// The first key not in this or an earlier step; `None` on the chunk's last step.
+    pub resume: Option<Vec<u8>>,
+    /// The attempt's read figures, on the chunk's last step (which marks it done).
+    pub last: Option<ChunkStats>,
+    /// Numbers and compresses the step's batches from the run's count so far.
+    pub bodies: NumberBodies,
+}
+
+/// What a committed step saved.
+#[derive(Debug, Default)]
+pub struct StepCommitted {
+    /// Ids of the batches it saved, to push.
+    pub batches: Vec<String>,
+    /// Whether it was the run's last chunk to finish (the run is `batched` now, or `done`).
+    pub all_done: bool,
 }
 
 /// A batch cut from a run's change records, its request body built once.

@@ -113,6 +113,14 @@ pub trait StagingStore: Send + Sync {
     /// `StoreError::Superseded` once a later attempt has reset the chunk.
     async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, stats: ChunkStats)
         -> Result<bool, StoreError>;
+    /// Commits one step of a chunk of a run numbered at commit (decision 0025), in one
+    /// transaction: under the run's row lock, takes the run's count of changes so far as the
+    /// step's base, saves the batches `step.bodies` builds from it, stages the step's keys and
+    /// hashes, moves the chunk's resume key (or marks it done) and adds the counts. The last
+    /// chunk to finish moves the run to `batched` (`done` if every batch is delivered already)
+    /// and records its staged schema. `StoreError::Superseded` once a later attempt has reset
+    /// the chunk or the run has left `snapshotting`.
+    async fn commit_step(&self, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError>;
     /// `snapshotted → merged` in one transaction with the staging update; false if already merged.
     async fn merge(&self, run: &Run) -> Result<bool, StoreError>;
     /// When the store lost a run's delta before its batches were cut — a server crash or

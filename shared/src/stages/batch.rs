@@ -35,12 +35,19 @@ pub(super) async fn batch(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, S
 
 /// A push job for every batch of the run not yet delivered.
 pub(super) async fn pushes(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
-    Ok(ctx
-        .store
-        .pending_batches(&run.id)
-        .await?
+    let pending = ctx.store.pending_batches(&run.id).await?;
+    Ok(push_jobs(
+        job,
+        run,
+        pending.into_iter().map(|(batch_id, _, _)| batch_id),
+    ))
+}
+
+/// A push job for each of these batches of the run.
+pub(super) fn push_jobs(job: &Job, run: &Run, batch_ids: impl IntoIterator<Item = String>) -> Vec<Job> {
+    batch_ids
         .into_iter()
-        .map(|(batch_id, _, _)| {
+        .map(|batch_id| {
             job.next(run_task(run, |tenant, source, run_id| Task::Push {
                 tenant,
                 source,
@@ -48,7 +55,7 @@ pub(super) async fn pushes(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, 
                 batch_id,
             }))
         })
-        .collect())
+        .collect()
 }
 
 /// What a cut saved: the figures `finish_batching` records.
@@ -57,6 +64,23 @@ pub(super) struct Cut {
     pub(super) batches: i64,
     /// Their bodies' bytes as stored.
     pub(super) bytes: i64,
+}
+
+/// A batch of run `run_id` from its finished body: its id follows from its sequence range, and
+/// its body is compressed once, here (the push sends it as it is: `packing::Body`).
+pub(super) fn seal(run_id: &str, b: BodyBuilder) -> BatchRecord {
+    let (first, last) = b.range();
+    let id = batch_id(run_id, first, last);
+    let rows = b.rows() as i64;
+    BatchRecord {
+        body: Body::gzip_of(&b.finish(&id)),
+        id,
+        run_id: run_id.to_owned(),
+        seq_first: first as i64,
+        seq_last: last as i64,
+        rows,
+        delivered: false,
+    }
 }
 
 /// Numbers the run's delta and saves its batches. It leaves the run's state alone: the batches
@@ -92,21 +116,7 @@ async fn cut_delta(ctx: &Ctx, run: &Run) -> Result<Cut, StageError> {
     let mut body: Option<BodyBuilder> = None;
     let mut last_len = 0usize;
     let mut ready: Vec<BatchRecord> = Vec::new();
-    let close = |b: BodyBuilder| {
-        let (first, last) = b.range();
-        let id = batch_id(&run.id, first, last);
-        let rows = b.rows() as i64;
-        BatchRecord {
-            // Compressed once, here: the push sends it as it is (`packing::Body`).
-            body: Body::gzip_of(&b.finish(&id)),
-            id,
-            run_id: run.id.clone(),
-            seq_first: first as i64,
-            seq_last: last as i64,
-            rows,
-            delivered: false,
-        }
-    };
+    let close = |b: BodyBuilder| seal(&run.id, b);
     while let Some(records) = changes.next().await? {
         for record in records.iter() {
             let (op, payload) = record.map_err(StoreError::from)?;

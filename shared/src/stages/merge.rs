@@ -77,8 +77,10 @@ async fn merge_and_cut(ctx: &Ctx, run: &Run) -> (Result<bool, StageError>, Optio
 
 /// A watermark or change-tracking run moves its data source's cursor (the watermark, or the
 /// change-tracking version) once its changes are in staging; doing it again after a crash is
-/// harmless (the same value).
-async fn move_cursor(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
+/// harmless (the same value). A run numbered at commit moves it after its last chunk's commit
+/// (decision 0025); if the worker dies between the two, the next run finds no cursor and
+/// diffs the whole table, which re-sends nothing unchanged.
+pub(super) async fn move_cursor(ctx: &Ctx, run: &Run) -> Result<(), StageError> {
     if let Some(mode) = run
         .mode
         .as_ref()

@@ -38,7 +38,7 @@ impl MssqlStore {
         .map(drop)
     }
 
-    async fn insert_batch(&self, x: &mut Session, b: &BatchRecord) -> Result<(), StoreError> {
+    pub(super) async fn insert_batch(&self, x: &mut Session, b: &BatchRecord) -> Result<(), StoreError> {
         x.exec(
             &self.q(INSERT_BATCH),
             vec![
@@ -55,7 +55,7 @@ impl MssqlStore {
     }
 
     /// Marks the run done and drops its scratch rows; true if this call finished it.
-    async fn finish_run(&self, x: &mut Session, run_id: &str) -> Result<bool, StoreError> {
+    pub(super) async fn finish_run(&self, x: &mut Session, run_id: &str) -> Result<bool, StoreError> {
         let n = x
             .exec(
                 &self.q(

@@ -12,6 +12,7 @@ mod batches;
 mod config;
 mod dlq;
 mod merge;
+mod numbered;
 mod operator;
 mod queue;
 mod runs;

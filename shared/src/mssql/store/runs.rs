@@ -193,7 +193,8 @@ impl RunStore for MssqlStore {
     }
 
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError> {
-        let sql = self.q("SELECT chunk_no, lo, hi, done FROM {s}.chunks WHERE run_id = @P1 ORDER BY chunk_no");
+        let sql =
+            self.q("SELECT chunk_no, lo, hi, done, resume_key FROM {s}.chunks WHERE run_id = @P1 ORDER BY chunk_no");
         let mut x = self.session("list chunks").await?;
         let rows = x.rows(&sql, vec![p(run_id.to_owned())]).await?;
         x.done();
@@ -206,6 +207,7 @@ impl RunStore for MssqlStore {
                         hi: opt_bytes(r, 2)?,
                     },
                     done: flag(r, 3)?,
+                    resume: opt_bytes(r, 4)?,
                 })
             })
             .collect()

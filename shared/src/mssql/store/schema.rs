@@ -18,7 +18,11 @@ pub const MAX_KEY_BYTES: usize = 896;
 const EXACT: &str = "COLLATE Latin1_General_100_BIN2";
 
 /// Migrations in order, each a list of statements; `{s}` is the quoted schema, `{bin}` [`EXACT`].
-const MIGRATIONS: &[&[&str]] = &[FIRST, CHUNK_ATTEMPTS, RUN_RESUMES_AT];
+const MIGRATIONS: &[&[&str]] = &[FIRST, CHUNK_ATTEMPTS, RUN_RESUMES_AT, CHUNK_RESUME_KEYS];
+
+/// A chunk of a run numbered at commit (decision 0025) commits in steps: the first key its
+/// committed steps have not covered, where a later attempt reads on from.
+const CHUNK_RESUME_KEYS: &[&str] = &["ALTER TABLE {s}.chunks ADD resume_key VARBINARY(MAX) NULL"];
 
 /// When a run's deferred job is due (a retry's backoff, a `Retry-After`, a sync window): until
 /// then the run is not taken for stalled.

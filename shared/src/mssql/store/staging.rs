@@ -9,7 +9,10 @@ use super::{now_ms, MssqlStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, Records, Run, StagingStore};
+use crate::ports::{
+    change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, NumberedStep, Records, Run, StagingStore,
+    StepCommitted,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -32,12 +35,36 @@ fn range_sql(range: &KeyRange, params: &mut Params) -> String {
 }
 
 /// A channel already holding `items`.
-fn ready<T: Send + 'static>(items: Vec<T>) -> Batches<T, StoreError> {
+pub(super) fn ready<T: Send + 'static>(items: Vec<T>) -> Batches<T, StoreError> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     if !items.is_empty() {
         let _ = tx.try_send(Ok(items));
     }
     rx
+}
+
+impl MssqlStore {
+    /// Records the shape the run staged, for the next run's drift check.
+    pub(super) async fn record_staged_schema(&self, x: &mut session::Session, run: &Run) -> Result<(), StoreError> {
+        if let Some(schema) = &run.schema {
+            let schema = serde_json::to_string(schema).expect("schemas serialise");
+            x.exec(
+                &self.q(&upsert(
+                    "UPDATE {s}.staged_schemas WITH (UPDLOCK, SERIALIZABLE) SET schema_json = @P3, run_id = @P4 \
+                         WHERE tenant = @P1 AND source = @P2",
+                    "INSERT INTO {s}.staged_schemas (tenant, source, schema_json, run_id) VALUES (@P1, @P2, @P3, @P4)",
+                )),
+                vec![
+                    p(run.tenant.clone()),
+                    p(run.source.clone()),
+                    p(schema),
+                    p(run.id.clone()),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -130,6 +157,10 @@ impl StagingStore for MssqlStore {
         }
         self.count(1);
         Ok(())
+    }
+
+    async fn commit_step(&self, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError> {
+        self.commit_numbered_step(run, step).await
     }
 
     async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, st: ChunkStats) -> Result<bool, StoreError> {
@@ -234,23 +265,7 @@ impl StagingStore for MssqlStore {
             return Ok(false);
         }
         let (upserted, deleted) = self.apply_delta(&mut x, sid).await?;
-        if let Some(schema) = &run.schema {
-            let schema = serde_json::to_string(schema).expect("schemas serialise");
-            x.exec(
-                &self.q(&upsert(
-                    "UPDATE {s}.staged_schemas WITH (UPDLOCK, SERIALIZABLE) SET schema_json = @P3, run_id = @P4 \
-                     WHERE tenant = @P1 AND source = @P2",
-                    "INSERT INTO {s}.staged_schemas (tenant, source, schema_json, run_id) VALUES (@P1, @P2, @P3, @P4)",
-                )),
-                vec![
-                    p(run.tenant.clone()),
-                    p(run.source.clone()),
-                    p(schema),
-                    p(run.id.clone()),
-                ],
-            )
-            .await?;
-        }
+        self.record_staged_schema(&mut x, run).await?;
         x.commit_keep().await?;
         drop_delta(&mut x).await?;
         x.done();

@@ -34,7 +34,7 @@ async fn insert_attempt(tx: &Transaction<'_>, s: &str, run_id: &str, a: &Attempt
 }
 
 /// Marks the run done and drops its scratch.
-async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, StoreError> {
+pub(super) async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool, StoreError> {
     let n = tx
         .execute(
             &format!("UPDATE {s}.runs SET state = 'done', finished_at = $2, updated_at = $2 WHERE id = $1 AND state <> 'done'"),
@@ -49,7 +49,7 @@ async fn finish_run(tx: &Transaction<'_>, s: &str, run_id: &str) -> Result<bool,
 /// Stores batches where the run keeps them. A batch already stored is left as it is — also one
 /// in the shared table when the run has its own, as an earlier build's cut during a rollout
 /// would have put it.
-async fn insert_batches(tx: &Transaction<'_>, s: &str, batches: &[BatchRecord]) -> Result<(), StoreError> {
+pub(super) async fn insert_batches(tx: &Transaction<'_>, s: &str, batches: &[BatchRecord]) -> Result<(), StoreError> {
     let err = pg_err("save batches");
     let mut runs: Vec<&str> = batches.iter().map(|b| b.run_id.as_str()).collect();
     runs.dedup();

@@ -6,6 +6,7 @@ mod batches;
 mod config;
 mod delta;
 mod dlq;
+mod numbered;
 mod operator;
 mod prepared;
 mod queue;

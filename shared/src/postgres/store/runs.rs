@@ -172,7 +172,7 @@ impl RunStore for PgStore {
 
     async fn chunks(&self, run_id: &str) -> Result<Vec<Chunk>, StoreError> {
         let sql = format!(
-            "SELECT chunk_no, lo, hi, done FROM {}.chunks WHERE run_id = $1 ORDER BY chunk_no",
+            "SELECT chunk_no, lo, hi, done, resume_key FROM {}.chunks WHERE run_id = $1 ORDER BY chunk_no",
             self.s
         );
         let rows = prepared::query(&self.client().await?, &sql, &[&run_id])
@@ -187,6 +187,7 @@ impl RunStore for PgStore {
                     hi: r.get(2),
                 },
                 done: r.get(3),
+                resume: r.get(4),
             })
             .collect())
     }

@@ -287,6 +287,11 @@ ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS attempt BIGINT NOT NULL DEFAULT 
 -- then the run is not taken for stalled.
 ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS resumes_at BIGINT;
 "#,
+    r#"
+-- A chunk of a run numbered at commit (decision 0025) commits in steps: the first key its
+-- committed steps have not covered, where a later attempt reads on from.
+ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS resume_key BYTEA;
+"#,
 ];
 
 /// Percent of each staging page filled by inserts and loads; the rest is room for updates.

@@ -7,7 +7,10 @@ use super::scratch::{Scratch, Table};
 use super::{now_ms, PgStore};
 use crate::domain::{encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, Records, Run, StagingStore};
+use crate::ports::{
+    change_records, staged_changes, Batches, Chunk, ChunkStats, KeyRange, NumberedStep, Records, Run, StagingStore,
+    StepCommitted,
+};
 use crate::postgres::pool::pg_err;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -29,7 +32,12 @@ pub(super) fn staged(store: &PgStore) -> String {
 
 /// The compact id of a (tenant, data source), created on first use. Not cached: a merge asks
 /// once, and a cache would outlive a store schema dropped and created again.
-async fn sid(c: &impl tokio_postgres::GenericClient, s: &str, tenant: &str, source: &str) -> Result<i32, StoreError> {
+pub(super) async fn sid(
+    c: &impl tokio_postgres::GenericClient,
+    s: &str,
+    tenant: &str,
+    source: &str,
+) -> Result<i32, StoreError> {
     let err = pg_err("source id");
     let select = format!("SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2");
     if let Some(row) = c.query_opt(&select, &[&tenant, &source]).await.map_err(&err)? {
@@ -199,6 +207,10 @@ impl StagingStore for PgStore {
         Ok(())
     }
 
+    async fn commit_step(&self, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError> {
+        super::numbered::commit_step(self, run, step).await
+    }
+
     async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, st: ChunkStats) -> Result<bool, StoreError> {
         let (s, err) = (&self.s, pg_err("finish chunk"));
         let mut c = self.client().await?;
@@ -258,10 +270,6 @@ impl StagingStore for PgStore {
 
     async fn merge(&self, run: &Run) -> Result<bool, StoreError> {
         let (s, err) = (&self.s, pg_err("merge"));
-        let schema = run
-            .schema
-            .as_ref()
-            .map(|x| serde_json::to_string(x).expect("schemas serialise"));
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(&err)?;
         let n = tx
@@ -277,35 +285,8 @@ impl StagingStore for PgStore {
             return Ok(false);
         }
         let (id, upserted, deleted) = merge_delta(self, &tx, run).await?;
-        if let Some(schema) = schema {
-            tx.execute(
-                &format!(
-                    "INSERT INTO {s}.staged_schemas (tenant, source, schema_json, run_id) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (tenant, source) DO UPDATE SET schema_json = EXCLUDED.schema_json, run_id = EXCLUDED.run_id"
-                ),
-                &[&run.tenant, &run.source, &schema, &run.id],
-            )
-            .await
-            .map_err(&err)?;
-        }
-        // Planner statistics lag a large merge (autovacuum analyses a minute later, if at all
-        // under load): with staging believed empty, the next run's delete join scans every
-        // staged key of the source (1,000,000 probes instead of a few thousand). Only the
-        // source's partition: analysing the parent would sample every partition. It is named
-        // here, where the merge's settings make the look-up one probe of the primary key: after
-        // the commit an unanalysed partition was read from its start, through any other
-        // source's rows sharing it (~250 ms of server time per 1,000,000-row merge).
-        let part: Option<String> = if upserted + deleted >= REANALYZE_AFTER {
-            tx.query_opt(
-                &format!("SELECT tableoid::regclass::TEXT FROM {s}.staging_keys WHERE sid = $1 LIMIT 1"),
-                &[&id],
-            )
-            .await
-            .map_err(&err)?
-            .map(|r| r.get(0))
-        } else {
-            None
-        };
+        record_staged_schema(&tx, s, run).await?;
+        let part = analysed_partition(&tx, s, id, upserted + deleted).await?;
         tx.commit().await.map_err(&err)?;
         self.count(2 + upserted + deleted);
         if let Some(part) = part {
@@ -390,6 +371,53 @@ impl StagingStore for PgStore {
         let records = segments(self, run_id, |body| Records::decode(body).map(|r| vec![r]));
         change_records(legacy_rows(self, run_id), records)
     }
+}
+
+/// Records the shape the run staged, for the next run's drift check.
+pub(super) async fn record_staged_schema(tx: &Transaction<'_>, s: &str, run: &Run) -> Result<(), StoreError> {
+    let Some(schema) = &run.schema else {
+        return Ok(());
+    };
+    let schema = serde_json::to_string(schema).expect("schemas serialise");
+    tx.execute(
+        &format!(
+            "INSERT INTO {s}.staged_schemas (tenant, source, schema_json, run_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant, source) DO UPDATE SET schema_json = EXCLUDED.schema_json, run_id = EXCLUDED.run_id"
+        ),
+        &[&run.tenant, &run.source, &schema, &run.id],
+    )
+    .await
+    .map_err(pg_err("record staged schema"))?;
+    Ok(())
+}
+
+/// The staging partition of source `sid` to `ANALYZE` after the commit, when `changed` rows
+/// make its statistics stale.
+///
+/// Planner statistics lag a large merge (autovacuum analyses a minute later, if at all
+/// under load): with staging believed empty, the next run's delete join scans every
+/// staged key of the source (1,000,000 probes instead of a few thousand). Only the
+/// source's partition: analysing the parent would sample every partition. It is named
+/// here, inside the transaction, where the look-up is one probe of the primary key: after
+/// the commit an unanalysed partition was read from its start, through any other
+/// source's rows sharing it (~250 ms of server time per 1,000,000-row merge).
+pub(super) async fn analysed_partition(
+    tx: &Transaction<'_>,
+    s: &str,
+    sid: i32,
+    changed: u64,
+) -> Result<Option<String>, StoreError> {
+    if changed < REANALYZE_AFTER {
+        return Ok(None);
+    }
+    Ok(tx
+        .query_opt(
+            &format!("SELECT tableoid::regclass::TEXT FROM {s}.staging_keys WHERE sid = $1 LIMIT 1"),
+            &[&sid],
+        )
+        .await
+        .map_err(pg_err("find staging partition"))?
+        .map(|r| r.get(0)))
 }
 
 /// Applies the run's delta to staging inside the merge transaction, a segment's keys per

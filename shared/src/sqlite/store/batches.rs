@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 /// Inserts batches as stored (`Body::stored`), ignoring ones already saved.
-fn insert_batches(tx: &Transaction, batches: &[BatchRecord]) -> rusqlite::Result<()> {
+pub(super) fn insert_batches(tx: &Transaction, batches: &[BatchRecord]) -> rusqlite::Result<()> {
     let mut ins = tx.prepare_cached(
         "INSERT INTO batches (id, run_id, seq_first, seq_last, rows, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
          ON CONFLICT (id) DO NOTHING",
@@ -39,7 +39,7 @@ fn insert_attempt(tx: &Transaction, run_id: &str, a: &Attempt) -> rusqlite::Resu
 }
 
 /// Marks the run done and drops its scratch rows (deltas, batch bodies); the ledger stays.
-fn finish_run(tx: &Transaction, run_id: &str) -> rusqlite::Result<bool> {
+pub(super) fn finish_run(tx: &Transaction, run_id: &str) -> rusqlite::Result<bool> {
     let n = tx.execute(
         "UPDATE runs SET state = 'done', finished_at = ?2, updated_at = ?2 WHERE id = ?1 AND state <> 'done'",
         params![run_id, now_ms()],

@@ -4,6 +4,7 @@
 mod batches;
 mod config;
 mod dlq;
+mod numbered;
 mod operator;
 mod queue;
 mod runs;

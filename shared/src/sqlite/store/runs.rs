@@ -160,8 +160,9 @@ impl RunStore for SqliteStore {
         let run_id = run_id.to_owned();
         self.db
             .read("list chunks", move |c| {
-                let mut stmt =
-                    c.prepare("SELECT chunk_no, lo, hi, done FROM chunks WHERE run_id = ?1 ORDER BY chunk_no")?;
+                let mut stmt = c.prepare(
+                    "SELECT chunk_no, lo, hi, done, resume_key FROM chunks WHERE run_id = ?1 ORDER BY chunk_no",
+                )?;
                 let rows = stmt.query_map([run_id], |r| {
                     Ok(Chunk {
                         no: r.get(0)?,
@@ -170,6 +171,7 @@ impl RunStore for SqliteStore {
                             hi: r.get(2)?,
                         },
                         done: r.get(3)?,
+                        resume: r.get(4)?,
                     })
                 })?;
                 rows.collect()

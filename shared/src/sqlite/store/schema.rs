@@ -217,6 +217,11 @@ ALTER TABLE chunks ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
 -- then the run is not taken for stalled.
 ALTER TABLE runs ADD COLUMN resumes_at INTEGER;
 "#,
+    r#"
+-- A chunk of a run numbered at commit (decision 0025) commits in steps: the first key its
+-- committed steps have not covered, where a later attempt reads on from.
+ALTER TABLE chunks ADD COLUMN resume_key BLOB;
+"#,
 ];
 
 /// Brings the schema up to date.

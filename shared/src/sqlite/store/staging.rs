@@ -4,7 +4,10 @@ use super::{now_ms, SqliteStore};
 use crate::domain::segment::{self, Part};
 use crate::domain::{diff::Op, encoding::RowHash, encoding::INVALID_HASH, schema::TableSchema};
 use crate::errors::StoreError;
-use crate::ports::{change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, Records, Run, StagingStore};
+use crate::ports::{
+    change_records, Batches, Chunk, ChunkStats, DeltaRow, KeyRange, NumberedStep, Records, Run, StagingStore,
+    StepCommitted,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as Sql;
@@ -119,6 +122,10 @@ impl StagingStore for SqliteStore {
         Ok(())
     }
 
+    async fn commit_step(&self, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError> {
+        super::numbered::commit_step(self, run, step).await
+    }
+
     async fn finish_chunk(&self, run_id: &str, chunk: u32, attempt: i64, s: ChunkStats) -> Result<bool, StoreError> {
         let id = run_id.to_owned();
         self.db
@@ -165,10 +172,6 @@ impl StagingStore for SqliteStore {
 
     async fn merge(&self, run: &Run) -> Result<bool, StoreError> {
         let run = run.clone();
-        let schema = run
-            .schema
-            .as_ref()
-            .map(|s| serde_json::to_string(s).expect("schemas serialise"));
         self.db
             .write("merge", move |tx| {
                 let n = tx.execute(
@@ -191,13 +194,7 @@ impl StagingStore for SqliteStore {
                     params![run.tenant, run.source, run.id],
                 )?;
                 merge_segments(tx, &run)?;
-                if let Some(schema) = schema {
-                    tx.execute(
-                        "INSERT INTO staged_schemas (tenant, source, schema_json, run_id) VALUES (?1, ?2, ?3, ?4) \
-                         ON CONFLICT (tenant, source) DO UPDATE SET schema_json = excluded.schema_json, run_id = excluded.run_id",
-                        params![run.tenant, run.source, schema, run.id],
-                    )?;
-                }
+                record_staged_schema(tx, &run)?;
                 Ok(true)
             })
             .await
@@ -311,6 +308,19 @@ fn blob_err(e: segment::SegmentError) -> rusqlite::Error {
 
 fn decode_segment(body: &[u8], part: Part) -> rusqlite::Result<Vec<DeltaRow>> {
     segment::decode(body, part).map_err(blob_err)
+}
+
+/// Records the shape the run staged, for the next run's drift check.
+pub(super) fn record_staged_schema(tx: &rusqlite::Transaction<'_>, run: &Run) -> rusqlite::Result<()> {
+    if let Some(schema) = &run.schema {
+        let schema = serde_json::to_string(schema).expect("schemas serialise");
+        tx.execute(
+            "INSERT INTO staged_schemas (tenant, source, schema_json, run_id) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (tenant, source) DO UPDATE SET schema_json = excluded.schema_json, run_id = excluded.run_id",
+            params![run.tenant, run.source, schema, run.id],
+        )?;
+    }
+    Ok(())
 }
 
 /// Applies the run's delta segments to staging, one segment in memory at a time.

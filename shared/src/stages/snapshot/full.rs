@@ -26,7 +26,7 @@ pub(super) async fn diff_chunk(
     schema: &TableSchema,
     source_rows: Batches<Vec<Value>, SourceError>,
     range: &KeyRange,
-    mut delta: super::DeltaWriter,
+    delta: &mut super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
@@ -110,6 +110,5 @@ pub(super) async fn diff_chunk(
             }
         }
     }
-    delta.finish().await?;
     Ok(stats)
 }

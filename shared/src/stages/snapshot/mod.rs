@@ -3,34 +3,75 @@
 //! change-table read (`tracked`) —
 //! writing only the chunk's delta. The last chunk to finish emits the merge job.
 
+mod chunk;
 mod full;
+mod numbered;
 mod plan;
 mod remote;
 mod tracked;
 mod watermark;
 
+pub(super) use chunk::chunk;
 pub(super) use plan::plan;
 
 use super::run_task;
 use crate::ctx::Ctx;
-use crate::domain::config::DiffMode;
 use crate::domain::diff::Op;
 use crate::domain::encoding::RowHash;
 use crate::domain::job::{Job, Task};
 use crate::domain::json::write_value;
 use crate::domain::segment::Encoder;
 use crate::domain::value::Value;
-use crate::errors::{StageError, StoreError};
-use crate::ports::{DeltaRow, Run, RunState};
+use crate::errors::StageError;
+use crate::ports::{DeltaRow, Run};
 use tracing::Instrument;
 
 /// Delta rows written per store call.
 pub(super) const DELTA_FLUSH: usize = 2_000;
 
+/// Where a chunk's diff puts its changes: packed delta segments for the merge and cut, or, for
+/// a run numbered at commit, steps of whole batches (decision 0025).
+enum DeltaWriter {
+    /// Delta segments.
+    Segments(SegmentWriter),
+    /// Steps numbered and cut at commit (boxed: it carries the run it numbers).
+    Numbered(Box<numbered::StepWriter>),
+}
+
+impl DeltaWriter {
+    /// Adds a row.
+    pub(super) async fn push(&mut self, row: DeltaRow) -> Result<(), StageError> {
+        self.push_parts(row.op, &row.key, row.hash.as_ref(), &row.payload).await
+    }
+
+    /// Adds a row from borrowed parts: the ordinary diff writes every row's JSON into one
+    /// reused buffer, which is copied here.
+    pub(super) async fn push_parts(
+        &mut self,
+        op: Op,
+        key: &[u8],
+        hash: Option<&RowHash>,
+        payload: &str,
+    ) -> Result<(), StageError> {
+        match self {
+            DeltaWriter::Segments(w) => w.push_parts(op, key, hash, payload).await,
+            DeltaWriter::Numbered(w) => w.push(op, key, hash, payload).await,
+        }
+    }
+
+    /// Adds rows gathered elsewhere (the push-down and watermark diffs collect them in steps).
+    pub(super) async fn extend(&mut self, rows: &mut Vec<DeltaRow>) -> Result<(), StageError> {
+        for r in rows.drain(..) {
+            self.push(r).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Collects a chunk's delta rows and writes them as packed segments, one write in flight while
 /// the diff goes on: reading, hashing and encoding overlap with the store's write, and memory
 /// stays at two segments.
-pub(super) struct DeltaWriter {
+struct SegmentWriter {
     store: std::sync::Arc<dyn crate::ports::Store>,
     run_id: String,
     chunk_no: u32,
@@ -40,10 +81,10 @@ pub(super) struct DeltaWriter {
     in_flight: Option<tokio::task::JoinHandle<Result<(), crate::errors::StoreError>>>,
 }
 
-impl DeltaWriter {
+impl SegmentWriter {
     /// A writer for attempt `attempt` at chunk `chunk_no` (`StagingStore::reset_chunk`).
-    pub(super) fn new(ctx: &Ctx, run_id: &str, chunk_no: u32, attempt: i64) -> DeltaWriter {
-        DeltaWriter {
+    fn new(ctx: &Ctx, run_id: &str, chunk_no: u32, attempt: i64) -> SegmentWriter {
+        SegmentWriter {
             store: ctx.store.clone(),
             run_id: run_id.to_owned(),
             chunk_no,
@@ -55,13 +96,7 @@ impl DeltaWriter {
     }
 
     /// Adds a row; starts a bulk write once a flush's worth has gathered.
-    pub(super) async fn push(&mut self, row: DeltaRow) -> Result<(), StageError> {
-        self.push_parts(row.op, &row.key, row.hash.as_ref(), &row.payload).await
-    }
-
-    /// Adds a row from borrowed parts: the ordinary diff writes every row's JSON into one
-    /// reused buffer, which is copied into the segment here.
-    pub(super) async fn push_parts(
+    async fn push_parts(
         &mut self,
         op: Op,
         key: &[u8],
@@ -71,14 +106,6 @@ impl DeltaWriter {
         self.segment.push(op, key, hash, payload);
         if self.segment.rows() >= DELTA_FLUSH {
             self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Adds rows gathered elsewhere (the push-down and watermark diffs collect them in steps).
-    pub(super) async fn extend(&mut self, rows: &mut Vec<DeltaRow>) -> Result<(), StageError> {
-        for r in rows.drain(..) {
-            self.push(r).await?;
         }
         Ok(())
     }
@@ -123,13 +150,13 @@ impl DeltaWriter {
     }
 
     /// Writes what is left and waits until every row is in the store.
-    pub(super) async fn finish(mut self) -> Result<(), StageError> {
+    async fn finish(mut self) -> Result<(), StageError> {
         self.flush().await?;
         self.wait().await
     }
 }
 
-impl Drop for DeltaWriter {
+impl Drop for SegmentWriter {
     /// A diff that failed part way must not leave a write running behind the next attempt's
     /// reset of the chunk.
     fn drop(&mut self) {
@@ -193,114 +220,4 @@ pub(super) fn render_key(values: &[&Value]) -> String {
     }
     s.push(']');
     s
-}
-
-/// What a superseded attempt at a chunk does: nothing more. The later attempt writes the
-/// chunk's delta and, if last, queues the merge; retrying would only supersede it in turn.
-fn superseded(run: &Run, chunk_no: u32, what: &str) -> Vec<Job> {
-    tracing::warn!(run = %run.id, chunk = chunk_no, "{what}: a later attempt took the chunk over; this one stops");
-    Vec::new()
-}
-
-/// Diffs one chunk and writes its delta; the last chunk to finish emits the merge job.
-pub(super) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: u32) -> Result<Vec<Job>, StageError> {
-    match run.state {
-        RunState::Snapshotting => {}
-        RunState::Snapshotted => return Ok(vec![merge_job(job, run)]),
-        _ => return Ok(Vec::new()), // a late duplicate: the run has moved on
-    }
-    let chunk = ctx
-        .store
-        .chunks(&run.id)
-        .await?
-        .into_iter()
-        .find(|c| c.no == chunk_no)
-        .ok_or_else(|| StageError::NotFound(format!("run `{}` has no chunk {chunk_no}", run.id)))?;
-    if chunk.done {
-        return Ok(Vec::new());
-    }
-    let schema = run
-        .schema
-        .clone()
-        .ok_or_else(|| StageError::NotFound(format!("run `{}` was not planned", run.id)))?;
-    let config = ctx.config(run.config_version).await?;
-    let (src, spec, ds) = ctx.source_for(&config, &run.tenant, &run.source, run.config_version)?;
-
-    // A chunk replaces only its own delta: clear what an interrupted attempt left. The new
-    // attempt's number fences an earlier attempt still running (a job delivered twice, or
-    // redelivered while a stalled worker held it): its writes are refused from now on.
-    let Some(attempt) = ctx.store.reset_chunk(&run.id, &chunk).await? else {
-        return Ok(Vec::new()); // done meanwhile by another delivery of this job
-    };
-    let delta = DeltaWriter::new(ctx, &run.id, chunk_no, attempt);
-    let mode = run.mode.clone().unwrap_or_default();
-    let read_span = tracing::info_span!("source.read", otel.name = "source.read", chunk = chunk_no,
-        mode = ?mode.mode, rows_read = tracing::field::Empty, bytes_read = tracing::field::Empty,
-        inserts = tracing::field::Empty, updates = tracing::field::Empty, deletes = tracing::field::Empty);
-    let stats = async {
-        Ok::<_, StageError>(match mode.mode {
-            DiffMode::RemoteHash => {
-                remote::diff_chunk(ctx, run, &schema, src.as_ref(), &spec, &chunk.range, delta).await?
-            }
-            DiffMode::Watermark if !mode.full => {
-                let column = ds.watermark_column.clone().unwrap_or_default();
-                watermark::diff_since(
-                    ctx,
-                    run,
-                    &schema,
-                    src.as_ref(),
-                    &spec,
-                    &column,
-                    mode.from.as_deref(),
-                    delta,
-                )
-                .await?
-            }
-            DiffMode::ChangeTracking if !mode.full => {
-                let since =
-                    mode.from.as_deref().and_then(|v| v.parse().ok()).ok_or_else(|| {
-                        StageError::NotFound(format!("run `{}` has no change-tracking version", run.id))
-                    })?;
-                tracked::diff_changes(ctx, run, &schema, src.read_changes(&spec, &schema, since), delta).await?
-            }
-            _ => {
-                let rows = src.read(&spec, &schema, &chunk.range);
-                full::diff_chunk(ctx, run, &schema, rows, &chunk.range, delta).await?
-            }
-        })
-    }
-    .instrument(read_span.clone())
-    .await;
-    let stats = match stats {
-        Err(StageError::Store(StoreError::Superseded { what })) => return Ok(superseded(run, chunk_no, &what)),
-        other => other?,
-    };
-    for (field, n) in [
-        ("rows_read", stats.rows_read),
-        ("bytes_read", stats.bytes_read),
-        ("inserts", stats.inserts),
-        ("updates", stats.updates),
-        ("deletes", stats.deletes),
-    ] {
-        read_span.record(field, n);
-    }
-    let all_done = match ctx.store.finish_chunk(&run.id, chunk_no, attempt, stats).await {
-        Err(StoreError::Superseded { what }) => return Ok(superseded(run, chunk_no, &what)),
-        other => other?,
-    };
-    crate::metrics::add("signals_rows_read_total", &[], stats.rows_read as f64);
-    crate::metrics::add("signals_source_bytes_read_total", &[], stats.bytes_read as f64);
-    for (op, n) in [
-        ("insert", stats.inserts),
-        ("update", stats.updates),
-        ("delete", stats.deletes),
-    ] {
-        crate::metrics::add("signals_changes_total", &[("op", op)], n as f64);
-    }
-    crate::crash::point("after_chunk_delta");
-    Ok(if all_done {
-        vec![merge_job(job, run)]
-    } else {
-        Vec::new()
-    })
 }

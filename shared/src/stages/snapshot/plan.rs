@@ -16,7 +16,14 @@ use chrono::{Duration, Timelike, Utc};
 pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<Vec<Job>, StageError> {
     match run.state {
         RunState::Planning => {}
-        RunState::Snapshotting => return chunk_jobs(ctx, job, run).await,
+        RunState::Snapshotting => {
+            // A revived run numbered at commit may have saved batches whose pushes were lost.
+            let mut jobs = chunk_jobs(ctx, job, run).await?;
+            if run.mode.as_ref().is_some_and(|m| m.numbered) {
+                jobs.extend(crate::stages::batch::pushes(ctx, job, run).await?);
+            }
+            return Ok(jobs);
+        }
         RunState::Snapshotted => return Ok(vec![merge_job(job, run)]),
         _ => return Ok(Vec::new()),
     }
@@ -64,7 +71,8 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
             force_all = true;
         }
     }
-    let mode = choose_mode(ctx, run, &ds, src.as_ref(), &spec, &schema).await?;
+    let mut mode = choose_mode(ctx, run, &ds, src.as_ref(), &spec, &schema).await?;
+    mode.numbered = mode.full && ctx.number_at_commit && nothing_staged(ctx, run).await?;
     if mode.full {
         let conn = config.tenant(&run.tenant, version)?.connections.get(&ds.connection);
         if let Some((start, end)) = conn.and_then(|c| c.heavy_hours.as_deref()).and_then(parse_hours) {
@@ -102,6 +110,23 @@ pub(in crate::stages) async fn plan(ctx: &Ctx, job: &Job, run: &Run) -> Result<V
     };
     ctx.store.plan_run(run, &plan, &ranges).await?;
     chunk_jobs(ctx, job, run).await
+}
+
+/// Whether staging holds nothing of the run's data source: then every change of a whole-table
+/// read is an insert, and its chunks can number their own batches (decision 0025). A staged
+/// schema answers at once for a data source synced before; the key read covers one whose runs
+/// never finished (a key staged before its run was abandoned).
+async fn nothing_staged(ctx: &Ctx, run: &Run) -> Result<bool, StageError> {
+    if ctx.store.staged_schema(&run.tenant, &run.source).await?.is_some() {
+        return Ok(false);
+    }
+    let mut keys = ctx.store.staging(&run.tenant, &run.source, &KeyRange::default());
+    while let Some(batch) = keys.recv().await {
+        if !batch?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Decides how this run finds changes and notes a change of diff mode (a controlled resync:
@@ -156,6 +181,7 @@ async fn choose_mode(
             full: start.is_err(),
             from: start.ok().map(|v| v.to_string()),
             next: Some(format!("{TRACKED}{current}")),
+            numbered: false,
         });
     }
     if ds.diff != DiffMode::Watermark {
@@ -164,6 +190,7 @@ async fn choose_mode(
             full: true,
             from: None,
             next: None,
+            numbered: false,
         });
     }
     let column = ds.watermark_column.as_deref().unwrap_or_default();
@@ -193,6 +220,7 @@ async fn choose_mode(
         full,
         from: if full { None } else { from },
         next,
+        numbered: false,
     })
 }
 

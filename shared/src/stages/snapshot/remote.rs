@@ -97,7 +97,7 @@ pub(super) async fn diff_chunk(
     src: &dyn SnapshotSource,
     spec: &SourceSpec,
     range: &KeyRange,
-    mut out: super::DeltaWriter,
+    out: &mut super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let mut hashes = Cursor::new(src.read_hashes(spec, schema, range));
     let mut staging = Cursor::new(ctx.store.staging(&run.tenant, &run.source, range));
@@ -166,7 +166,6 @@ pub(super) async fn diff_chunk(
     }
     fetch(src, spec, schema, &mut pending, &mut stats, &mut delta).await?;
     out.extend(&mut delta).await?;
-    out.finish().await?;
     Ok(stats)
 }
 
@@ -175,7 +174,7 @@ pub(super) async fn diff_chunk(
 async fn all_inserts(
     schema: &TableSchema,
     rows: crate::ports::Batches<(Vec<Value>, RowHash), SourceError>,
-    mut out: super::DeltaWriter,
+    out: &mut super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
@@ -202,6 +201,5 @@ async fn all_inserts(
         out.push_parts(Op::Insert, &key, Some(&hash), &json).await?;
         std::mem::swap(&mut key, &mut prev);
     }
-    out.finish().await?;
     Ok(stats)
 }

@@ -21,7 +21,7 @@ pub(super) async fn diff_changes(
     run: &Run,
     schema: &TableSchema,
     mut changes: Batches<TrackedChange, SourceError>,
-    mut out: super::DeltaWriter,
+    out: &mut super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let key_idx = schema.key_indexes();
     let names: Vec<&str> = schema.column_names().collect();
@@ -57,7 +57,6 @@ pub(super) async fn diff_changes(
     compare(ctx, run, &names, &mut rows, &mut stats, &mut delta).await?;
     deletes(ctx, run, &key_names, &mut gone, &mut stats, &mut delta).await?;
     out.extend(&mut delta).await?;
-    out.finish().await?;
     Ok(stats)
 }
 

@@ -66,7 +66,7 @@ pub(super) async fn diff_since(
     spec: &SourceSpec,
     column: &str,
     from_json: Option<&str>,
-    mut out: super::DeltaWriter,
+    out: &mut super::DeltaWriter,
 ) -> Result<ChunkStats, StageError> {
     let ty = schema.columns.iter().find(|c| c.name == column).map(|c| c.ty);
     let from = from_json
@@ -95,6 +95,5 @@ pub(super) async fn diff_since(
     }
     compare(ctx, run, &names, &mut batch, &mut stats, &mut delta).await?;
     out.extend(&mut delta).await?;
-    out.finish().await?;
     Ok(stats)
 }
