@@ -498,7 +498,8 @@ async fn the_steps_of_a_numbered_run_number_it_without_gaps(h: Harness) {
             run.chunks_done,
             run.rows_read
         ),
-        ("done", 6, 3, 3, 3, 30)
+        ("done", 6, 3, 3, 3, 36),
+        "rows read: each step's changes, and 10 more with each chunk's last step"
     );
     let keys: Vec<Vec<u8>> = [1, 2, 3, 10, 11, 12].iter().map(|&k| vec![k]).collect();
     let staged = store.staged_hashes("t", "items", keys).await.unwrap();

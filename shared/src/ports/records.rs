@@ -248,7 +248,9 @@ pub struct NumberedStep {
     pub staged: Vec<(Vec<u8>, crate::domain::encoding::RowHash)>,
     /// The first key not in this or an earlier step; `None` on the chunk's last step.
     pub resume: Option<Vec<u8>>,
-    /// The attempt's read figures, on the chunk's last step (which marks it done).
+    /// On the chunk's last step (which marks it done): the attempt's bytes read, and its rows
+    /// read beyond its changes (none, as nothing was staged). Each step counts its changes as
+    /// rows read, so a run's progress moves step by step and a resumed chunk's rows count once.
     pub last: Option<ChunkStats>,
     /// Numbers and compresses the step's batches from the run's count so far.
     pub bodies: NumberBodies,

@@ -66,7 +66,7 @@ impl MssqlStore {
             .row(
                 &self.q(
                     "UPDATE {s}.runs SET inserts = inserts + @P2, batches_total = batches_total + @P3, bytes = bytes + @P4, \
-                     chunks_done = chunks_done + @P5, rows_read = rows_read + @P6, bytes_read = bytes_read + @P7, \
+                     chunks_done = chunks_done + @P5, rows_read = rows_read + @P2 + @P6, bytes_read = bytes_read + @P7, \
                      updated_at = @P8 OUTPUT CASE WHEN inserted.chunks_done >= inserted.chunks_total THEN 1 ELSE 0 END \
                      WHERE id = @P1",
                 ),

@@ -68,7 +68,7 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
         &tx,
         &format!(
             "UPDATE {s}.runs SET inserts = inserts + $2, batches_total = batches_total + $3, bytes = bytes + $4, \
-             chunks_done = chunks_done + $5, rows_read = rows_read + $6, bytes_read = bytes_read + $7, updated_at = $8 \
+             chunks_done = chunks_done + $5, rows_read = rows_read + $2 + $6, bytes_read = bytes_read + $7, updated_at = $8 \
              WHERE id = $1 RETURNING chunks_done >= chunks_total, inserts + updates + deletes"
         ),
         &[

@@ -59,7 +59,7 @@ fn commit(tx: &Transaction, run: &Run, step: NumberedStep) -> rusqlite::Result<R
     let bytes: i64 = batches.iter().map(|b| b.body.len() as i64).sum();
     let all_done: bool = tx.query_row(
         "UPDATE runs SET inserts = inserts + ?2, batches_total = batches_total + ?3, bytes = bytes + ?4, \
-         chunks_done = chunks_done + ?5, rows_read = rows_read + ?6, bytes_read = bytes_read + ?7, updated_at = ?8 \
+         chunks_done = chunks_done + ?5, rows_read = rows_read + ?2 + ?6, bytes_read = bytes_read + ?7, updated_at = ?8 \
          WHERE id = ?1 RETURNING chunks_done >= chunks_total",
         params![
             run.id,

@@ -88,6 +88,8 @@ pub(super) struct StepWriter {
     in_flight: Option<tokio::task::JoinHandle<Result<StepCommitted, StoreError>>>,
     /// Ids of the batches this attempt's steps saved.
     committed: Vec<String>,
+    /// Changes this attempt has handed to its steps.
+    changes: i64,
 }
 
 impl StepWriter {
@@ -109,6 +111,7 @@ impl StepWriter {
             held: Held::default(),
             in_flight: None,
             committed: Vec::new(),
+            changes: 0,
         }
     }
 
@@ -152,6 +155,7 @@ impl StepWriter {
     async fn commit(&mut self, resume: Option<Vec<u8>>, last: Option<ChunkStats>) -> Result<(), StageError> {
         self.wait().await?;
         let held = std::mem::take(&mut self.held);
+        self.changes += held.staged.len() as i64;
         let bodies = Bodies {
             run: self.run.clone(),
             dataset: self.dataset.clone(),
@@ -211,7 +215,14 @@ impl StepWriter {
     /// Commits the rest as the chunk's last step, with the attempt's read figures; returns the
     /// ids of the batches this attempt saved and whether the chunk was the run's last.
     pub(super) async fn finish(mut self, stats: ChunkStats) -> Result<(Vec<String>, bool), StageError> {
-        self.commit(None, Some(stats)).await?;
+        // The steps count their changes as rows read; the last adds what else was read.
+        let beyond = stats.rows_read - self.changes - self.held.staged.len() as i64;
+        let last = ChunkStats {
+            rows_read: beyond,
+            bytes_read: stats.bytes_read,
+            ..ChunkStats::default()
+        };
+        self.commit(None, Some(last)).await?;
         let last = self.wait().await?.unwrap_or_default();
         Ok((std::mem::take(&mut self.committed), last.all_done))
     }
