@@ -403,8 +403,8 @@ fn step(run_id: &str, chunk: u32, attempt: i64, keys: &[u8], resume: Option<u8>,
     NumberedStep {
         chunk,
         attempt,
-        changes: n,
-        staged: keys.iter().map(|&k| (vec![k], [k; 16])).collect(),
+        ops: [n, 0, 0],
+        staged: keys.iter().map(|&k| (vec![k], Some([k; 16]))).collect(),
         resume: resume.map(|k| vec![k]),
         last: last.then(|| ChunkStats {
             rows_read: 10,

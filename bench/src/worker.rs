@@ -84,7 +84,9 @@ pub async fn child(args: &[String]) -> anyhow::Result<()> {
     let store = backends::open_for(&pg_url(), &schema, opts.store_connections()).await?;
     let mut ctx = Ctx::new(store.clone(), Arc::new(DefaultConnectors::default()));
     ctx.cut_beside_merge = arg(6)? == "1";
-    ctx.number_at_commit = arg(8)? == "1";
+    // `SIGNALS_BENCH_MERGE_INITIAL` set: every initial run merges and cuts as before decision
+    // 0025, so the same build measures both paths on one machine in one hour.
+    ctx.number_at_commit = arg(8)? == "1" && std::env::var_os("SIGNALS_BENCH_MERGE_INITIAL").is_none();
     let ctx = Arc::new(ctx);
     runner::run(ctx, store.clone(), opts, std::future::pending()).await?;
     let metrics = signals_shared::metrics::render(&[]);

@@ -242,15 +242,17 @@ pub struct NumberedStep {
     pub chunk: u32,
     /// The attempt committing (`StagingStore::reset_chunk`): a later one fences it out.
     pub attempt: i64,
-    /// Changes in the step: all inserts, since nothing was staged when the run was planned.
-    pub changes: i64,
-    /// Their keys and hashes, for staging.
-    pub staged: Vec<(Vec<u8>, crate::domain::encoding::RowHash)>,
+    /// The step's inserts, updates and deletes. Nothing was staged when the run was planned, so
+    /// all are inserts unless a repair invalidated staged keys of the data source meanwhile.
+    pub ops: [i64; 3],
+    /// Their keys, with their hashes to stage (`None`: a delete, unstaged).
+    pub staged: Vec<(Vec<u8>, Option<crate::domain::encoding::RowHash>)>,
     /// The first key not in this or an earlier step; `None` on the chunk's last step.
     pub resume: Option<Vec<u8>>,
     /// On the chunk's last step (which marks it done): the attempt's bytes read, and its rows
-    /// read beyond its changes (none, as nothing was staged). Each step counts its changes as
-    /// rows read, so a run's progress moves step by step and a resumed chunk's rows count once.
+    /// read beyond its inserts and updates (none, as nothing was staged). Each step counts
+    /// those as rows read, so a run's progress moves step by step and a resumed chunk's rows
+    /// count once.
     pub last: Option<ChunkStats>,
     /// Numbers and compresses the step's batches from the run's count so far.
     pub bodies: NumberBodies,

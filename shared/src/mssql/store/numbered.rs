@@ -17,8 +17,7 @@ impl MssqlStore {
         let mut x = self.session("commit chunk step").await?;
         let sid = self.sid(&mut x, &run.tenant, &run.source).await?;
         // Loaded before the transaction opens, as a merge's: staging's locks last only the apply.
-        let staged = step.staged.into_iter().map(|(k, h)| (k, Some(h))).collect();
-        self.load_delta(&mut x, super::staging::ready(staged)).await?;
+        self.load_delta(&mut x, super::staging::ready(step.staged)).await?;
         x.begin().await?;
         let held = x
             .row(
@@ -65,20 +64,23 @@ impl MssqlStore {
         let all_done = x
             .row(
                 &self.q(
-                    "UPDATE {s}.runs SET inserts = inserts + @P2, batches_total = batches_total + @P3, bytes = bytes + @P4, \
-                     chunks_done = chunks_done + @P5, rows_read = rows_read + @P2 + @P6, bytes_read = bytes_read + @P7, \
-                     updated_at = @P8 OUTPUT CASE WHEN inserted.chunks_done >= inserted.chunks_total THEN 1 ELSE 0 END \
+                    "UPDATE {s}.runs SET inserts = inserts + @P2, updates = updates + @P9, deletes = deletes + @P10, \
+                     batches_total = batches_total + @P3, bytes = bytes + @P4, chunks_done = chunks_done + @P5, \
+                     rows_read = rows_read + @P2 + @P9 + @P6, bytes_read = bytes_read + @P7, updated_at = @P8 \
+                     OUTPUT CASE WHEN inserted.chunks_done >= inserted.chunks_total THEN 1 ELSE 0 END \
                      WHERE id = @P1",
                 ),
                 vec![
                     p(run.id.clone()),
-                    p(step.changes),
+                    p(step.ops[0]),
                     p(batches.len() as i64),
                     p(bytes),
                     p(done as i64),
                     p(read.rows_read),
                     p(read.bytes_read),
                     p(now_ms()),
+                    p(step.ops[1]),
+                    p(step.ops[2]),
                 ],
             )
             .await?

@@ -8,6 +8,7 @@ use super::{now_ms, PgStore};
 use crate::errors::StoreError;
 use crate::ports::{NumberedStep, Run, StepCommitted};
 use crate::postgres::pool::pg_err;
+use tokio_postgres::error::SqlState;
 
 pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError> {
     let (s, err) = (&store.s, pg_err("commit chunk step"));
@@ -26,7 +27,38 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
     if !held {
         return Err(superseded());
     }
-    // The run's row lock makes the count and the batches numbered from it one step's alone.
+    let id = sid(&*tx, s, &run.tenant, &run.source).await?;
+    let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, hash) in step.staged {
+        match hash {
+            Some(h) => {
+                keys.push(key);
+                hashes.push(h.to_vec());
+            }
+            None => gone.push(key),
+        }
+    }
+    // Staged before the run's row is locked: nothing here depends on the numbering.
+    let mut staged = stage(&tx, s, id, &keys, &hashes).await?;
+    if !gone.is_empty() {
+        // Probing the primary key, whatever the statistics of a staging just filled say.
+        tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
+            .await
+            .map_err(&err)?;
+        let sql = format!("DELETE FROM {s}.staging_keys WHERE sid = $1 AND key = ANY($2::BYTEA[])");
+        staged += prepared::execute(&tx, &sql, &[&id, &gone]).await.map_err(&err)?;
+    }
+    let done = step.last.is_some();
+    prepared::execute(
+        &tx,
+        &format!("UPDATE {s}.chunks SET resume_key = $3, done = $4 WHERE run_id = $1 AND chunk_no = $2"),
+        &[&run.id, &(step.chunk as i32), &step.resume, &done],
+    )
+    .await
+    .map_err(&err)?;
+    // The run's row last, held only while the batches are numbered, compressed and saved: its
+    // lock makes the count and the batches numbered from it this step's alone, and every other
+    // step of the run and every delivery of its batches waits for it.
     let Some(base) = prepared::query_opt(
         &tx,
         &format!(
@@ -41,45 +73,27 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
     };
     let batches = (step.bodies)(base)?;
     insert_batches(&tx, s, &batches).await?;
-    let id = sid(&*tx, s, &run.tenant, &run.source).await?;
-    let (keys, hashes): (Vec<Vec<u8>>, Vec<Vec<u8>>) = step.staged.into_iter().map(|(k, h)| (k, h.to_vec())).unzip();
-    // An upsert, not a `COPY`: a repair may have invalidated a key of this source meanwhile.
-    let staged = prepared::execute(
-        &tx,
-        &format!(
-            "INSERT INTO {s}.staging_keys (sid, key, hash) SELECT $1, k, h FROM UNNEST($2::BYTEA[], $3::BYTEA[]) AS u(k, h) \
-             ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash"
-        ),
-        &[&id, &keys, &hashes],
-    )
-    .await
-    .map_err(&err)?;
-    let done = step.last.is_some();
-    prepared::execute(
-        &tx,
-        &format!("UPDATE {s}.chunks SET resume_key = $3, done = $4 WHERE run_id = $1 AND chunk_no = $2"),
-        &[&run.id, &(step.chunk as i32), &step.resume, &done],
-    )
-    .await
-    .map_err(&err)?;
     let read = step.last.unwrap_or_default();
     let bytes: i64 = batches.iter().map(|b| b.body.len() as i64).sum();
     let row = prepared::query_one(
         &tx,
         &format!(
-            "UPDATE {s}.runs SET inserts = inserts + $2, batches_total = batches_total + $3, bytes = bytes + $4, \
-             chunks_done = chunks_done + $5, rows_read = rows_read + $2 + $6, bytes_read = bytes_read + $7, updated_at = $8 \
+            "UPDATE {s}.runs SET inserts = inserts + $2, updates = updates + $9, deletes = deletes + $10, \
+             batches_total = batches_total + $3, bytes = bytes + $4, chunks_done = chunks_done + $5, \
+             rows_read = rows_read + $2 + $9 + $6, bytes_read = bytes_read + $7, updated_at = $8 \
              WHERE id = $1 RETURNING chunks_done >= chunks_total, inserts + updates + deletes"
         ),
         &[
             &run.id,
-            &step.changes,
+            &step.ops[0],
             &(batches.len() as i64),
             &bytes,
             &(done as i64),
             &read.rows_read,
             &read.bytes_read,
             &now_ms(),
+            &step.ops[1],
+            &step.ops[2],
         ],
     )
     .await
@@ -113,4 +127,54 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
         batches: batches.into_iter().map(|b| b.id).collect(),
         all_done,
     })
+}
+
+/// Stages a step's new keys: one binary `COPY`, as every key of a run with nothing staged is new
+/// (an upsert of the same keys cost the server several times as much); an upsert only when a
+/// repair has staged some of them meanwhile, which the `COPY` finds on the primary key and rolls
+/// back to a savepoint.
+async fn stage(
+    tx: &deadpool_postgres::Transaction<'_>,
+    s: &str,
+    sid: i32,
+    keys: &[Vec<u8>],
+    hashes: &[Vec<u8>],
+) -> Result<u64, StoreError> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::{ToSql, Type};
+    let err = pg_err("stage chunk step");
+    tx.batch_execute("SAVEPOINT stage").await.map_err(&err)?;
+    let copied = async {
+        let sink = tx
+            .copy_in(&format!("COPY {s}.staging_keys (sid, key, hash) FROM STDIN BINARY"))
+            .await?;
+        let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA, Type::BYTEA]);
+        futures_util::pin_mut!(writer);
+        for (key, hash) in keys.iter().zip(hashes) {
+            let row: [&(dyn ToSql + Sync); 3] = [&sid, key, hash];
+            writer.as_mut().write(&row).await?;
+        }
+        writer.finish().await
+    }
+    .await;
+    match copied {
+        Ok(n) => {
+            tx.batch_execute("RELEASE SAVEPOINT stage").await.map_err(&err)?;
+            Ok(n)
+        }
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT stage").await.map_err(&err)?;
+            prepared::execute(
+                tx,
+                &format!(
+                    "INSERT INTO {s}.staging_keys (sid, key, hash) SELECT $1, k, h FROM UNNEST($2::BYTEA[], $3::BYTEA[]) AS u(k, h) \
+                     ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash"
+                ),
+                &[&sid, &keys, &hashes],
+            )
+            .await
+            .map_err(&err)
+        }
+        Err(e) => Err(err(e)),
+    }
 }

@@ -47,8 +47,12 @@ fn commit(tx: &Transaction, run: &Run, step: NumberedStep) -> rusqlite::Result<R
         "INSERT INTO staging (tenant, source, key, hash) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (tenant, source, key) DO UPDATE SET hash = excluded.hash",
     )?;
+    let mut unstage = tx.prepare_cached("DELETE FROM staging WHERE tenant = ?1 AND source = ?2 AND key = ?3")?;
     for (key, hash) in &step.staged {
-        stage.execute(params![run.tenant, run.source, key, hash.as_slice()])?;
+        match hash {
+            Some(h) => stage.execute(params![run.tenant, run.source, key, h.as_slice()])?,
+            None => unstage.execute(params![run.tenant, run.source, key])?,
+        };
     }
     let done = step.last.is_some();
     tx.execute(
@@ -58,18 +62,21 @@ fn commit(tx: &Transaction, run: &Run, step: NumberedStep) -> rusqlite::Result<R
     let read = step.last.unwrap_or_default();
     let bytes: i64 = batches.iter().map(|b| b.body.len() as i64).sum();
     let all_done: bool = tx.query_row(
-        "UPDATE runs SET inserts = inserts + ?2, batches_total = batches_total + ?3, bytes = bytes + ?4, \
-         chunks_done = chunks_done + ?5, rows_read = rows_read + ?2 + ?6, bytes_read = bytes_read + ?7, updated_at = ?8 \
+        "UPDATE runs SET inserts = inserts + ?2, updates = updates + ?9, deletes = deletes + ?10, \
+         batches_total = batches_total + ?3, bytes = bytes + ?4, chunks_done = chunks_done + ?5, \
+         rows_read = rows_read + ?2 + ?9 + ?6, bytes_read = bytes_read + ?7, updated_at = ?8 \
          WHERE id = ?1 RETURNING chunks_done >= chunks_total",
         params![
             run.id,
-            step.changes,
+            step.ops[0],
             batches.len() as i64,
             bytes,
             done as i64,
             read.rows_read,
             read.bytes_read,
-            now_ms()
+            now_ms(),
+            step.ops[1],
+            step.ops[2]
         ],
         |r| r.get(0),
     )?;

@@ -26,8 +26,10 @@ struct Held {
     payloads: String,
     /// Where each change's JSON ends in `payloads`.
     ends: Vec<usize>,
-    /// Each change's key and hash, for staging.
-    staged: Vec<(Vec<u8>, RowHash)>,
+    /// Each change's kind.
+    ops: Vec<Op>,
+    /// Each change's key and hash, for staging (`None`: a delete).
+    staged: Vec<(Vec<u8>, Option<RowHash>)>,
     /// The index of the first change of every batch after the first.
     starts: Vec<usize>,
 }
@@ -36,6 +38,7 @@ struct Held {
 struct Bodies {
     run: Run,
     dataset: String,
+    ops: Vec<Op>,
     payloads: String,
     ends: Vec<usize>,
     starts: Vec<usize>,
@@ -64,9 +67,9 @@ impl Bodies {
             let mut body = BodyBuilder::new(&header);
             body.reserve(self.ends[last - 1] - from + (last - first) * RECORD_OVERHEAD + 256);
             let mut at = from;
-            for &end in &self.ends[first..last] {
+            for (&end, &op) in self.ends[first..last].iter().zip(&self.ops[first..last]) {
                 seq += 1;
-                body.push(seq, Op::Insert, &self.payloads[at..end]);
+                body.push(seq, op, &self.payloads[at..end]);
                 at = end;
             }
             out.push(crate::stages::batch::seal(&self.run.id, body));
@@ -88,8 +91,8 @@ pub(super) struct StepWriter {
     in_flight: Option<tokio::task::JoinHandle<Result<StepCommitted, StoreError>>>,
     /// Ids of the batches this attempt's steps saved.
     committed: Vec<String>,
-    /// Changes this attempt has handed to its steps.
-    changes: i64,
+    /// Rows of the source this attempt's steps count as read (their inserts and updates).
+    read: i64,
 }
 
 impl StepWriter {
@@ -111,12 +114,14 @@ impl StepWriter {
             held: Held::default(),
             in_flight: None,
             committed: Vec::new(),
-            changes: 0,
+            read: 0,
         }
     }
 
     /// Adds a change; commits the whole batches held before it once a step's worth has gathered
     /// and this change starts a new batch (its key is then where a later attempt reads on from).
+    /// Every change of such a run is an insert unless a repair invalidated staged keys of the
+    /// data source while it ran; those are numbered and staged like any other change.
     pub(super) async fn push(
         &mut self,
         op: Op,
@@ -124,19 +129,6 @@ impl StepWriter {
         hash: Option<&RowHash>,
         payload: &str,
     ) -> Result<(), StageError> {
-        let (Op::Insert, Some(hash)) = (op, hash) else {
-            return Err(StoreError::Corrupt {
-                what: "initial run",
-                detail: format!(
-                    "run `{}` numbers its changes at commit, planned with nothing staged, yet its chunk {} \
-                     found a {} — staging gained rows of the data source meanwhile; the chunk is retried",
-                    self.run.id,
-                    self.chunk,
-                    op.as_str()
-                ),
-            }
-            .into());
-        };
         if self.cutter.starts_new_batch(payload.len() + RECORD_OVERHEAD) && !self.held.ends.is_empty() {
             if self.held.starts.len() + 1 >= STEP_BATCHES || self.held.payloads.len() >= STEP_BYTES {
                 self.commit(Some(key.to_vec()), None).await?;
@@ -146,7 +138,11 @@ impl StepWriter {
         }
         self.held.payloads.push_str(payload);
         self.held.ends.push(self.held.payloads.len());
-        self.held.staged.push((key.to_vec(), *hash));
+        self.held.ops.push(op);
+        // A delete's marker carries no hash: its key leaves staging.
+        self.held
+            .staged
+            .push((key.to_vec(), hash.copied().filter(|_| op != Op::Delete)));
         Ok(())
     }
 
@@ -155,10 +151,15 @@ impl StepWriter {
     async fn commit(&mut self, resume: Option<Vec<u8>>, last: Option<ChunkStats>) -> Result<(), StageError> {
         self.wait().await?;
         let held = std::mem::take(&mut self.held);
-        self.changes += held.staged.len() as i64;
+        let mut ops = [0i64; 3];
+        for op in &held.ops {
+            ops[op_index(*op)] += 1;
+        }
+        self.read += ops[0] + ops[1];
         let bodies = Bodies {
             run: self.run.clone(),
             dataset: self.dataset.clone(),
+            ops: held.ops,
             payloads: held.payloads,
             ends: held.ends,
             starts: held.starts,
@@ -166,7 +167,7 @@ impl StepWriter {
         let step = NumberedStep {
             chunk: self.chunk,
             attempt: self.attempt,
-            changes: held.staged.len() as i64,
+            ops,
             staged: held.staged,
             resume,
             last,
@@ -179,11 +180,8 @@ impl StepWriter {
             }),
         };
         let (store, run) = (self.store.clone(), self.run.clone());
-        let span = tracing::info_span!(
-            "store.commit_step",
-            otel.name = "store.commit_step",
-            changes = step.changes
-        );
+        let changes: i64 = ops.iter().sum();
+        let span = tracing::info_span!("store.commit_step", otel.name = "store.commit_step", changes);
         self.in_flight = Some(tokio::spawn(
             async move { store.commit_step(&run, step).await }.instrument(span),
         ));
@@ -215,8 +213,9 @@ impl StepWriter {
     /// Commits the rest as the chunk's last step, with the attempt's read figures; returns the
     /// ids of the batches this attempt saved and whether the chunk was the run's last.
     pub(super) async fn finish(mut self, stats: ChunkStats) -> Result<(Vec<String>, bool), StageError> {
-        // The steps count their changes as rows read; the last adds what else was read.
-        let beyond = stats.rows_read - self.changes - self.held.staged.len() as i64;
+        // The steps count their inserts and updates as rows read; the last adds what else was.
+        let held = self.held.ops.iter().filter(|op| **op != Op::Delete).count() as i64;
+        let beyond = stats.rows_read - self.read - held;
         let last = ChunkStats {
             rows_read: beyond,
             bytes_read: stats.bytes_read,
@@ -225,6 +224,15 @@ impl StepWriter {
         self.commit(None, Some(last)).await?;
         let last = self.wait().await?.unwrap_or_default();
         Ok((std::mem::take(&mut self.committed), last.all_done))
+    }
+}
+
+/// Where an op's count goes in `NumberedStep::ops`.
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
     }
 }
 
