@@ -1,7 +1,8 @@
-//! A chunk of a run numbered at commit (decision 0025): its changes, all inserts, are held until
-//! a few whole batches have gathered, then committed in one store transaction that numbers them
-//! from the run's count so far, saves their bodies and stages their keys. No delta segments, no
-//! merge and no cut: the pushes of a step can start as soon as it commits.
+//! A chunk of a run numbered at commit (decision 0025): its changes (inserts, as nothing was
+//! staged when the run was planned) are held until a few whole batches have gathered, then
+//! committed in one store transaction that numbers them from the run's count so far, saves their
+//! bodies and stages their keys. No delta segments, no merge and no cut: the pushes of a step can
+//! start as soon as it commits.
 
 use crate::domain::batching::{BatchLimits, Cutter};
 use crate::domain::diff::Op;
