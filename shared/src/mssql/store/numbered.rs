@@ -3,7 +3,7 @@
 //! through `#delta` like a merge's.
 
 use super::merge::drop_delta;
-use super::session::{flag, int, p};
+use super::session::{flag, int, p, Session};
 use super::{now_ms, MssqlStore};
 use crate::errors::StoreError;
 use crate::ports::{NumberedStep, Run, StepCommitted};
@@ -30,7 +30,19 @@ impl MssqlStore {
             .await?
             .map(|r| flag(&r, 0))
             .transpose()?;
-        // The run's update lock makes the count and the batches numbered from it this step's alone.
+        if held != Some(true) {
+            return self.refuse(x, run, step.chunk, step.attempt).await;
+        }
+        // Staged before the run's row is locked: nothing here depends on the numbering.
+        let (upserted, _) = self.apply_delta(&mut x, sid).await?;
+        let done = step.last.is_some();
+        x.exec(
+            &self.q("UPDATE {s}.chunks SET resume_key = @P3, done = @P4 WHERE run_id = @P1 AND chunk_no = @P2"),
+            vec![p(run.id.clone()), p(step.chunk as i32), p(step.resume), p(done)],
+        )
+        .await?;
+        // The run's row last, held only while the batches are numbered, compressed and saved: its
+        // update lock makes the count and the batches numbered from it this step's alone.
         let base = x
             .row(
                 &self.q(
@@ -42,23 +54,13 @@ impl MssqlStore {
             .await?
             .map(|r| int(&r, 0))
             .transpose()?;
-        let (Some(true), Some(base)) = (held, base) else {
-            x.rollback_keep().await?;
-            drop_delta(&mut x).await?;
-            x.done();
-            return Err(StoreError::chunk_superseded(&run.id, step.chunk, step.attempt));
+        let Some(base) = base else {
+            return self.refuse(x, run, step.chunk, step.attempt).await;
         };
         let batches = (step.bodies)(base)?;
         for b in &batches {
             self.insert_batch(&mut x, b).await?;
         }
-        let (upserted, _) = self.apply_delta(&mut x, sid).await?;
-        let done = step.last.is_some();
-        x.exec(
-            &self.q("UPDATE {s}.chunks SET resume_key = @P3, done = @P4 WHERE run_id = @P1 AND chunk_no = @P2"),
-            vec![p(run.id.clone()), p(step.chunk as i32), p(step.resume), p(done)],
-        )
-        .await?;
         let read = step.last.unwrap_or_default();
         let bytes: i64 = batches.iter().map(|b| b.body.len() as i64).sum();
         let all_done = x
@@ -112,5 +114,13 @@ impl MssqlStore {
             batches: batches.into_iter().map(|b| b.id).collect(),
             all_done,
         })
+    }
+
+    /// A superseded attempt, or a run that left `snapshotting`: nothing of the step is kept.
+    async fn refuse(&self, mut x: Session, run: &Run, chunk: u32, attempt: i64) -> Result<StepCommitted, StoreError> {
+        x.rollback_keep().await?;
+        drop_delta(&mut x).await?;
+        x.done();
+        Err(StoreError::chunk_superseded(&run.id, chunk, attempt))
     }
 }
