@@ -14,6 +14,7 @@ mod runs;
 mod schema;
 mod scratch;
 mod slots;
+mod staged;
 mod staging;
 
 use super::pool::{pg_err, pool_err, pool_with, Limits};

@@ -3,7 +3,8 @@
 
 use super::batches::{finish_run, insert_batches};
 use super::prepared;
-use super::staging::{analysed_partition, record_staged_schema, sid};
+use super::staged::{analysed_partition, record_staged_schema};
+use super::staging::sid;
 use super::{now_ms, PgStore};
 use crate::errors::StoreError;
 use crate::ports::{NumberedStep, Run, StepCommitted};
