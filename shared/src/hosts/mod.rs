@@ -2,6 +2,8 @@
 //! the table-queue runner here; `lambda` (SQS partial batch failures) and `worker` later — so
 //! retry, dead-letter and tracing rules live once, in [`execute`].
 
+#[cfg(feature = "jemalloc")]
+mod allocator;
 pub mod events;
 pub mod function;
 #[cfg(feature = "lambda")]
@@ -212,8 +214,11 @@ pub async fn settle(
     result.is_ok()
 }
 
-/// Tunes glibc's malloc for long-running workers whose peak must not drift with how long they
-/// ran (`make bench`: the same ±10% for a 5,000,000-row sync as for 1,000,000):
+/// Tunes the allocators for long-running workers whose peak must not drift with how long they
+/// ran. With the `jemalloc` feature (the worker hosts and the CLI) Rust's allocations go to
+/// jemalloc, whose options are compiled in (`allocator`); glibc's malloc still serves the C
+/// libraries (SQLite) and any build without the feature (Lambda), and is tuned here
+/// (`make bench`: the same ±10% for a 5,000,000-row sync as for 1,000,000):
 ///
 /// - arenas capped at two: by default glibc opens up to eight per core as threads contend, each
 ///   keeping freed memory of its own;
@@ -228,6 +233,8 @@ pub async fn settle(
 /// Call before starting the runtime's threads; `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_`
 /// in the environment still win.
 pub fn tune_malloc() {
+    #[cfg(feature = "jemalloc")]
+    allocator::keep_options();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -248,7 +255,8 @@ pub fn tune_malloc() {
 /// Hands memory freed by a finished job back to the system. glibc keeps freed pages of its
 /// arenas until the top of the heap is free, so a long run's resident set creeps up with the
 /// fragments of earlier chunks; trimming after each large job keeps a long onboarding's peak
-/// near a short one's. A few milliseconds at most, off the hot path.
+/// near a short one's. A few milliseconds at most, off the hot path. (jemalloc, where it is the
+/// allocator, returns its own freed pages within a second: `allocator`.)
 pub fn return_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages to the system; no memory-safety preconditions.
