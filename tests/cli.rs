@@ -1,6 +1,7 @@
 //! The operator's path through the CLI: config errors, a refused batch, `dlq show`, `dlq retry`,
 //! `verify`, and the JSONL dry run.
 
+use signals_shared::domain::job::Stage;
 use signals_shared::receiver::faults::Fault;
 use signals_tests::{cli_onboard, create_items, items_source, run_cli, write_config, Harness};
 
@@ -210,41 +211,88 @@ async fn dropping_a_failed_snapshot_abandons_its_run_and_frees_the_source() {
 }
 
 /// A chunk of an initial run numbered at commit (decision 0025) fails for good after its first
-/// step committed — 2,000 rows saved as batches and staged, but never pushed, since a failed
-/// job queues nothing (the source reads 2,000 rows at a time; the bad one is in the third). Dropping its dead letter abandons the run and repairs exactly those
-/// keys, so the next run sends every row: nothing staged is lost at the destination.
+/// step committed: 2,000 rows saved as batches and staged (the source reads 2,000 rows at a
+/// time; the bad one is in the third). The step's pushes were queued as it committed, but no
+/// push has run yet (only the snapshot stage has). Dropping the chunk's dead letter abandons the
+/// run and repairs exactly the keys of its undelivered batches, so the next run sends every row;
+/// the abandoned run's queued pushes send nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_chunk_that_failed_after_a_step_re_sends_what_it_staged() {
+async fn dropping_a_chunk_that_failed_after_a_step_re_sends_what_it_did_not_deliver() {
     let h = Harness::new().await;
-    create_items(&h.src(), 5_000);
-    let bad = "UPDATE items SET price = 'not a number' WHERE id = 4500";
-    h.src().execute(bad, []).unwrap();
-    cli_onboard(BIN, &h, &h.config(&items_source(10_000)));
-    assert!(run_cli(BIN, &h, &["run", "--until-idle"], &[]).0.success());
-    let run = h.runs().await.remove(0);
+    let run = failed_after_a_step(&h, &[Stage::Scheduler, Stage::Snapshot]).await;
     assert_eq!(
-        (run.display_state(), run.inserts, run.batches_delivered),
-        ("blocked", 2_000, 0),
+        (
+            run.display_state(),
+            run.inserts,
+            run.batches_total,
+            run.batches_delivered
+        ),
+        ("blocked", 2_000, 4, 0),
         "{run:?}"
     );
-
     let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
     assert!(
         status.success() && out.contains("abandoned") && out.contains("re-sends 2000 keys"),
         "{out}"
     );
-    h.src()
-        .execute("UPDATE items SET price = '1.50' WHERE id = 4500", [])
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert!(run_cli(BIN, &h, &["run", "--until-idle", "--tick"], &[]).0.success());
-    let runs = h.runs().await;
+    let runs = next_run_after_the_fix(&h).await;
     assert_eq!(
         (runs[0].display_state(), runs[0].inserts + runs[0].updates),
         ("done", 5_000)
     );
-    h.assert_in_sync().await;
     assert_eq!(h.stats().applied_twice, 0);
+}
+
+/// The same failure with every stage running: the step's batches went out while the chunk read
+/// on, so dropping the chunk leaves nothing to repair and the next run sends only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_fails_after_a_step_has_already_pushed_it() {
+    let h = Harness::new().await;
+    let run = failed_after_a_step(&h, &[]).await;
+    assert_eq!(
+        (
+            run.display_state(),
+            run.inserts,
+            run.batches_total,
+            run.batches_delivered
+        ),
+        ("blocked", 2_000, 4, 4),
+        "{run:?}"
+    );
+    assert_eq!(h.stats().changes, 2_000, "the destination has the step's rows");
+    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
+    assert!(
+        status.success() && out.contains("abandoned") && !out.contains("re-sends"),
+        "{out}"
+    );
+    let runs = next_run_after_the_fix(&h).await;
+    assert_eq!(
+        (runs[0].display_state(), runs[0].inserts + runs[0].updates),
+        ("done", 3_000)
+    );
+    assert_eq!(h.stats().applied_twice, 0);
+}
+
+/// 5,000 items with a bad price at 4,500, onboarded and run (only `stages`, all if empty) until
+/// idle: the run's one chunk fails after its first step. Returns the run.
+async fn failed_after_a_step(h: &Harness, stages: &[Stage]) -> signals_shared::ports::Run {
+    create_items(&h.src(), 5_000);
+    let bad = "UPDATE items SET price = 'not a number' WHERE id = 4500";
+    h.src().execute(bad, []).unwrap();
+    cli_onboard(BIN, h, &h.config(&items_source(10_000)));
+    h.run_stages_until_idle(stages.to_vec()).await;
+    h.runs().await.remove(0)
+}
+
+/// Mends the bad row and runs the next sync to its end: the destination then equals the source.
+async fn next_run_after_the_fix(h: &Harness) -> Vec<signals_shared::ports::Run> {
+    h.src()
+        .execute("UPDATE items SET price = '1.50' WHERE id = 4500", [])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(run_cli(BIN, h, &["run", "--until-idle", "--tick"], &[]).0.success());
+    h.assert_in_sync().await;
+    h.runs().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

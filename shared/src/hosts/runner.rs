@@ -138,7 +138,8 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
             }
         })
     };
-    let outcome = execute(&ctx, &job).await;
+    // Lent so that a handler can queue the follow-ups of work already durable before it ends.
+    let outcome = crate::stages::early::lend(queue.clone(), execute(&ctx, &job)).await;
     heartbeat.abort();
     settle(&ctx, queue.as_ref(), &claimed, &job, outcome).await;
     if !matches!(job.task, Task::Push { .. }) {

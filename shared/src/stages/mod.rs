@@ -3,6 +3,7 @@
 
 mod batch;
 pub(crate) mod cursor;
+pub mod early;
 mod merge;
 mod push;
 mod scheduler;

@@ -79,7 +79,7 @@ pub(in crate::stages) async fn chunk(ctx: &Ctx, job: &Job, run: &Run, chunk_no: 
             max_bytes: dest.batch_max_bytes,
         };
         let dataset = ds.dataset_name(&run.source).to_owned();
-        let writer = StepWriter::new(ctx.store.clone(), run, dataset, limits, chunk_no, attempt);
+        let writer = StepWriter::new(ctx.store.clone(), job, run, dataset, limits, chunk_no, attempt);
         let range = KeyRange {
             lo: resume.clone().or(chunk.range.lo),
             hi: chunk.range.hi,

@@ -1,12 +1,14 @@
 //! A chunk of a run numbered at commit (decision 0025): its changes (inserts, as nothing was
 //! staged when the run was planned) are held until a few whole batches have gathered, then
 //! committed in one store transaction that numbers them from the run's count so far, saves their
-//! bodies and stages their keys. No delta segments, no merge and no cut: the pushes of a step can
-//! start as soon as it commits.
+//! bodies and stages their keys. No delta segments, no merge and no cut: the pushes of a step
+//! are queued as soon as it commits (where the host lends a queue, `stages::early`), those of
+//! the chunk's last step when the job ends, after the run's cursor has moved.
 
 use crate::domain::batching::{BatchLimits, Cutter};
 use crate::domain::diff::Op;
 use crate::domain::encoding::RowHash;
+use crate::domain::job::Job;
 use crate::errors::{StageError, StoreError};
 use crate::ports::{ChunkStats, NumberedStep, Run, StepCommitted, Store};
 use crate::protocol::{BatchHeader, BodyBuilder, RECORD_OVERHEAD};
@@ -83,6 +85,8 @@ impl Bodies {
 /// while the read goes on.
 pub(super) struct StepWriter {
     store: Arc<dyn Store>,
+    /// The chunk's job, which the pushes follow.
+    job: Job,
     run: Run,
     dataset: String,
     chunk: u32,
@@ -90,7 +94,9 @@ pub(super) struct StepWriter {
     cutter: Cutter,
     held: Held,
     in_flight: Option<tokio::task::JoinHandle<Result<StepCommitted, StoreError>>>,
-    /// Ids of the batches this attempt's steps saved.
+    /// Whether the step committing is the chunk's last.
+    last_in_flight: bool,
+    /// Ids of the batches this attempt's steps saved whose pushes are not queued yet.
     committed: Vec<String>,
     /// Rows of the source this attempt's steps count as read (their inserts and updates).
     read: i64,
@@ -99,6 +105,7 @@ pub(super) struct StepWriter {
 impl StepWriter {
     pub(super) fn new(
         store: Arc<dyn Store>,
+        job: &Job,
         run: &Run,
         dataset: String,
         limits: BatchLimits,
@@ -107,6 +114,7 @@ impl StepWriter {
     ) -> StepWriter {
         StepWriter {
             store,
+            job: job.clone(),
             run: run.clone(),
             dataset,
             chunk,
@@ -114,6 +122,7 @@ impl StepWriter {
             cutter: Cutter::new(limits),
             held: Held::default(),
             in_flight: None,
+            last_in_flight: false,
             committed: Vec::new(),
             read: 0,
         }
@@ -183,6 +192,7 @@ impl StepWriter {
         let (store, run) = (self.store.clone(), self.run.clone());
         let changes: i64 = ops.iter().sum();
         let span = tracing::info_span!("store.commit_step", otel.name = "store.commit_step", changes);
+        self.last_in_flight = last.is_some();
         self.in_flight = Some(tokio::spawn(
             async move { store.commit_step(&run, step).await }.instrument(span),
         ));
@@ -197,8 +207,16 @@ impl StepWriter {
             context: "commit chunk step",
             detail: format!("the commit task ended: {e}"),
         })??;
-        self.committed.extend(step.batches.iter().cloned());
         crate::crash::point("after_step_commit");
+        // Pushed while the chunk reads on: the batches are committed, so their pushes are
+        // harmless whatever becomes of this attempt. The last step's wait for the job's end.
+        let queued = !self.last_in_flight && {
+            let jobs = crate::stages::batch::push_jobs(&self.job, &self.run, step.batches.iter().cloned());
+            crate::stages::early::queue_now(jobs).await.is_empty()
+        };
+        if !queued {
+            self.committed.extend(step.batches.iter().cloned());
+        }
         Ok(Some(step))
     }
 
@@ -212,7 +230,8 @@ impl StepWriter {
     }
 
     /// Commits the rest as the chunk's last step, with the attempt's read figures; returns the
-    /// ids of the batches this attempt saved and whether the chunk was the run's last.
+    /// ids of the batches this attempt saved whose pushes are not queued yet, and whether the
+    /// chunk was the run's last.
     pub(super) async fn finish(mut self, stats: ChunkStats) -> Result<(Vec<String>, bool), StageError> {
         // The steps count their inserts and updates as rows read; the last adds what else was.
         let held = self.held.ops.iter().filter(|op| **op != Op::Delete).count() as i64;
