@@ -1,7 +1,11 @@
 //! The steps of an initial run's chunks numbered at commit (decision 0025), on every store:
-//! gap-free numbering across chunks and attempts, the fence, the resume key, the run's finish.
+//! gap-free numbering across chunks and attempts, the fence, the resume key, the run's finish,
+//! and a repair that invalidates staged keys while the run reads.
 
+use signals_shared::domain::encoding::INVALID_HASH;
+use signals_shared::domain::key::encode_key;
 use signals_shared::domain::packing::Body;
+use signals_shared::domain::value::Value;
 use signals_shared::errors::StoreError;
 use signals_shared::ports::{Attempt, BatchRecord, ChunkStats, NumberedStep};
 use signals_tests::{create_items, items_source, Harness};
@@ -118,4 +122,53 @@ async fn the_steps_of_a_numbered_run_number_it_without_gaps(h: Harness) {
     assert!(store.staged_schema("t", "items").await.unwrap().is_some());
 }
 
-signals_tests::on_every_store!(the_steps_of_a_numbered_run_number_it_without_gaps);
+/// A repair scheduled while a numbered run reads (`verify --repair` or `dlq drop --repair`
+/// during an onboarding) stages keys with a hash no row has: a key the source holds then reads
+/// as an update, one it lacks as a delete. Both are numbered and staged like the inserts
+/// around them, and the destination ends equal to the source, nothing applied twice.
+async fn a_repair_during_a_numbered_run_sends_updates_and_deletes(h: Harness) {
+    create_items(&h.src(), 3_000);
+    h.apply(&h.config(&items_source(1_000))).await;
+    let chunk_jobs = h.plan_by_hand().await;
+    let run = h.runs().await.remove(0);
+    assert!(
+        run.mode.as_ref().is_some_and(|m| m.numbered),
+        "nothing was staged at plan"
+    );
+    let key = |id: i64| {
+        let mut k = Vec::new();
+        encode_key(&mut k, &[&Value::Int(id)], &["id".to_string()]).unwrap();
+        k
+    };
+    let repaired = signals_shared::ops::repair::schedule(h.store.as_ref(), "t", "items", vec![key(2_500), key(99_999)])
+        .await
+        .unwrap();
+    assert_eq!(repaired, 2);
+    h.store.enqueue(&chunk_jobs, Duration::ZERO).await.unwrap();
+    h.run_until_idle().await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.state.as_str(), run.inserts, run.updates, run.deletes, run.rows_read),
+        ("done", 2_999, 1, 1, 3_000),
+        "{run:?}"
+    );
+    h.assert_in_sync().await;
+    let stats = h.stats();
+    assert_eq!((stats.changes, stats.applied_twice), (3_001, 0));
+    let staged = h
+        .store
+        .staged_hashes("t", "items", vec![key(2_500), key(99_999)])
+        .await
+        .unwrap();
+    assert_eq!(
+        staged.len(),
+        1,
+        "the deleted key left staging, the updated one stayed: {staged:?}"
+    );
+    assert_ne!(staged[0].1, INVALID_HASH, "with its row's hash");
+}
+
+signals_tests::on_every_store!(
+    the_steps_of_a_numbered_run_number_it_without_gaps,
+    a_repair_during_a_numbered_run_sends_updates_and_deletes,
+);
