@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
+mod cli;
+mod items;
 mod moto;
 mod postgres;
 mod process;
 mod sampling;
+pub use cli::{cli_onboard, run_cli, write_config};
+pub use items::{create_items, items_and_a_poison_source, items_source, mutate_items};
 pub use moto::Moto;
 pub use postgres::{postgres_with_items, store_client, PgSource};
 pub use process::{free_port, http, http_get, terminate, wait_for_port, KillOnDrop};
@@ -369,90 +373,6 @@ impl Harness {
     }
 }
 
-/// Creates `items(id INTEGER PRIMARY KEY, name TEXT, price DECIMAL(10,2), at TIMESTAMPTZ, flag BOOLEAN, data BLOB)`
-/// with `n` rows.
-pub fn create_items(conn: &Connection, n: i64) {
-    conn.execute_batch(
-        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price DECIMAL(10,2), at TIMESTAMPTZ, flag BOOLEAN, data BLOB)",
-    )
-    .expect("create items");
-    let tx = conn.unchecked_transaction().expect("tx");
-    for i in 1..=n {
-        tx.execute(
-            "INSERT INTO items VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
-                i,
-                if i % 10 == 0 {
-                    None
-                } else {
-                    Some(format!("item {i} ✓"))
-                },
-                format!("{}.{:02}", i % 1000, i % 100),
-                format!("2025-03-{:02}T10:00:00.5+02:00", 1 + i % 28),
-                i % 2 == 0,
-                vec![i as u8, 0, 255]
-            ],
-        )
-        .expect("insert");
-    }
-    tx.commit().expect("commit");
-}
-
-/// `[tenants.t.sources.items]` reading table `items`, chunked every `chunk_rows`.
-pub fn items_source(chunk_rows: u64) -> String {
-    format!("[tenants.t.sources.items]\nconnection = \"db\"\ntable = \"items\"\nkey = [\"id\"]\ninterval_secs = 1\nchunk_rows = {chunk_rows}\n")
-}
-
-/// Updates, inserts and deletes a few rows of `items`.
-pub fn mutate_items(conn: &Connection, n: i64) {
-    conn.execute_batch(&format!(
-        "UPDATE items SET name = name || ' (edited)' WHERE id % 97 = 0;
-         DELETE FROM items WHERE id % 89 = 0;
-         INSERT INTO items SELECT id + {n}, 'new ' || id, '1.50', '2026-01-01T00:00:00+00:00', 1, NULL FROM items WHERE id <= 25;"
-    ))
-    .expect("mutate");
-}
-
-/// Sources for tenant `t`: `items` (1,000-row chunks) and `poison`, whose database file does not
-/// exist yet (its jobs fail, retryably, until it does). Returns the TOML and that file's path.
-pub fn items_and_a_poison_source(h: &Harness) -> (String, PathBuf) {
-    let missing = h.dir.path().join("later.db");
-    let sources = format!(
-        "{}\n[tenants.t.connections.later]\nsqlite_path = \"{}\"\n\n\
-         [tenants.t.sources.poison]\nconnection = \"later\"\ntable = \"items\"\nkey = [\"id\"]\n",
-        items_source(1_000),
-        missing.display()
-    );
-    (sources, missing)
-}
-
-/// Runs a CLI binary with the harness's store; returns (status, stdout + stderr).
-pub fn run_cli(bin: &str, h: &Harness, args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
-    let out = std::process::Command::new(bin)
-        .arg("--store")
-        .arg(&h.store_spec)
-        .arg("--store-schema")
-        .arg(&h.store_schema)
-        .args(args)
-        .envs(env.iter().copied())
-        .env("SIGNALS_LOG_FORMAT", "json")
-        .output()
-        .expect("run the signals binary");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
-}
-
-/// Writes a config file into the harness directory and returns its path as a string.
-pub fn write_config(h: &Harness, toml: &str) -> String {
-    let path = h.dir.path().join("signals.toml");
-    std::fs::write(&path, toml).expect("write config");
-    path.display().to_string()
-}
-
 /// Runs each named `async fn NAME(h: Harness)` as a test on every store (SQLite, PostgreSQL and,
 /// when `SIGNALS_TEST_MSSQL` names a server, SQL Server), so a backend cannot silently differ.
 #[macro_export]
@@ -485,15 +405,6 @@ macro_rules! on_every_store {
             )*
         }
     };
-}
-
-/// Applies `toml` and onboards tenant `t` through the CLI binary `bin` (nothing runs yet).
-pub fn cli_onboard(bin: &str, h: &Harness, toml: &str) {
-    let path = write_config(h, toml);
-    let (status, out) = run_cli(bin, h, &["config", "apply", &path], &[]);
-    assert!(status.success(), "{out}");
-    let (status, out) = run_cli(bin, h, &["onboard", "--tenant", "t"], &[]);
-    assert!(status.success(), "{out}");
 }
 
 /// After an onboarding of 3,000 items and one interval run: the run is done, the receiver got
