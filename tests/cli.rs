@@ -230,17 +230,7 @@ async fn dropping_a_chunk_that_failed_after_a_step_re_sends_what_it_did_not_deli
         ("blocked", 2_000, 4, 0),
         "{run:?}"
     );
-    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
-    assert!(
-        status.success() && out.contains("abandoned") && out.contains("re-sends 2000 keys"),
-        "{out}"
-    );
-    let runs = next_run_after_the_fix(&h).await;
-    assert_eq!(
-        (runs[0].display_state(), runs[0].inserts + runs[0].updates),
-        ("done", 5_000)
-    );
-    assert_eq!(h.stats().applied_twice, 0);
+    drop_the_chunk_then_sync(&h, Some(2_000), 5_000).await;
 }
 
 /// The same failure with every stage running: the step's batches went out while the chunk read
@@ -260,17 +250,7 @@ async fn a_chunk_that_fails_after_a_step_has_already_pushed_it() {
         "{run:?}"
     );
     assert_eq!(h.stats().changes, 2_000, "the destination has the step's rows");
-    let (status, out) = run_cli(BIN, &h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
-    assert!(
-        status.success() && out.contains("abandoned") && !out.contains("re-sends"),
-        "{out}"
-    );
-    let runs = next_run_after_the_fix(&h).await;
-    assert_eq!(
-        (runs[0].display_state(), runs[0].inserts + runs[0].updates),
-        ("done", 3_000)
-    );
-    assert_eq!(h.stats().applied_twice, 0);
+    drop_the_chunk_then_sync(&h, None, 3_000).await;
 }
 
 /// 5,000 items with a bad price at 4,500, onboarded and run (only `stages`, all if empty) until
@@ -284,15 +264,25 @@ async fn failed_after_a_step(h: &Harness, stages: &[Stage]) -> signals_shared::p
     h.runs().await.remove(0)
 }
 
-/// Mends the bad row and runs the next sync to its end: the destination then equals the source.
-async fn next_run_after_the_fix(h: &Harness) -> Vec<signals_shared::ports::Run> {
+/// Drops the chunk's dead letter with `--repair` (which re-sends `repaired` keys, if any),
+/// mends the bad row and runs the next sync to its end: it sends `sent` rows, and the
+/// destination then equals the source, nothing applied twice.
+async fn drop_the_chunk_then_sync(h: &Harness, repaired: Option<u64>, sent: i64) {
+    let (status, out) = run_cli(BIN, h, &["dlq", "drop", "1", "--yes", "--repair"], &[]);
+    let told = match repaired {
+        Some(n) => out.contains(&format!("re-sends {n} keys")),
+        None => !out.contains("re-sends"),
+    };
+    assert!(status.success() && out.contains("abandoned") && told, "{out}");
     h.src()
         .execute("UPDATE items SET price = '1.50' WHERE id = 4500", [])
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(run_cli(BIN, h, &["run", "--until-idle", "--tick"], &[]).0.success());
     h.assert_in_sync().await;
-    h.runs().await
+    let run = h.runs().await.remove(0);
+    assert_eq!((run.display_state(), run.inserts + run.updates), ("done", sent));
+    assert_eq!(h.stats().applied_twice, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
