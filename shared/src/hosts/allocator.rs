@@ -1,8 +1,8 @@
 //! jemalloc as the global allocator of the long-running hosts (feature `jemalloc`, decision
 //! 0026). A sync allocates a few values per source row on the reader's thread and frees them on
-//! the diff's; glibc's malloc spent about a third of a worker's CPU on that (consolidating and
-//! unlinking free chunks), jemalloc a small part of it: the onboarding's workers took 27 CPU s
-//! instead of 49.
+//! the diff's; glibc's malloc spent about a quarter of the workers' CPU on that (consolidating
+//! and unlinking free chunks), jemalloc a small part of it: the onboarding's workers took 26–27
+//! CPU s instead of 49.
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -12,7 +12,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// - `narenas:2`: by default four arenas per core, each keeping freed pages of its own; two
 ///   held a 1,000,000-row sync's worker at 118 MB instead of 136;
 /// - `dirty_decay_ms:1000`: freed pages go back to the system within a second (ten by default)
-///   — the onboarding's largest worker 128 MB, within the 150 MB bound; returning them at once
+///   — the onboarding's largest worker 128–137 MB, within the 150 MB bound; returning them at once
 ///   (`0`) cost as much CPU as glibc did, each reused page faulted in afresh;
 /// - `muzzy_decay_ms:0`: pages are returned with `MADV_DONTNEED`, not left lazily freed
 ///   (`MADV_FREE`), so the resident set measured is the memory held.
