@@ -29,18 +29,16 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
         return Err(superseded());
     }
     let id = sid(&*tx, s, &run.tenant, &run.source).await?;
-    let (mut keys, mut hashes, mut gone) = (Vec::new(), Vec::new(), Vec::new());
-    for (key, hash) in step.staged {
+    // Borrowed from the step, not copied: a copy of every hash was an allocation per row.
+    let (mut keep, mut gone) = (Vec::<(&[u8], &[u8])>::new(), Vec::<&[u8]>::new());
+    for (key, hash) in &step.staged {
         match hash {
-            Some(h) => {
-                keys.push(key);
-                hashes.push(h.to_vec());
-            }
+            Some(h) => keep.push((key, h)),
             None => gone.push(key),
         }
     }
     // Staged before the run's row is locked: nothing here depends on the numbering.
-    let mut staged = stage(&tx, s, id, &keys, &hashes).await?;
+    let mut staged = stage(&tx, s, id, &keep).await?;
     if !gone.is_empty() {
         // Probing the primary key, whatever the statistics of a staging just filled say.
         tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
@@ -138,8 +136,7 @@ async fn stage(
     tx: &deadpool_postgres::Transaction<'_>,
     s: &str,
     sid: i32,
-    keys: &[Vec<u8>],
-    hashes: &[Vec<u8>],
+    keys: &[(&[u8], &[u8])],
 ) -> Result<u64, StoreError> {
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::{ToSql, Type};
@@ -151,7 +148,7 @@ async fn stage(
             .await?;
         let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA, Type::BYTEA]);
         futures_util::pin_mut!(writer);
-        for (key, hash) in keys.iter().zip(hashes) {
+        for (key, hash) in keys {
             let row: [&(dyn ToSql + Sync); 3] = [&sid, key, hash];
             writer.as_mut().write(&row).await?;
         }
@@ -165,6 +162,7 @@ async fn stage(
         }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             tx.batch_execute("ROLLBACK TO SAVEPOINT stage").await.map_err(&err)?;
+            let (keys, hashes): (Vec<&[u8]>, Vec<&[u8]>) = keys.iter().copied().unzip();
             prepared::execute(
                 tx,
                 &format!(
