@@ -9,6 +9,7 @@ use crate::ports::{Claimed, JobQueue};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 /// How the runner behaves.
@@ -87,7 +88,7 @@ pub struct RunnerStats {
 /// How long a message from a newer version stays invisible to this (older) worker.
 pub const NEWER_VERSION_WAIT: Duration = Duration::from_secs(30);
 
-async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, lease: Duration) {
+async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, lease: Duration, queued: Arc<Notify>) {
     let mut job = match Job::decode(claimed.body.as_bytes()) {
         Ok(job) => job,
         // Written by a newer build during a rolling upgrade: not ours to judge. Leave it, unchanged,
@@ -139,7 +140,7 @@ async fn process(ctx: Arc<Ctx>, queue: Arc<dyn JobQueue>, claimed: Claimed, leas
         })
     };
     // Lent so that a handler can queue the follow-ups of work already durable before it ends.
-    let outcome = crate::stages::early::lend(queue.clone(), execute(&ctx, &job)).await;
+    let outcome = crate::stages::early::lend(queue.clone(), queued, execute(&ctx, &job)).await;
     heartbeat.abort();
     settle(&ctx, queue.as_ref(), &claimed, &job, outcome).await;
     if !matches!(job.task, Task::Push { .. }) {
@@ -159,6 +160,8 @@ pub async fn run(
     let (mut inflight, mut pushing) = (JoinSet::new(), JoinSet::new());
     let mut stats = RunnerStats::default();
     let mut next_tick = Instant::now();
+    // Jobs a handler queued before its end (`stages::early`): a reason to claim again now.
+    let queued = Arc::new(Notify::new());
     loop {
         if let Some(every) = opts.tick_every {
             if Instant::now() >= next_tick {
@@ -195,10 +198,10 @@ pub async fn run(
         let got = claimed.len() + pushes.len();
         stats.handled += got as u64;
         for c in claimed {
-            inflight.spawn(process(ctx.clone(), queue.clone(), c, opts.lease));
+            inflight.spawn(process(ctx.clone(), queue.clone(), c, opts.lease, queued.clone()));
         }
         for c in pushes {
-            pushing.spawn(process(ctx.clone(), queue.clone(), c, opts.lease));
+            pushing.spawn(process(ctx.clone(), queue.clone(), c, opts.lease, queued.clone()));
         }
         if got > 0 {
             continue;
@@ -210,6 +213,7 @@ pub async fn run(
             _ = &mut shutdown => break,
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             Some(_) = pushing.join_next(), if !pushing.is_empty() => {}
+            _ = queued.notified() => {}
             _ = tokio::time::sleep(opts.poll) => {}
         }
     }

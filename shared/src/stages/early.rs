@@ -7,20 +7,25 @@
 //!
 //! Only jobs whose work is already durable may be queued early: the handler may still fail, and
 //! its retry must find them harmless (a push of a committed batch is).
+//!
+//! The host is told when jobs were queued: a runner whose slots are free otherwise sleeps until
+//! its next poll or the next job's end, and a step's pushes waited up to that long.
 
 use crate::domain::job::Job;
 use crate::ports::JobQueue;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 tokio::task_local! {
-    static QUEUE: Arc<dyn JobQueue>;
+    static QUEUE: (Arc<dyn JobQueue>, Arc<Notify>);
 }
 
-/// Runs `handler` with `queue` lent for the jobs it queues before it ends.
-pub async fn lend<F: Future>(queue: Arc<dyn JobQueue>, handler: F) -> F::Output {
-    QUEUE.scope(queue, handler).await
+/// Runs `handler` with `queue` lent for the jobs it queues before it ends; `queued` is notified
+/// each time it does.
+pub async fn lend<F: Future>(queue: Arc<dyn JobQueue>, queued: Arc<Notify>, handler: F) -> F::Output {
+    QUEUE.scope((queue, queued), handler).await
 }
 
 /// Queues `jobs` now if a queue was lent; otherwise, or if queueing failed, hands them back for
@@ -29,14 +34,39 @@ pub(crate) async fn queue_now(jobs: Vec<Job>) -> Vec<Job> {
     if jobs.is_empty() {
         return jobs;
     }
-    let Ok(queue) = QUEUE.try_with(Arc::clone) else {
+    let Ok((queue, queued)) = QUEUE.try_with(|(q, n)| (q.clone(), n.clone())) else {
         return jobs;
     };
     match queue.enqueue(&jobs, Duration::ZERO).await {
-        Ok(()) => Vec::new(),
+        Ok(()) => {
+            queued.notify_one();
+            Vec::new()
+        }
         Err(e) => {
             tracing::warn!(error = %e, jobs = jobs.len(), "could not queue follow-up jobs early: they leave when the job ends");
             jobs
         }
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::domain::job::{Stage, Task};
+
+    #[tokio::test]
+    async fn jobs_queued_early_wake_the_host_and_without_a_lent_queue_come_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::sqlite::store::SqliteStore::open(&dir.path().join("store.db")).expect("store");
+        let queue: Arc<dyn JobQueue> = Arc::new(store);
+        let jobs = vec![Job::new(Task::Tick)];
+        assert_eq!(queue_now(jobs.clone()).await.len(), 1, "nothing lent: handed back");
+
+        let queued = Arc::new(Notify::new());
+        assert!(lend(queue.clone(), queued.clone(), queue_now(jobs)).await.is_empty());
+        tokio::time::timeout(Duration::from_secs(5), queued.notified())
+            .await
+            .expect("the host was told jobs were queued");
+        assert_eq!(queue.depth(&[Stage::Scheduler]).await.expect("depth").0, 1);
     }
 }

@@ -37,6 +37,20 @@ struct Held {
     starts: Vec<usize>,
 }
 
+impl Held {
+    /// Empty, with room for as much as `last` held: a step's buffers grown by doubling from
+    /// empty copied their bytes again on every growth.
+    fn sized_like(last: &Held) -> Held {
+        Held {
+            payloads: String::with_capacity(last.payloads.len()),
+            ends: Vec::with_capacity(last.ends.len()),
+            ops: Vec::with_capacity(last.ops.len()),
+            staged: Vec::with_capacity(last.staged.len()),
+            starts: Vec::with_capacity(last.starts.len()),
+        }
+    }
+}
+
 /// What a step's bodies are built from, moved into the store's transaction.
 struct Bodies {
     run: Run,
@@ -161,6 +175,9 @@ impl StepWriter {
     async fn commit(&mut self, resume: Option<Vec<u8>>, last: Option<ChunkStats>) -> Result<(), StageError> {
         self.wait().await?;
         let held = std::mem::take(&mut self.held);
+        if last.is_none() {
+            self.held = Held::sized_like(&held);
+        }
         let mut ops = [0i64; 3];
         for op in &held.ops {
             ops[op_index(*op)] += 1;
