@@ -38,15 +38,16 @@ struct Held {
 }
 
 impl Held {
-    /// Empty, with room for as much as `last` held: a step's buffers grown by doubling from
-    /// empty copied their bytes again on every growth.
+    /// Empty, with room for an eighth more than `last` held (steps differ by their rows' sizes):
+    /// a step's buffers grown by doubling from empty copied their bytes again on every growth.
     fn sized_like(last: &Held) -> Held {
+        let room = |n: usize| n + n / 8;
         Held {
-            payloads: String::with_capacity(last.payloads.len()),
-            ends: Vec::with_capacity(last.ends.len()),
-            ops: Vec::with_capacity(last.ops.len()),
-            staged: Vec::with_capacity(last.staged.len()),
-            starts: Vec::with_capacity(last.starts.len()),
+            payloads: String::with_capacity(room(last.payloads.len())),
+            ends: Vec::with_capacity(room(last.ends.len())),
+            ops: Vec::with_capacity(room(last.ops.len())),
+            staged: Vec::with_capacity(room(last.staged.len())),
+            starts: Vec::with_capacity(room(last.starts.len())),
         }
     }
 }
