@@ -108,9 +108,8 @@ pub(super) struct StepWriter {
     attempt: i64,
     cutter: Cutter,
     held: Held,
-    in_flight: Option<tokio::task::JoinHandle<Result<StepCommitted, StoreError>>>,
-    /// Whether the step committing is the chunk's last.
-    last_in_flight: bool,
+    /// The step committing, and whether it is the chunk's last.
+    in_flight: Option<(tokio::task::JoinHandle<Result<StepCommitted, StoreError>>, bool)>,
     /// Ids of the batches this attempt's steps saved whose pushes are not queued yet.
     committed: Vec<String>,
     /// Rows of the source this attempt's steps count as read (their inserts and updates).
@@ -137,7 +136,6 @@ impl StepWriter {
             cutter: Cutter::new(limits),
             held: Held::default(),
             in_flight: None,
-            last_in_flight: false,
             committed: Vec::new(),
             read: 0,
         }
@@ -210,15 +208,13 @@ impl StepWriter {
         let (store, run) = (self.store.clone(), self.run.clone());
         let changes: i64 = ops.iter().sum();
         let span = tracing::info_span!("store.commit_step", otel.name = "store.commit_step", changes);
-        self.last_in_flight = last.is_some();
-        self.in_flight = Some(tokio::spawn(
-            async move { store.commit_step(&run, step).await }.instrument(span),
-        ));
+        let handle = tokio::spawn(async move { store.commit_step(&run, step).await }.instrument(span));
+        self.in_flight = Some((handle, last.is_some()));
         Ok(())
     }
 
     async fn wait(&mut self) -> Result<Option<StepCommitted>, StageError> {
-        let Some(h) = self.in_flight.take() else {
+        let Some((h, last)) = self.in_flight.take() else {
             return Ok(None);
         };
         let step = h.await.map_err(|e| StoreError::Db {
@@ -228,7 +224,7 @@ impl StepWriter {
         crate::crash::point("after_step_commit");
         // Pushed while the chunk reads on: the batches are committed, so their pushes are
         // harmless whatever becomes of this attempt. The last step's wait for the job's end.
-        let queued = !self.last_in_flight && {
+        let queued = !last && {
             let jobs = crate::stages::batch::push_jobs(&self.job, &self.run, step.batches.iter().cloned());
             crate::stages::early::queue_now(jobs).await.is_empty()
         };
@@ -277,7 +273,7 @@ fn op_index(op: Op) -> usize {
 impl Drop for StepWriter {
     /// A diff that failed part way must not leave a commit running behind the next attempt.
     fn drop(&mut self) {
-        if let Some(h) = self.in_flight.take() {
+        if let Some((h, _)) = self.in_flight.take() {
             h.abort();
         }
     }
