@@ -50,22 +50,12 @@ impl Limits {
 ///   only when the statement runs): on a store holding twelve 1,000,000-row sources a tenant's
 ///   staging read of under 1,000 rows spent ~220 ms compiling (`pg_stat_statements`,
 ///   docs/performance-history.md).
-/// - Custom plans only. The store keeps its statements prepared (`store::prepared`); left to
-///   itself the server may switch a prepared statement to a generic plan after five runs, and
-///   the queue's claim has one that scans every queued job (a hash join over the whole table
-///   instead of the claim index). Planned per run with its values, every statement keeps the
-///   plan it had when each call prepared it afresh; what preparing once saves is the round trip
-///   and the parse.
 /// - Notices not sent. `CREATE … IF NOT EXISTS` in every migration run answers "already exists,
 ///   skipping", which the driver logs: every CLI command printed two such lines.
 fn session_settings() -> Hook {
     Hook::async_fn(|client, _| {
         Box::pin(async move {
-            for setting in [
-                "SET jit = off",
-                "SET plan_cache_mode = force_custom_plan",
-                "SET client_min_messages = warning",
-            ] {
+            for setting in ["SET jit = off", "SET client_min_messages = warning"] {
                 if let Err(e) = client.batch_execute(setting).await {
                     tracing::debug!(error = %e, setting, "the server kept its default");
                 }

@@ -4,7 +4,8 @@
 //! and describe it, a second to run it — and the server parses and plans it each time. Every job
 //! runs a handful of store statements (claim, run, config, pauses, timings, ack) and every push
 //! and segment write a few more, ~5,000 per 1,000,000-row initial sync; here they cost one round
-//! trip and no parse after a connection's first use of them. Statements named after a run's own
+//! trip and no parse after a connection's first use of them, and no plan either once the server
+//! has chosen a generic one after five runs (decision 0028). Statements named after a run's own
 //! tables (decision 0016) differ per run, so a connection's cache starts over once it holds
 //! [`MAX_PREPARED`]: it cannot grow with the number of runs a worker has seen.
 
@@ -100,16 +101,32 @@ mod tests {
             .get(0)
     }
 
+    /// Prepared once, and planned once its first five runs have shown a generic plan costs no
+    /// more than theirs (decision 0028): a pooled session leaves the server's plan cache alone.
     #[tokio::test]
-    async fn a_statement_runs_prepared_once_per_connection() {
+    async fn a_statement_runs_prepared_once_per_connection_and_is_planned_once() {
         let c = connection().await;
         let before = prepared_on_server(&c).await;
-        for n in 0..5_i32 {
-            let row = query_one(&c, "SELECT $1::INT4 + 1", &[&n]).await.expect("query");
+        let sql = "SELECT $1::INT4 + 1";
+        for n in 0..8_i32 {
+            let row = query_one(&c, sql, &[&n]).await.expect("query");
             assert_eq!(row.get::<_, i32>(0), n + 1);
         }
         assert_eq!(c.cache().size(), 1);
         assert_eq!(prepared_on_server(&c).await, before + 1, "one statement on the server");
+        let plans = c
+            .query_one(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+                &[&sql],
+            )
+            .await
+            .expect("the statement's plans");
+        let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+        assert_eq!(
+            (generic, custom),
+            (3, 5),
+            "runs on a generic plan after five custom ones"
+        );
     }
 
     #[tokio::test]

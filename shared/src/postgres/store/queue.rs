@@ -123,6 +123,19 @@ impl JobQueue for PgStore {
     }
 }
 
+/// The claim: the visible jobs' ids first, by the claim index, then each by its primary key.
+/// The store's statements run on generic plans once prepared (decision 0028), and this form has
+/// no plan but those lookups whatever the statistics say: as `id IN (subquery)` its generic plan
+/// could join the whole queue (a hash join over every queued job, seen on 3,000 of them).
+fn claim_sql(s: &str) -> String {
+    format!(
+        "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id = ANY(ARRAY( \
+           SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) AND priority >= $6 \
+           ORDER BY priority DESC, visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)) \
+         RETURNING id, body, attempts"
+    )
+}
+
 impl PgStore {
     /// Claims visible jobs of at least `min_priority`, highest priority first.
     async fn claim_from(
@@ -135,16 +148,9 @@ impl PgStore {
         let names: Vec<&str> = stages.iter().map(|s| s.as_str()).collect();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let now = now_ms();
-        let sql = format!(
-            "UPDATE {s}.jobs SET visible_at = $1, lease_token = $2, attempts = attempts + 1 WHERE id IN ( \
-               SELECT id FROM {s}.jobs WHERE visible_at <= $3 AND (cardinality($4::TEXT[]) = 0 OR stage = ANY($4)) AND priority >= $6 \
-               ORDER BY priority DESC, visible_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             RETURNING id, body, attempts",
-            s = self.s
-        );
         let rows = prepared::query(
             &self.client().await?,
-            &sql,
+            &claim_sql(&self.s),
             &[
                 &(now + lease.as_millis() as i64),
                 &token,
@@ -165,5 +171,54 @@ impl PgStore {
                 attempts: r.get::<_, i32>(2) as u32,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim's generic plan — what a pooled session runs once a statement has been run five
+    /// times — reads the claim index and looks each job up by its key, on a deep queue too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_claims_generic_plan_reads_the_claim_index_and_the_primary_key_only() {
+        let url = std::env::var("SIGNALS_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let schema = format!("queue_plan_{}", std::process::id());
+        let store = PgStore::connect(&url, &schema, 2).await.expect("store");
+        let c = store.client().await.expect("a connection");
+        c.batch_execute(&format!(
+            "INSERT INTO {s}.jobs (stage, body, priority, enqueued_at, visible_at) \
+             SELECT (ARRAY['push', 'snapshot'])[1 + g % 2], repeat('x', 300), (g % 2) * 5, g, g \
+             FROM generate_series(1, 5000) g; ANALYZE {s}.jobs; SET plan_cache_mode = force_generic_plan; \
+             PREPARE claim (BIGINT, TEXT, BIGINT, TEXT[], BIGINT, INT4) AS {claim}",
+            s = store.s,
+            claim = claim_sql(&store.s)
+        ))
+        .await
+        .expect("a deep queue and the claim prepared");
+        let mut plans = Vec::new();
+        for (stages, min_priority) in [("{}", 0), ("{push}", 0), ("{snapshot}", 5)] {
+            let sql = format!("EXPLAIN EXECUTE claim(99999999999999, 't', 4000, '{stages}', 4, {min_priority})");
+            let plan: Vec<String> = c
+                .query(&sql, &[])
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            plans.push(plan.join("\n"));
+        }
+        c.batch_execute(&format!("DROP SCHEMA {} CASCADE", store.s))
+            .await
+            .expect("drop");
+        for plan in plans {
+            assert!(plan.contains("Index Scan using jobs_claim"), "{plan}");
+            assert!(plan.contains("Index Scan using jobs_pkey"), "{plan}");
+            // Nothing joined (a nested loop, a hash or merge join), nothing scanned whole.
+            for joined in ["Loop", "Join", "Hash", "Seq Scan"] {
+                assert!(!plan.contains(joined), "{joined}: {plan}");
+            }
+        }
     }
 }
