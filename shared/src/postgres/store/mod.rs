@@ -28,6 +28,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 
+/// The machine's PostgreSQL, as the integration tests find it: for this module's own tests.
+#[cfg(test)]
+fn test_url() -> String {
+    std::env::var("SIGNALS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
 /// The store in one PostgreSQL schema.
 #[derive(Clone)]
 pub struct PgStore {

@@ -84,13 +84,8 @@ pub(super) async fn execute(c: &impl Conn, sql: &str, params: &[&(dyn ToSql + Sy
 mod tests {
     use super::*;
 
-    /// The machine's PostgreSQL, as the integration tests find it.
-    fn url() -> String {
-        std::env::var("SIGNALS_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    }
-
     async fn connection() -> deadpool_postgres::Client {
-        let pool = crate::postgres::pool::pool(&url(), 1).expect("pool");
+        let pool = crate::postgres::pool::pool(&super::super::test_url(), 1).expect("pool");
         pool.get().await.expect("a connection")
     }
 

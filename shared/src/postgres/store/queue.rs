@@ -183,10 +183,10 @@ mod tests {
     /// times — reads the claim index and looks each job up by its key, on a deep queue too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_claims_generic_plan_reads_the_claim_index_and_the_primary_key_only() {
-        let url = std::env::var("SIGNALS_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let schema = format!("queue_plan_{}", std::process::id());
-        let store = PgStore::connect(&url, &schema, 2).await.expect("store");
+        let store = PgStore::connect(&super::super::test_url(), &schema, 2)
+            .await
+            .expect("store");
         let c = store.client().await.expect("a connection");
         c.batch_execute(&format!(
             "INSERT INTO {s}.jobs (stage, body, priority, enqueued_at, visible_at) \
