@@ -11,7 +11,8 @@ use std::time::Duration;
 /// worker) instead of writing beside the new table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
-    let h = postgres_with_items().await;
+    // Staged per key, as an initial run before packs (decision 0029) staged its keys.
+    let h = postgres_with_items().await.merging_initial_runs();
     h.onboard().await;
     let c = store_client(&h).await;
     let s = &h.store_schema;
@@ -106,7 +107,9 @@ async fn postgres_staging_rekeyed_by_source_id_keeps_every_staged_row() {
 /// primary-key entry and log no index page), where a full page would move every one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_staging_pages_keep_room_for_interval_updates() {
-    let h = postgres_with_items().await;
+    // Staged per key by a merging initial run: a packed initial run's keys get per-key rows only
+    // as interval syncs change them, and those rows are what later updates rewrite in place.
+    let h = postgres_with_items().await.merging_initial_runs();
     let c = store_client(&h).await;
     let s = &h.store_schema;
     let partitions =
@@ -384,14 +387,15 @@ async fn postgres_abandoned_and_offboarded_runs_drop_their_own_tables() {
     assert_eq!(kept, run.batches_total, "the batches' record kept as history");
 }
 
-/// A merge of 100,000 keys or more — here the last chunk's commit of an initial run, which
-/// stages its keys as it goes (decision 0025) — analyses its source's staging partition
+/// A merge of 100,000 keys or more — here a merging initial run's, which stages a row per key
+/// (a numbered one packs its keys, decision 0029, and leaves nothing to analyse) — analyses its
+/// source's staging partition
 /// before the next run plans against it: with statistics saying "empty", the next run's delete
 /// join would probe every staged key of the source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_large_merge_analyses_its_staging_partition() {
     use signals_tests::{create_items, items_source, Harness, StoreKind};
-    let h = Harness::on(StoreKind::Postgres).await;
+    let h = Harness::on(StoreKind::Postgres).await.merging_initial_runs();
     create_items(&h.src(), 100_000);
     h.apply(&h.config(&items_source(25_000))).await;
     h.onboard().await;
@@ -438,4 +442,60 @@ async fn postgres_a_large_merge_analyses_its_staging_partition() {
     let (count, tuples) = seen;
     assert_eq!(count, 1, "{part} analysed once, by the merge");
     assert!((90_000..=110_000).contains(&tuples), "{part}: {tuples} rows estimated");
+}
+
+/// On PostgreSQL an initial run stages its keys as packs, a row per chunk step (decision
+/// 0029), and an interval sync stages a row per change — an override, a new key or a
+/// tombstone — so the store's staging writes follow the changes, not the table; later syncs
+/// read the two merged and send exactly what changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_initial_runs_pack_their_staged_keys_and_interval_syncs_stage_their_changes() {
+    let h = postgres_with_items().await;
+    h.onboard().await;
+    let c = store_client(&h).await;
+    let s = &h.store_schema;
+    let staged = || async {
+        let r = c
+            .query_one(
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM {s}.staging_packs), \
+                     (SELECT COALESCE(SUM(n), 0) FROM {s}.staging_packs)::BIGINT, \
+                     (SELECT COUNT(*) FROM {s}.staging_keys), \
+                     (SELECT COUNT(*) FROM {s}.staging_keys WHERE hash IS NULL)"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+        )
+    };
+    let (packs, packed, per_key, _) = staged().await;
+    assert!(packs >= 3, "a pack per chunk step at least: {packs}");
+    assert_eq!((packed, per_key), (3_000, 0), "every key packed, none staged per key");
+
+    signals_tests::mutate_items(&h.src(), 3_000);
+    h.interval().await;
+    assert_the_latest_run_sent_its_changes_once(&h).await;
+    let run = h.runs().await.remove(0);
+    assert_eq!(
+        (run.inserts, run.updates, run.deletes),
+        (25, 27, 33),
+        "the edits of mutate_items"
+    );
+    let (packs_now, packed, per_key, tombstones) = staged().await;
+    assert_eq!((packs_now, packed), (packs, 3_000), "packs are left as they are");
+    assert_eq!(per_key, run.changes(), "a row per change");
+    assert_eq!(tombstones, run.deletes);
+
+    // Nothing changed since: the merged read finds every key as staged.
+    let sent = h.stats().changes;
+    h.interval().await;
+    assert_eq!(h.runs().await.remove(0).changes(), 0);
+    assert_eq!(h.stats().changes, sent);
+    h.assert_in_sync().await;
 }

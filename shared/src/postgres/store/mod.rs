@@ -8,6 +8,7 @@ mod delta;
 mod dlq;
 mod numbered;
 mod operator;
+mod packs;
 mod prepared;
 mod queue;
 mod runs;

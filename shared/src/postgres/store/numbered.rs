@@ -2,6 +2,7 @@
 //! count so far under its row lock, the step's batches numbered from it, its keys staged.
 
 use super::batches::{finish_run, insert_batches};
+use super::packs;
 use super::prepared;
 use super::staged::{analysed_partition, record_staged_schema};
 use super::staging::sid;
@@ -9,7 +10,6 @@ use super::{now_ms, PgStore};
 use crate::errors::StoreError;
 use crate::ports::{NumberedStep, Run, StepCommitted};
 use crate::postgres::pool::pg_err;
-use tokio_postgres::error::SqlState;
 
 pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) -> Result<StepCommitted, StoreError> {
     let (s, err) = (&store.s, pg_err("commit chunk step"));
@@ -38,14 +38,14 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
         }
     }
     // Staged before the run's row is locked: nothing here depends on the numbering.
-    let mut staged = stage(&tx, s, id, &keep).await?;
+    let mut staged = packs::stage(&tx, s, id, &mut keep).await?;
     if !gone.is_empty() {
         // Probing the primary key, whatever the statistics of a staging just filled say.
         tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
             .await
             .map_err(&err)?;
-        let sql = format!("DELETE FROM {s}.staging_keys WHERE sid = $1 AND key = ANY($2::BYTEA[])");
-        staged += prepared::execute(&tx, &sql, &[&id, &gone]).await.map_err(&err)?;
+        let covered = packs::Coverage::of(&tx, s, id).await?;
+        staged += packs::unstage(&tx, s, id, &covered, &gone).await?;
     }
     let done = step.last.is_some();
     prepared::execute(
@@ -126,54 +126,4 @@ pub(super) async fn commit_step(store: &PgStore, run: &Run, step: NumberedStep) 
         batches: batches.into_iter().map(|b| b.id).collect(),
         all_done,
     })
-}
-
-/// Stages a step's new keys: one binary `COPY`, as every key of a run with nothing staged is new
-/// (an upsert of the same keys cost the server several times as much); an upsert only when a
-/// repair has staged some of them meanwhile, which the `COPY` finds on the primary key and rolls
-/// back to a savepoint.
-async fn stage(
-    tx: &deadpool_postgres::Transaction<'_>,
-    s: &str,
-    sid: i32,
-    keys: &[(&[u8], &[u8])],
-) -> Result<u64, StoreError> {
-    use tokio_postgres::binary_copy::BinaryCopyInWriter;
-    use tokio_postgres::types::{ToSql, Type};
-    let err = pg_err("stage chunk step");
-    tx.batch_execute("SAVEPOINT stage").await.map_err(&err)?;
-    let copied = async {
-        let sink = tx
-            .copy_in(&format!("COPY {s}.staging_keys (sid, key, hash) FROM STDIN BINARY"))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::BYTEA, Type::BYTEA]);
-        futures_util::pin_mut!(writer);
-        for (key, hash) in keys {
-            let row: [&(dyn ToSql + Sync); 3] = [&sid, key, hash];
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await
-    }
-    .await;
-    match copied {
-        Ok(n) => {
-            tx.batch_execute("RELEASE SAVEPOINT stage").await.map_err(&err)?;
-            Ok(n)
-        }
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT stage").await.map_err(&err)?;
-            let (keys, hashes): (Vec<&[u8]>, Vec<&[u8]>) = keys.iter().copied().unzip();
-            prepared::execute(
-                tx,
-                &format!(
-                    "INSERT INTO {s}.staging_keys (sid, key, hash) SELECT $1, k, h FROM UNNEST($2::BYTEA[], $3::BYTEA[]) AS u(k, h) \
-                     ON CONFLICT (sid, key) DO UPDATE SET hash = EXCLUDED.hash"
-                ),
-                &[&sid, &keys, &hashes],
-            )
-            .await
-            .map_err(&err)
-        }
-        Err(e) => Err(err(e)),
-    }
 }

@@ -107,6 +107,7 @@ impl OperatorStore for PgStore {
             format!("DELETE FROM {s}.jobs WHERE (body::jsonb) ->> 'tenant' = $1"),
             // The (tenant, source) → id map stays, as on SQL Server: it holds no data.
             format!("DELETE FROM {s}.staging_keys WHERE sid IN (SELECT sid FROM {s}.sources WHERE tenant = $1)"),
+            format!("DELETE FROM {s}.staging_packs WHERE sid IN (SELECT sid FROM {s}.sources WHERE tenant = $1)"),
             format!("DELETE FROM {s}.staged_schemas WHERE tenant = $1"),
             format!("DELETE FROM {s}.deltas WHERE run_id IN {runs}"),
             format!("DELETE FROM ONLY {s}.delta_segments WHERE run_id IN {runs}"),

@@ -156,10 +156,7 @@ impl RunStore for PgStore {
         }
         if run.kind == RunKind::Initial || force_all {
             let nothing_staged: bool = tx
-                .query_one(
-                    &format!("SELECT NOT EXISTS (SELECT 1 {})", super::staging::staged(self)),
-                    &[&run.tenant, &run.source],
-                )
+                .query_one(&super::staging::nothing_staged(self), &[&run.tenant, &run.source])
                 .await
                 .map_err(pg_err("plan run"))?
                 .get(0);

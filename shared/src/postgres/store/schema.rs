@@ -292,6 +292,23 @@ ALTER TABLE {s}.runs ADD COLUMN IF NOT EXISTS resumes_at BIGINT;
 -- committed steps have not covered, where a later attempt reads on from.
 ALTER TABLE {s}.chunks ADD COLUMN IF NOT EXISTS resume_key BYTEA;
 "#,
+    r#"
+-- An initial run's steps stage their keys as packs, a row per step (decision 0029); a per-key
+-- row overrides a packed entry of its key, and one without a hash deletes it.
+CREATE TABLE IF NOT EXISTS {s}.staging_packs (
+    sid  INTEGER NOT NULL,
+    lo   BYTEA NOT NULL,
+    hi   BYTEA NOT NULL,
+    n    INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (sid, lo)
+);
+-- Keys and hashes gain little from compression: stored out of line as they are.
+ALTER TABLE {s}.staging_packs ALTER COLUMN body SET STORAGE EXTERNAL;
+ALTER TABLE {s}.staging_keys ALTER COLUMN hash DROP NOT NULL;
+-- Rows staged per key since the source's packs were written: the merge compacts at half its packs.
+ALTER TABLE {s}.sources ADD COLUMN IF NOT EXISTS per_key BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Percent of each staging page filled by inserts and loads; the rest is room for updates.

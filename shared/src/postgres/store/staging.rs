@@ -2,6 +2,7 @@
 //! changes), merge applies them a segment per statement in one transaction.
 
 use super::delta::{delta, legacy_rows, segments};
+use super::packs::{unstage, Coverage};
 use super::prepared;
 use super::scratch::{Scratch, Table};
 use super::staged::{analysed_partition, record_staged_schema};
@@ -18,14 +19,17 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
-/// Staging rows of one (tenant, data source), by name: the partition is pruned when the
-/// statement runs, so reads need no source id of their own.
-const STAGED: &str =
-    "FROM {s}.staging_keys WHERE sid = (SELECT sid FROM {s}.sources WHERE tenant = $1 AND source = $2)";
-
-/// [`STAGED`] for this store.
-pub(super) fn staged(store: &PgStore) -> String {
-    STAGED.replace("{s}", &store.s)
+/// Whether nothing, packed or per key, is staged for a (tenant, data source), by name.
+pub(super) fn nothing_staged(store: &PgStore) -> String {
+    let sid = format!(
+        "(SELECT sid FROM {}.sources WHERE tenant = $1 AND source = $2)",
+        store.s
+    );
+    format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {s}.staging_keys WHERE sid = {sid}) \
+         AND NOT EXISTS (SELECT 1 FROM {s}.staging_packs WHERE sid = {sid})",
+        s = store.s
+    )
 }
 
 /// The compact id of a (tenant, data source), created on first use. Not cached: a merge asks
@@ -96,18 +100,7 @@ impl StagingStore for PgStore {
     }
 
     fn staging(&self, tenant: &str, source: &str, range: &KeyRange) -> Batches<(Vec<u8>, RowHash), StoreError> {
-        let mut p: Params = vec![Box::new(tenant.to_owned()), Box::new(source.to_owned())];
-        let cond = range_sql(range, &mut p);
-        let sql = format!("SELECT key, hash {}{cond} ORDER BY key", staged(self));
-        self.stream("read staging", sql, p, |r| {
-            // Borrowed from the row, not copied into a vector of its own first.
-            let hash: &[u8] = r.get(1);
-            let hash = hash.try_into().map_err(|_| StoreError::Corrupt {
-                what: "staging hash",
-                detail: "not 16 bytes".into(),
-            })?;
-            Ok((r.get(0), hash))
-        })
+        super::packs::read(self, tenant, source, range)
     }
 
     async fn reset_chunk(&self, run_id: &str, chunk: &Chunk) -> Result<Option<i64>, StoreError> {
@@ -321,20 +314,7 @@ impl StagingStore for PgStore {
         source: &str,
         keys: Vec<Vec<u8>>,
     ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
-        let sql = format!("SELECT key, hash {} AND key = ANY($3)", staged(self));
-        let rows = prepared::query(&self.client().await?, &sql, &[&tenant, &source, &keys])
-            .await
-            .map_err(pg_err("staged hashes"))?;
-        rows.iter()
-            .map(|r| {
-                let h: Vec<u8> = r.get(1);
-                let h = h.try_into().map_err(|_| StoreError::Corrupt {
-                    what: "staging hash",
-                    detail: "not 16 bytes".into(),
-                })?;
-                Ok((r.get(0), h))
-            })
-            .collect()
+        super::packs::staged_hashes(self, tenant, source, keys).await
     }
 
     async fn cursor(&self, tenant: &str, source: &str) -> Result<(Option<String>, Option<DateTime<Utc>>), StoreError> {
@@ -383,7 +363,10 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
     let id = sid(tx, s, &run.tenant, &run.source).await?;
     let empty: bool = tx
         .query_one(
-            &format!("SELECT NOT EXISTS (SELECT 1 FROM {s}.staging_keys WHERE sid = $1)"),
+            &format!(
+                "SELECT NOT EXISTS (SELECT 1 FROM {s}.staging_keys WHERE sid = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM {s}.staging_packs WHERE sid = $1)"
+            ),
             &[&id],
         )
         .await
@@ -401,12 +384,7 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
         ))
         .await
         .map_err(&err)?;
-    let delete = tx
-        .prepare(&format!(
-            "DELETE FROM {s}.staging_keys WHERE sid = $1 AND key = ANY($2::BYTEA[])"
-        ))
-        .await
-        .map_err(&err)?;
+    let packs = Coverage::of(tx, s, id).await?;
     let (mut upserted, mut deleted) = (0, 0);
     let mut changes = staged_changes(delta(store, &run.id));
     while let Some(batch) = changes.recv().await {
@@ -424,10 +402,11 @@ async fn merge_delta(store: &PgStore, tx: &Transaction<'_>, run: &Run) -> Result
             upserted += tx.execute(&upsert, &[&id, &keys, &hashes]).await.map_err(&err)?;
         }
         if !gone.is_empty() {
-            deleted += tx.execute(&delete, &[&id, &gone]).await.map_err(&err)?;
+            deleted += unstage(tx, s, id, &packs, &gone).await?;
         }
     }
-    Ok((id, upserted, deleted))
+    let compacted = super::packs::compact_if_due(tx, s, id, upserted + deleted).await?;
+    Ok((id, upserted + compacted, deleted))
 }
 
 /// Into a source with nothing staged (an initial sync) every change is a new key: the delta goes
