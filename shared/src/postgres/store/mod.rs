@@ -117,33 +117,72 @@ impl PgStore {
         I: IntoIterator<Item = T>,
         F: Fn(&tokio_postgres::Row) -> Result<I, StoreError> + Send + Sync + 'static,
     {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let run = async {
-                let client = pool.get().await.map_err(pool_err(context, &pool))?;
-                let rows = client
-                    .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
-                    .await
-                    .map_err(pg_err(context))?;
-                futures_util::pin_mut!(rows);
-                let mut batch = Vec::new();
-                while let Some(row) = rows.next().await {
-                    batch.extend(map(&row.map_err(pg_err(context))?)?);
-                    if batch.len() >= per_batch && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                        return Ok(());
-                    }
+        spawn_batches(per_batch, move |mut out| async move {
+            let client = pool.get().await.map_err(pool_err(context, &pool))?;
+            let rows = client
+                .query_raw(&sql, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+                .await
+                .map_err(pg_err(context))?;
+            futures_util::pin_mut!(rows);
+            while let Some(row) = rows.next().await {
+                out.gather(map(&row.map_err(pg_err(context))?)?);
+                if !out.send_full().await {
+                    return Ok(());
                 }
-                if !batch.is_empty() {
-                    let _ = tx.send(Ok(batch)).await;
-                }
-                Ok::<(), StoreError>(())
-            };
-            if let Err(e) = run.await {
-                let _ = tx.send(Err(e)).await;
             }
-        });
-        rx
+            out.finish().await;
+            Ok(())
+        })
+    }
+}
+
+/// Runs `produce` on a task of its own, streaming what it gives in batches of `per_batch`; its
+/// error, if any, ends the stream.
+fn spawn_batches<T, F, Fut>(per_batch: usize, produce: F) -> Batches<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(Batcher<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let failed = tx.clone();
+    tokio::spawn(async move {
+        let out = Batcher {
+            tx,
+            batch: Vec::new(),
+            per_batch,
+        };
+        if let Err(e) = produce(out).await {
+            let _ = failed.send(Err(e)).await;
+        }
+    });
+    rx
+}
+
+/// The sending end of [`spawn_batches`]: items gathered into batches.
+struct Batcher<T> {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<T>, StoreError>>,
+    batch: Vec<T>,
+    per_batch: usize,
+}
+
+impl<T> Batcher<T> {
+    /// Adds items to the batch being gathered.
+    fn gather(&mut self, items: impl IntoIterator<Item = T>) {
+        self.batch.extend(items);
+    }
+
+    /// Sends the batch if it is full; `false` once the reader is gone (stop producing).
+    async fn send_full(&mut self) -> bool {
+        self.batch.len() < self.per_batch || self.tx.send(Ok(std::mem::take(&mut self.batch))).await.is_ok()
+    }
+
+    /// Sends what is left.
+    async fn finish(self) {
+        if !self.batch.is_empty() {
+            let _ = self.tx.send(Ok(self.batch)).await;
+        }
     }
 }
 

@@ -6,7 +6,8 @@ use crate::domain::encoding::RowHash;
 use crate::errors::StoreError;
 use crate::ports::{Batches, KeyRange};
 use crate::postgres::pool::{pg_err, pool_err};
-use crate::postgres::store::{PgStore, STREAM_BATCH};
+use crate::postgres::store::{spawn_batches, PgStore, STREAM_BATCH};
+use deadpool_postgres::Object;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use tokio_postgres::types::ToSql;
@@ -27,13 +28,7 @@ pub(in crate::postgres::store) async fn staged_hashes(
 ) -> Result<Vec<(Vec<u8>, RowHash)>, StoreError> {
     let (s, err) = (&store.s, pg_err("staged hashes"));
     let mut c = store.client().await?;
-    let tx = c
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(&err)?;
+    let tx = snapshot(&mut c).await.map_err(&err)?;
     let Some(sid) = source_id(&tx, s, tenant, source).await? else {
         return Ok(Vec::new());
     };
@@ -118,41 +113,34 @@ pub(in crate::postgres::store) fn read(
     source: &str,
     range: &KeyRange,
 ) -> Batches<(Vec<u8>, RowHash), StoreError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let (pool, s) = (store.pool.clone(), store.s.clone());
     let (tenant, source, range) = (tenant.to_owned(), source.to_owned(), range.clone());
-    tokio::spawn(async move {
-        let run = async {
-            let err = pg_err("read staging");
-            let mut c = pool.get().await.map_err(pool_err("read staging", &pool))?;
-            let t = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(&err)?;
-            let Some(sid) = source_id(&t, &s, &tenant, &source).await? else {
-                return Ok(());
-            };
-            let mut merged = Merged::open(&t, &s, sid, &range).await?;
-            let mut batch = Vec::with_capacity(STREAM_BATCH);
-            while let Some(entry) = merged.next(&t).await? {
-                batch.push(entry);
-                if batch.len() >= STREAM_BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                    return Ok(());
-                }
-            }
-            if !batch.is_empty() {
-                let _ = tx.send(Ok(batch)).await;
-            }
-            Ok::<(), StoreError>(())
+    spawn_batches(STREAM_BATCH, move |mut out| async move {
+        let mut c = pool.get().await.map_err(pool_err("read staging", &pool))?;
+        let t = snapshot(&mut c).await.map_err(pg_err("read staging"))?;
+        let Some(sid) = source_id(&t, &s, &tenant, &source).await? else {
+            return Ok(());
         };
-        if let Err(e) = run.await {
-            let _ = tx.send(Err(e)).await;
+        let mut merged = Merged::open(&t, &s, sid, &range).await?;
+        while let Some(entry) = merged.next(&t).await? {
+            out.gather([entry]);
+            if !out.send_full().await {
+                return Ok(());
+            }
         }
-    });
-    rx
+        out.finish().await;
+        Ok(())
+    })
+}
+
+/// A read-only transaction whose statements all see one snapshot: the per-key rows and the
+/// packs of one moment, read through separate statements.
+async fn snapshot(c: &mut Object) -> Result<deadpool_postgres::Transaction<'_>, tokio_postgres::Error> {
+    c.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
 }
 
 /// The merge of one source's packs and per-key rows, each read through a portal of its own.
