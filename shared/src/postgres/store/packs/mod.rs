@@ -31,7 +31,7 @@ fn corrupt(detail: String) -> StoreError {
 
 /// A pack as stored: its body and its first and last keys.
 #[derive(Debug)]
-pub(super) struct Encoded {
+struct Encoded {
     body: Vec<u8>,
     lo: Vec<u8>,
     hi: Vec<u8>,
@@ -40,7 +40,7 @@ pub(super) struct Encoded {
 /// A step's keys and hashes as one pack's body: `[u32 LE key length][key][16-byte hash]` per
 /// entry, keys ascending by their bytes (the order staging reads and compares them in, whatever
 /// order the source read them in).
-pub(super) fn encode(entries: &mut [(&[u8], &[u8])]) -> Result<Option<Encoded>, StoreError> {
+fn encode(entries: &mut [(&[u8], &[u8])]) -> Result<Option<Encoded>, StoreError> {
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(None);
