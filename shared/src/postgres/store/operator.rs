@@ -146,6 +146,13 @@ impl OperatorStore for PgStore {
         for q in sql {
             n += tx.execute(&q, &[&tenant]).await.map_err(&err)?;
         }
+        // Not data, and not counted: the merges' count towards compacting a source staged anew.
+        tx.execute(
+            &format!("UPDATE {s}.sources SET per_key = 0 WHERE tenant = $1"),
+            &[&tenant],
+        )
+        .await
+        .map_err(&err)?;
         tx.commit().await.map_err(&err)?;
         Ok(n)
     }

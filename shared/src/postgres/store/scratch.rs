@@ -218,12 +218,13 @@ pub(super) async fn rewind_if_lost(tx: Transaction<'_>, s: &str, run: &Run) -> R
         .flat_map(|t| at.each(s, t, |from| format!("DELETE FROM {from} WHERE run_id = $1")))
         .collect();
     if merged {
+        let source = format!(
+            "(SELECT sid FROM {s}.sources r, {s}.runs n WHERE n.id = $1 AND r.tenant = n.tenant AND r.source = n.source)"
+        );
         for table in ["staging_keys", "staging_packs"] {
-            sql.push(format!(
-                "DELETE FROM {s}.{table} WHERE sid = (SELECT sid FROM {s}.sources r, {s}.runs n \
-                 WHERE n.id = $1 AND r.tenant = n.tenant AND r.source = n.source)"
-            ));
+            sql.push(format!("DELETE FROM {s}.{table} WHERE sid = {source}"));
         }
+        sql.push(format!("UPDATE {s}.sources SET per_key = 0 WHERE sid = {source}"));
     }
     sql.push(format!("UPDATE {s}.chunks SET done = FALSE WHERE run_id = $1"));
     sql.push(format!(
