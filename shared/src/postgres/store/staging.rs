@@ -57,7 +57,7 @@ pub(super) async fn sid(
     Ok(c.query_one(&select, &[&tenant, &source]).await.map_err(&err)?.get(0))
 }
 
-type Params = Vec<Box<dyn ToSql + Send + Sync>>;
+pub(super) type Params = Vec<Box<dyn ToSql + Send + Sync>>;
 
 /// One chunk's lock between its attempts (decision 0023), by (run, chunk): a reset takes it
 /// alone, an attempt's segment writes together. Two-key advisory locks are a space of their own,
@@ -67,7 +67,7 @@ const CHUNK_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext($1), $2)";
 const CHUNK_SHARED_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(hashtext($1), $2)";
 
 /// `AND key >= $n AND key < $m` for the bounds that exist, appending their parameters.
-fn range_sql(range: &KeyRange, params: &mut Params) -> String {
+pub(super) fn range_sql(range: &KeyRange, params: &mut Params) -> String {
     let mut sql = String::new();
     if let Some(lo) = &range.lo {
         params.push(Box::new(lo.clone()));

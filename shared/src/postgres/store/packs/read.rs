@@ -6,6 +6,7 @@ use crate::domain::encoding::RowHash;
 use crate::errors::StoreError;
 use crate::ports::{Batches, KeyRange};
 use crate::postgres::pool::{pg_err, pool_err};
+use crate::postgres::store::staging::{range_sql, Params};
 use crate::postgres::store::{spawn_batches, PgStore, STREAM_BATCH};
 use deadpool_postgres::Object;
 use std::cmp::Ordering;
@@ -164,22 +165,20 @@ pub(super) struct Merged {
 impl Merged {
     pub(super) async fn open(t: &Transaction<'_>, s: &str, sid: i32, range: &KeyRange) -> Result<Merged, StoreError> {
         let err = pg_err("read staging");
-        let mut kp: Vec<Box<dyn ToSql + Send + Sync>> = vec![Box::new(sid)];
-        let mut pp: Vec<Box<dyn ToSql + Send + Sync>> = vec![Box::new(sid)];
-        let (mut kc, mut pc) = (String::new(), String::new());
+        let mut kp: Params = vec![Box::new(sid)];
+        let kc = range_sql(range, &mut kp);
+        // A pack overlaps the range when it ends at or after its start and begins before its end.
+        let mut pp: Params = vec![Box::new(sid)];
+        let mut pc = String::new();
         if let Some(lo) = &range.lo {
-            kp.push(Box::new(lo.clone()));
             pp.push(Box::new(lo.clone()));
-            kc.push_str(" AND key >= $2");
-            pc.push_str(" AND hi >= $2");
+            pc.push_str(&format!(" AND hi >= ${}", pp.len()));
         }
         if let Some(hi) = &range.hi {
-            kp.push(Box::new(hi.clone()));
             pp.push(Box::new(hi.clone()));
-            kc.push_str(&format!(" AND key < ${}", kp.len()));
             pc.push_str(&format!(" AND lo < ${}", pp.len()));
         }
-        let bind = |sql: String, p: Vec<Box<dyn ToSql + Send + Sync>>| async move {
+        let bind = |sql: String, p: Params| async move {
             t.bind_raw(&sql, p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)))
                 .await
         };
